@@ -1,0 +1,161 @@
+"""The `kizuna` command. Each stage adds its subcommands here; errors are one line, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from services.common import logs
+from services.common.errors import KizunaError
+from services.common.settings import ALL_SETTINGS, Settings, describe, load, reveal
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from services.localstack import stack
+
+    stack.up(settings)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from services.localstack import stack
+
+    stack.down(settings)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from services.localstack import stack
+
+    programs = stack.status(settings)
+    if args.json:
+        print(json.dumps([p.__dict__ for p in programs], indent=2))
+        return 0 if programs else 3
+    if not programs:
+        orphans = len(stack.leftovers(settings))
+        hint = f"; {orphans} orphaned process(es): run `kizuna down`" if orphans else ""
+        print(f"not running (KIZUNA_HOME={settings.home}){hint}")
+        return 3
+    print(f"{'program':<12} {'state':<9} {'pid':>7} {'uptime':>8}  log")
+    for p in programs:
+        print(f"{p.name:<12} {p.state:<9} {p.pid:>7} {p.uptime_seconds:>7}s  {p.log}")
+    return 0 if all(p.state == "RUNNING" for p in programs) else 1
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    seen: set[str] = set()
+    rows = []
+    for cls in ALL_SETTINGS:
+        for env, value, origin, doc in describe(load(cls)):
+            if env not in seen:
+                seen.add(env)
+                rows.append((env, value, origin, doc))
+    width = max(len(r[0]) for r in rows)
+    for env, value, origin, doc in rows:
+        print(f"{env:<{width}}  {value}  [{origin}]")
+        if args.verbose:
+            print(f"{'':<{width}}  {doc}")
+    if args.show_secrets:
+        secrets = {env: v for cls in ALL_SETTINGS for env, v in reveal(load(cls))}
+        secrets["KIZUNA_CLICKHOUSE_URL"] = settings.clickhouse_url
+        print("\nsecrets (unmasked):")
+        for env, value in secrets.items():
+            print(f"{env}={value}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.kafka import ensure_topics
+    from services.common.topics import PUBLIC_TOPICS, partitions_for
+
+    if args.action == "create":
+        for r in ensure_topics(settings):
+            verb = "created" if r.created else "exists"
+            print(f"{r.name:<40} {verb:<8} {r.partitions} partition(s) {r.note}".rstrip())
+    else:
+        for spec in PUBLIC_TOPICS:
+            print(f"{spec.name(settings.topic_prefix):<40} key={spec.key:<12} "
+                  f"partitions={partitions_for(spec, settings)} cleanup={spec.cleanup_policy}  "
+                  f"{spec.doc}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common import clickhouse
+    from services.warehouse.migrations import apply_migrations
+
+    if settings.embedded_clickhouse and clickhouse.gateway_serves(settings):
+        applied = clickhouse.gateway_migrate(settings)
+    else:
+        client = clickhouse.connect(settings)
+        try:
+            applied = [f"{m.version:04d}_{m.name}" for m in apply_migrations(client, settings)]
+        finally:
+            client.close()
+    print(f"applied: {', '.join(applied)}" if applied else "up to date")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.clickhouse import OUTPUT_FORMATS, run_query
+
+    if args.file:
+        sql = Path(args.file).read_text()
+    elif args.sql:
+        sql = args.sql
+    else:
+        raise KizunaError("give a query: kizuna query \"SELECT ...\" or kizuna query -f FILE")
+    out = run_query(settings, sql, OUTPUT_FORMATS[args.format])
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kizuna", description="Kizuna: streaming customer-engagement pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    add("up", cmd_up, "start the local stack in the background (idempotent)")
+    add("down", cmd_down, "stop everything the local stack runs (idempotent)")
+    p = add("status", cmd_status, "show what the local stack runs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("config", cmd_config, "print the effective settings, secrets masked")
+    p.add_argument("--show-secrets", action="store_true", help="also print secrets unmasked")
+    p.add_argument("-v", "--verbose", action="store_true", help="document each setting")
+    p = add("topics", cmd_topics, "create (idempotently) or list the Kafka topics")
+    p.add_argument("action", choices=["create", "list"])
+    add("migrate", cmd_migrate, "apply pending ClickHouse migrations (idempotent)")
+    p = add("query", cmd_query, "run a read-only SQL query against ClickHouse")
+    p.add_argument("sql", nargs="?", help="the query")
+    p.add_argument("-f", "--file", help="read the query from a file")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv with a header line, json (JSON Lines)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load(Settings)
+        # The command speaks through its output and one-line errors, not library warnings.
+        logs.configure("ERROR" if settings.log_level == "INFO" else settings.log_level,
+                       settings.log_format)
+        return args.func(args, settings)
+    except KizunaError as exc:
+        print(f"kizuna: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Kafka adapter: admin operations through confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.common.errors import UnreachableError
+from services.common.settings import Settings
+from services.common.topics import PUBLIC_TOPICS, TopicSpec, partitions_for
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        # librdkafka logs every failed connection attempt; errors reach us as exceptions.
+        "log_level": 0,
+    }
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
+    """Return the number of brokers, or raise one clear UnreachableError."""
+    try:
+        metadata = admin_client(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        detail = err.str() if isinstance(err, KafkaError) else str(err)
+        raise UnreachableError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} (KIZUNA_KAFKA_BOOTSTRAP) within "
+            f"{timeout:g} s: {detail}; start the local stack with `kizuna up` or fix the address"
+        ) from None
+    return len(metadata.brokers)
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    created: bool
+    partitions: int
+    note: str = ""
+
+
+def ensure_topics(
+    settings: Settings, specs: tuple[TopicSpec, ...] = PUBLIC_TOPICS, timeout: float = 30.0
+) -> list[TopicReport]:
+    """Create the topics that do not exist; report (never alter) those that do."""
+    check_reachable(settings)
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = {spec.name(settings.topic_prefix): spec for spec in specs}
+    new = [
+        NewTopic(name, partitions_for(spec, settings), settings.replication_factor,
+                 config=spec.topic_config())
+        for name, spec in wanted.items() if name not in existing
+    ]
+    created: set[str] = set()
+    if new:
+        for name, future in admin.create_topics(new, request_timeout=timeout).items():
+            try:
+                future.result(timeout)
+                created.add(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # a racing creator
+                    raise UnreachableError(f"cannot create topic {name}: {exc.args[0].str()}") \
+                        from None
+    metadata = admin.list_topics(timeout=timeout).topics
+    reports = []
+    for name, spec in wanted.items():
+        have = len(metadata[name].partitions) if name in metadata else 0
+        want = partitions_for(spec, settings)
+        note = "" if have == want else f"has {have} partitions, settings say {want}"
+        reports.append(TopicReport(name, name in created, have, note))
+    return reports

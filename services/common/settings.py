@@ -1,0 +1,204 @@
+"""Settings from the environment: one typed, frozen object per service.
+
+Every setting is declared once, with its environment variable, default and documentation, so
+that parsing, `kizuna config` and the README's configuration table come from the same place.
+Defaults may refer to settings declared before them (`"chdb://{home}/clickhouse"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from services.common.errors import ConfigError
+
+
+def setting(env: str, default: str, doc: str, *, secret: bool = False) -> typing.Any:
+    """Declare a dataclass field read from the environment variable `env`."""
+    return field(metadata={"env": env, "default": default, "doc": doc, "secret": secret})
+
+
+def _parse(env: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is Path:
+            return Path(raw).expanduser().resolve()
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{env}: expected {kind.__name__.lower()}, got {raw!r}") from None
+
+
+T = typing.TypeVar("T")
+
+
+def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """Build settings object `cls` from `environ` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, object] = {}
+    explicit: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = load(kind, environ)
+            continue
+        meta = f.metadata
+        raw = environ.get(meta["env"])
+        if raw is not None and raw != "":
+            explicit.add(meta["env"])
+        else:
+            raw = meta["default"].format(**{k: v for k, v in values.items()})
+        values[f.name] = _parse(meta["env"], raw, kind)
+    obj = cls(**values)
+    object.__setattr__(obj, "explicit", frozenset(explicit))
+    getattr(obj, "validate", lambda: None)()
+    return obj
+
+
+def describe(obj: object) -> Iterator[tuple[str, str, str, str]]:
+    """(env var, shown value, origin, doc) for every setting of `obj`, secrets masked."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from describe(value)
+            continue
+        if not f.init:
+            continue
+        meta = f.metadata
+        shown = "****" if meta["secret"] and value else mask_url(str(value))
+        origin = "env" if meta["env"] in obj.explicit else "default"
+        yield meta["env"], shown, origin, meta["doc"]
+
+
+def reveal(obj: object) -> Iterator[tuple[str, str]]:
+    """(env var, value) of every secret setting, unmasked: only for `--show-secrets`."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from reveal(value)
+        elif f.init and f.metadata["secret"]:
+            yield f.metadata["env"], str(value)
+
+
+def mask_url(value: str) -> str:
+    """Hide the password of a URL's user info (`http://user:pw@host` -> `http://user:****@host`)."""
+    if "://" not in value or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = f"{parts.username}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_port(env: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"{env}: {port} is not a TCP port (1-65535)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every stage and the `kizuna` command share."""
+
+    home: Path = setting(
+        "KIZUNA_HOME", "./.kizuna",
+        "All local state: broker data, embedded ClickHouse, logs, process ids.")
+    kafka_port: int = setting(
+        "KIZUNA_KAFKA_PORT", "9092", "Port of the local broker started by `kizuna up`.")
+    kafka_controller_port: int = setting(
+        "KIZUNA_KAFKA_CONTROLLER_PORT", "9093", "KRaft controller port of the local broker.")
+    kafka_bootstrap: str = setting(
+        "KIZUNA_KAFKA_BOOTSTRAP", "127.0.0.1:{kafka_port}",
+        "Kafka bootstrap servers. When set, `kizuna up` uses that cluster and starts no broker.")
+    kafka_heap: str = setting(
+        "KIZUNA_KAFKA_HEAP", "768m", "Maximum Java heap of the local broker.")
+    topic_prefix: str = setting(
+        "KIZUNA_TOPIC_PREFIX", "kizuna.", "Prefix of every topic name (`kizuna.` + `sessions`).")
+    partitions: int = setting(
+        "KIZUNA_PARTITIONS", "4", "Partitions of the keyed topics when `kizuna` creates them.")
+    replication_factor: int = setting(
+        "KIZUNA_REPLICATION_FACTOR", "1", "Replication factor of topics `kizuna` creates.")
+    clickhouse_url: str = setting(
+        "KIZUNA_CLICKHOUSE_URL", "chdb://{home}/clickhouse",
+        "`chdb:///abs/path` for the embedded engine, `http(s)://user:pw@host:8123` for a server.")
+    clickhouse_database: str = setting(
+        "KIZUNA_CLICKHOUSE_DATABASE", "kizuna",
+        "Analyst-facing database; storage tables live in `<database>_store`.")
+    warehouse_port: int = setting(
+        "KIZUNA_WAREHOUSE_PORT", "8089",
+        "Warehouse HTTP port (127.0.0.1): health, metrics, the embedded engine's query gateway.")
+    cache_dir: Path = setting(
+        "KIZUNA_CACHE_DIR", "~/.cache/kizuna", "Downloaded Kafka jars, shared by every stack.")
+    start_timeout: float = setting(
+        "KIZUNA_START_TIMEOUT", "120", "Seconds `kizuna up` waits for each component to be ready.")
+    log_level: str = setting("KIZUNA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = setting("KIZUNA_LOG_FORMAT", "text", "`text` or `json` (one object a line).")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        _check_port("KIZUNA_KAFKA_PORT", self.kafka_port)
+        _check_port("KIZUNA_KAFKA_CONTROLLER_PORT", self.kafka_controller_port)
+        _check_port("KIZUNA_WAREHOUSE_PORT", self.warehouse_port)
+        if self.kafka_port == self.kafka_controller_port:
+            raise ConfigError("KIZUNA_KAFKA_PORT and KIZUNA_KAFKA_CONTROLLER_PORT must differ")
+        scheme = urlsplit(self.clickhouse_url).scheme
+        if scheme not in ("chdb", "http", "https"):
+            raise ConfigError(
+                f"KIZUNA_CLICKHOUSE_URL: unsupported scheme {scheme or '(none)'!r} in "
+                f"{mask_url(self.clickhouse_url)!r}; use chdb:///abs/path or http(s)://host:8123")
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ConfigError("KIZUNA_PARTITIONS and KIZUNA_REPLICATION_FACTOR must be >= 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"KIZUNA_LOG_FORMAT: expected text or json, got {self.log_format!r}")
+
+    @property
+    def local_kafka(self) -> bool:
+        """True when `kizuna up` runs its own broker (no KIZUNA_KAFKA_BOOTSTRAP given)."""
+        return "KIZUNA_KAFKA_BOOTSTRAP" not in self.explicit
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+    @property
+    def chdb_path(self) -> Path:
+        return Path(urlsplit(self.clickhouse_url).path).resolve()
+
+    @property
+    def store_database(self) -> str:
+        return f"{self.clickhouse_database}_store"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+
+@dataclass(frozen=True)
+class WarehouseSettings:
+    """The warehouse stage: owner of the ClickHouse connection."""
+
+    common: Settings
+    query_timeout: float = setting(
+        "KIZUNA_QUERY_TIMEOUT", "60", "Seconds an analyst query through `kizuna query` may run.")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+
+#: Every settings object, in the order `kizuna config` prints them.
+ALL_SETTINGS: tuple[type, ...] = (Settings, WarehouseSettings)

@@ -1,0 +1,58 @@
+"""Kafka topics as code: every public topic declared once (contract section 4).
+
+Internal topics (faust's changelogs and repartitions) are created by the stages themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    doc: str
+    key: str
+    keyed: bool = True  # keyed topics get KIZUNA_PARTITIONS, the others one partition
+    cleanup_policy: str = "delete"
+    retention_ms: int = 7 * DAY_MS
+    config: dict[str, str] = field(default_factory=dict)
+
+    def name(self, prefix: str) -> str:
+        return prefix + self.suffix
+
+    def topic_config(self) -> dict[str, str]:
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "compression.type": "producer",
+            **self.config,
+        }
+
+
+TOUCHPOINTS_RAW = TopicSpec(
+    "touchpoints.raw", "validated touchpoints", key="profile id", retention_ms=30 * DAY_MS)
+TOUCHPOINTS_DLQ = TopicSpec(
+    "touchpoints.dlq", "rejected input: raw bytes, reason code, stage", key="none",
+    keyed=False, retention_ms=30 * DAY_MS)
+SESSIONS = TopicSpec("sessions", "session summaries, versioned upserts", key="profile id")
+ENGAGEMENT_SCORES = TopicSpec(
+    # Latest state per customer: compaction keeps each customer's newest profile for rebuilds.
+    "engagement.scores", "engagement, RFM and BTYD profile updates", key="customer id",
+    cleanup_policy="compact,delete", retention_ms=30 * DAY_MS)
+ALERTS_CART_ABANDONMENT = TopicSpec(
+    "alerts.cart_abandonment", "cart alerts and their resolution", key="customer id")
+ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer id")
+
+PUBLIC_TOPICS: tuple[TopicSpec, ...] = (
+    TOUCHPOINTS_RAW, TOUCHPOINTS_DLQ, SESSIONS, ENGAGEMENT_SCORES,
+    ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK,
+)
+
+
+def partitions_for(spec: TopicSpec, settings: Settings) -> int:
+    return settings.partitions if spec.keyed else 1

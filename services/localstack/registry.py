@@ -1,0 +1,70 @@
+"""What `kizuna up` runs: one entry per process of the local stack.
+
+A stage joins the local stack by adding a `Program` here: its command line, whether it runs
+with these settings, and how to tell it is ready. Programs start in this order, each once
+the one before is ready.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.common.errors import UnreachableError
+from services.common.kafka import check_reachable
+from services.common.settings import Settings
+from services.localstack import kafka
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: Callable[[Settings], list[str]]
+    enabled: Callable[[Settings], bool] = lambda s: True
+    ready: Callable[[Settings], bool] = lambda s: True
+    needs_topics: bool = False  # start only after `kizuna topics create`
+    stop_wait_seconds: int = 20
+
+
+def python_module(module: str) -> Callable[[Settings], list[str]]:
+    return lambda s: [sys.executable, "-m", module]
+
+
+def kafka_ready(settings: Settings) -> bool:
+    try:
+        return check_reachable(settings, timeout=2) > 0
+    except UnreachableError:
+        return False
+
+
+def http_ready(port_of: Callable[[Settings], int]) -> Callable[[Settings], bool]:
+    def ready(settings: Settings) -> bool:
+        url = f"http://127.0.0.1:{port_of(settings)}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status == 200 and json.load(resp).get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+    return ready
+
+
+KAFKA = Program(
+    "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
+    stop_wait_seconds=40)
+WAREHOUSE = Program(
+    "warehouse", python_module("services.warehouse"),
+    ready=http_ready(lambda s: s.warehouse_port))
+
+PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE)
+
+
+def ports(settings: Settings) -> dict[str, int]:
+    """Ports the enabled programs listen on, by environment variable (checked before start)."""
+    found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port}
+    if settings.local_kafka:
+        found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
+        found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port
+    return found

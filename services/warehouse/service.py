@@ -1,0 +1,129 @@
+"""The warehouse process: owner of the ClickHouse connection.
+
+In embedded mode it is the only process that opens the chdb engine, so it also serves
+read-only analyst queries for `kizuna query` on its gateway. Every request runs under one lock:
+the embedded engine is not safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from services.common import logs
+from services.common.clickhouse import QueryError, connect, raw_query
+from services.common.errors import KizunaError
+from services.common.settings import WarehouseSettings, load
+from services.warehouse.migrations import apply_migrations
+
+log = logging.getLogger("kizuna.warehouse")
+
+QUERIES = Counter(
+    "kizuna_warehouse_gateway_queries", "Analyst queries served by the gateway", ["status"])
+
+
+class Warehouse:
+    def __init__(self, settings: WarehouseSettings, client: Client, reader: Client) -> None:
+        self.settings = settings
+        self.client = client  # writes: migrations, and the stage's inserts
+        self.reader = reader  # analyst queries: a read-only session
+        self.lock = threading.Lock()
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        with self.lock:
+            return raw_query(self.reader, sql, fmt, timeout=self.settings.query_timeout)
+
+    def migrate(self) -> list[str]:
+        with self.lock:
+            applied = apply_migrations(self.client, self.settings.common)
+        return [f"{m.version:04d}_{m.name}" for m in applied]
+
+    def health(self) -> dict[str, object]:
+        common = self.settings.common
+        return {
+            "stage": "warehouse",
+            "status": "ok",
+            "chdb_path": str(common.chdb_path) if common.embedded_clickhouse else None,
+        }
+
+
+def make_handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
+    embedded = warehouse.settings.common.embedded_clickhouse
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # no per-request log lines
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if path in ("/healthz", "/readyz"):
+                self._send(200, json.dumps(warehouse.health()).encode())
+            elif path == "/metrics":
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/v1/migrate" and embedded:
+                try:
+                    self._send(200, json.dumps(warehouse.migrate()).encode())
+                except KizunaError as exc:
+                    self._send(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc).encode(), "text/plain")
+                return
+            if url.path != "/v1/query" or not embedded:
+                self._send(404, b'{"error": "not found"}')
+                return
+            fmt = parse_qs(url.query).get("format", ["JSONEachRow"])[0]
+            length = int(self.headers.get("Content-Length") or 0)
+            sql = self.rfile.read(length).decode("utf-8", errors="replace")
+            try:
+                body = warehouse.query(sql, fmt)
+            except QueryError as exc:
+                QUERIES.labels("error").inc()
+                self._send(HTTPStatus.BAD_REQUEST, str(exc).encode(), "text/plain")
+                return
+            QUERIES.labels("ok").inc()
+            self._send(200, body, "application/octet-stream")
+
+    return Handler
+
+
+def main() -> None:
+    settings = load(WarehouseSettings)
+    logs.configure(settings.common.log_level, settings.common.log_format)
+    client = connect(settings.common)
+    applied = apply_migrations(client, settings.common)
+    log.info("migrations applied: %s", [f"{m.version:04d}_{m.name}" for m in applied] or "none")
+    warehouse = Warehouse(settings, client, connect(settings.common, readonly=True))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", settings.common.warehouse_port), make_handler(warehouse))
+    server.daemon_threads = True
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("warehouse ready on 127.0.0.1:%d", settings.common.warehouse_port)
+    server.serve_forever()
+    with warehouse.lock:
+        warehouse.reader.close()
+        client.close()
+    log.info("stopped")
