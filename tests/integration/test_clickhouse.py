@@ -1,0 +1,88 @@
+"""Migrations on the real ClickHouse engine (embedded, through clickhouse-connect)."""
+
+import datetime as dt
+
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from services.common.clickhouse import connect
+from services.common.settings import Settings, load
+from services.warehouse.migrations import MigrationError, apply_migrations, discover
+
+pytestmark = pytest.mark.integration
+CONTRACT_TABLES = {"touchpoints", "sessions", "customer_profiles", "alerts", "dead_letters"}
+T0 = dt.datetime(2024, 3, 13, 10, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    settings = load(Settings, {"KIZUNA_HOME": str(tmp_path)})
+    client = connect(settings)
+    yield settings, client
+    client.close()
+
+
+def test_migrate_creates_the_contract_tables_once(engine):
+    settings, client = engine
+    applied = apply_migrations(client, settings)
+    assert [m.version for m in applied] == [m.version for m in discover()]
+    names = {r[0] for r in client.query(
+        "SELECT name FROM system.tables WHERE database = 'kizuna'").result_rows}
+    assert names == CONTRACT_TABLES
+    assert apply_migrations(client, settings) == []
+    columns = {r[0]: r[1] for r in client.query(
+        "SELECT name, type FROM system.columns "
+        "WHERE database = 'kizuna' AND table = 'customer_profiles'"
+    ).result_rows}
+    for name in ("customer_id", "engagement_score", "tier", "frequency", "recency", "T",
+                 "monetary_value", "rfm_segment", "preferred_channel", "updated_at"):
+        assert name in columns
+    assert columns["updated_at"] == "DateTime64(3, 'UTC')"
+
+
+def test_contract_names_return_deduplicated_latest_rows(engine):
+    settings, client = engine
+    apply_migrations(client, settings)
+    cols = ["event_id", "event_type", "channel", "profile_id", "occurred_at", "received_at",
+            "event_time", "source", "session_id", "version"]
+    row = ["e1", "page_view", "web", "C1", T0, T0, T0, "test"]
+    # At-least-once delivery: the same event arrives twice, then re-emitted with its session.
+    client.insert("kizuna_store.touchpoints", [row + [None, 1], row + [None, 1]], column_names=cols)
+    client.insert("kizuna_store.touchpoints", [row + ["s1", 2]], column_names=cols)
+    assert client.query("SELECT count() FROM kizuna.touchpoints").result_rows == [(1,)]
+    assert client.query("SELECT session_id FROM kizuna.touchpoints").result_rows == [("s1",)]
+
+    scols = ["session_id", "profile_id", "started_at", "ended_at", "event_count", "purchase_count",
+             "revenue", "status", "version"]
+    client.insert("kizuna_store.sessions", [
+        ["s1", "C1", T0, T0, 1, 0, 0.0, "open", 1],
+        ["s1", "C1", T0, T0, 3, 0, 0.0, "closed", 2],
+        ["s0", "C1", T0, T0, 1, 0, 0.0, "merged", 2],
+    ], column_names=scols)
+    assert client.query("SELECT session_id, event_count, status FROM kizuna.sessions"
+                        ).result_rows == [("s1", 3, "closed")]
+
+
+def test_an_edited_migration_is_refused(engine):
+    settings, client = engine
+    apply_migrations(client, settings)
+    client.insert("kizuna_store.schema_migrations", [[1, "contract_tables", "edited"]],
+                  column_names=["version", "name", "checksum"])
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        apply_migrations(client, settings)
+
+
+def test_a_readonly_connection_cannot_write_or_drop(engine):
+    settings, client = engine
+    apply_migrations(client, settings)
+    reader = connect(settings, readonly=True)
+    try:
+        for sql in ("DROP TABLE kizuna_store.touchpoints",
+                    "INSERT INTO kizuna_store.dead_letters (dead_letter_id) VALUES ('x')",
+                    "SET readonly = 0"):
+            with pytest.raises(DatabaseError, match="readonly"):
+                reader.command(sql)
+        assert reader.query("SELECT count() FROM kizuna.alerts").result_rows == [(0,)]
+    finally:
+        reader.close()
+    client.command("INSERT INTO kizuna_store.dead_letters (dead_letter_id) VALUES ('ok')")

@@ -1,0 +1,114 @@
+"""`kizuna up`, `query`, `migrate`, `status`, `down` on the real local stack."""
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from services.common.settings import Settings, load
+from services.localstack import supervisor
+from tests.conftest import free_ports, kizuna, stack_env
+
+pytestmark = pytest.mark.integration
+CONTRACT_TABLES = ["alerts", "customer_profiles", "dead_letters", "sessions", "touchpoints"]
+LIST_TABLES = "SELECT name FROM system.tables WHERE database = 'kizuna' ORDER BY name"
+
+
+def one_error_line(result) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("kizuna: error: ")
+    return lines[0]
+
+
+def test_up_twice_then_query_lists_the_contract_tables(stack):
+    before = {p["name"]: p["pid"] for p in json.loads(kizuna(stack, "status", "--json").stdout)}
+    assert set(before) == {"kafka", "warehouse"}
+    again = kizuna(stack, "up")
+    assert "0 created" in again.stdout
+    after = json.loads(kizuna(stack, "status", "--json").stdout)
+    assert {p["name"]: p["pid"] for p in after} == before
+    assert all(p["state"] == "RUNNING" for p in after)
+
+    # The warehouse owns the embedded engine; `kizuna query` goes through its gateway.
+    out = kizuna(stack, "query", LIST_TABLES, "--format", "csv").stdout.splitlines()
+    assert out == ['"name"'] + [f'"{t}"' for t in CONTRACT_TABLES]
+    rows = kizuna(stack, "query", LIST_TABLES, "--format", "json").stdout.splitlines()
+    assert [json.loads(r)["name"] for r in rows] == CONTRACT_TABLES
+    table = kizuna(stack, "query", LIST_TABLES).stdout
+    assert all(t in table for t in CONTRACT_TABLES)
+    assert kizuna(stack, "migrate").stdout.strip() == "up to date"
+
+
+def test_query_is_read_only_and_errors_are_one_line(stack):
+    line = one_error_line(kizuna(stack, "query", "DROP TABLE kizuna.touchpoints", check=False))
+    assert "readonly" in line.lower()
+    line = one_error_line(kizuna(
+        stack, "query", "INSERT INTO kizuna_store.dead_letters (dead_letter_id) VALUES ('x')",
+        check=False))
+    assert "readonly" in line.lower()
+    assert "Syntax error" in one_error_line(kizuna(stack, "query", "SELEC 1", check=False))
+    assert kizuna(stack, "query", "SELECT count() FROM kizuna.touchpoints",
+                  "--format", "csv").stdout.splitlines()[1] == "0"
+
+
+def test_query_file(stack, tmp_path):
+    sql = tmp_path / "q.sql"
+    sql.write_text("SELECT 40 + 2 AS answer")
+    assert kizuna(stack, "query", "-f", str(sql), "--format", "json").stdout.strip() == \
+        '{"answer":42}'
+
+
+def test_wrong_addresses_give_one_clear_line(stack):
+    (dead_port,) = free_ports(1)
+    env = dict(stack, KIZUNA_KAFKA_BOOTSTRAP=f"127.0.0.1:{dead_port}")
+    line = one_error_line(kizuna(env, "topics", "create", check=False))
+    assert f"cannot reach Kafka at 127.0.0.1:{dead_port} (KIZUNA_KAFKA_BOOTSTRAP)" in line
+    env = dict(stack, KIZUNA_CLICKHOUSE_URL=f"http://127.0.0.1:{dead_port}")
+    line = one_error_line(kizuna(env, "query", "SELECT 1", check=False))
+    assert "cannot reach ClickHouse" in line and "KIZUNA_CLICKHOUSE_URL" in line
+    env = dict(stack, KIZUNA_CLICKHOUSE_URL="ftp://somewhere")
+    assert "unsupported scheme" in one_error_line(kizuna(env, "query", "SELECT 1", check=False))
+
+
+def test_a_second_stack_on_a_taken_port_refuses_to_start(stack):
+    with tempfile.TemporaryDirectory(prefix="kz-", dir="/tmp") as home:
+        env = dict(stack_env(Path(home)), KIZUNA_KAFKA_PORT=stack["KIZUNA_KAFKA_PORT"])
+        line = one_error_line(kizuna(env, "up", check=False))
+        assert f"port {stack['KIZUNA_KAFKA_PORT']} (KIZUNA_KAFKA_PORT) is already in use" in line
+        assert not supervisor.stack_processes(load(Settings, env))
+
+
+def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
+    """A second stack beside the session's; its process runner is killed, then cleaned up."""
+    with tempfile.TemporaryDirectory(prefix="kz-", dir="/tmp") as home:
+        env = stack_env(Path(home))
+        settings = load(Settings, env)
+        started = time.monotonic()
+        kizuna(env, "up")
+        cold = time.monotonic() - started
+        assert kizuna(env, "query", LIST_TABLES, "--format", "csv").stdout.count("\n") == 6
+        kizuna(stack, "query", "SELECT 1")  # the other stack is unaffected
+
+        os.kill(supervisor.supervisord_pid(settings), signal.SIGKILL)
+        time.sleep(0.5)
+        orphans = supervisor.stack_processes(settings)
+        assert {p.name() for p in orphans} >= {"java"}
+        assert "orphaned" in kizuna(env, "status", check=False).stdout
+
+        # Restart over the orphans and the existing data: a warm start.
+        started = time.monotonic()
+        kizuna(env, "up")
+        warm = time.monotonic() - started
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans)
+        kizuna(env, "down")
+        assert supervisor.stack_processes(settings) == []
+        assert kizuna(env, "down").stdout.strip() == "nothing running"
+        assert kizuna(env, "status", check=False).returncode == 3
+        print(f"\nstack start: cold {cold:.1f} s, warm (after a crash) {warm:.1f} s")

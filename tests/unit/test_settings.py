@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from services.common.errors import ConfigError
+from services.common.settings import (
+    ALL_SETTINGS,
+    Settings,
+    WarehouseSettings,
+    describe,
+    load,
+    mask_url,
+)
+
+
+def test_defaults_are_derived_from_earlier_settings(tmp_path):
+    s = load(Settings, {"KIZUNA_HOME": str(tmp_path), "KIZUNA_KAFKA_PORT": "19999"})
+    assert s.home == tmp_path
+    assert s.kafka_bootstrap == "127.0.0.1:19999"
+    assert s.clickhouse_url == f"chdb://{tmp_path}/clickhouse"
+    assert s.embedded_clickhouse and s.chdb_path == tmp_path / "clickhouse"
+    assert s.local_kafka
+    assert s.topic_prefix == "kizuna."
+    assert s.store_database == "kizuna_store"
+
+
+def test_home_defaults_to_dot_kizuna_resolved():
+    assert load(Settings, {}).home == Path("./.kizuna").resolve()
+
+
+def test_explicit_bootstrap_means_bring_your_own_cluster():
+    s = load(Settings, {"KIZUNA_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092"})
+    assert not s.local_kafka
+    assert s.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+
+
+def test_nested_service_settings_share_the_common_ones(tmp_path):
+    w = load(WarehouseSettings, {"KIZUNA_HOME": str(tmp_path), "KIZUNA_QUERY_TIMEOUT": "5"})
+    assert w.common.home == tmp_path and w.query_timeout == 5.0
+    assert "KIZUNA_QUERY_TIMEOUT" in w.explicit
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KIZUNA_KAFKA_PORT": "abc"}, "KIZUNA_KAFKA_PORT: expected int, got 'abc'"),
+    ({"KIZUNA_KAFKA_PORT": "70000"}, "KIZUNA_KAFKA_PORT: 70000 is not a TCP port"),
+    ({"KIZUNA_CLICKHOUSE_URL": "mysql://db"}, "unsupported scheme 'mysql'"),
+    ({"KIZUNA_CLICKHOUSE_URL": "/var/lib/ch"}, "unsupported scheme '(none)'"),
+    ({"KIZUNA_PARTITIONS": "0"}, "KIZUNA_PARTITIONS"),
+    ({"KIZUNA_LOG_FORMAT": "xml"}, "KIZUNA_LOG_FORMAT"),
+    ({"KIZUNA_KAFKA_CONTROLLER_PORT": "9092"}, "must differ"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(Settings, env)
+
+
+def test_passwords_in_urls_are_masked():
+    assert mask_url("http://bob:s3cret@ch:8123/db") == "http://bob:****@ch:8123/db"
+    assert mask_url("http://ch:8123") == "http://ch:8123"
+    shown = dict((env, value) for env, value, _, _ in describe(
+        load(Settings, {"KIZUNA_CLICKHOUSE_URL": "https://u:pw@ch.example:8443"})))
+    assert shown["KIZUNA_CLICKHOUSE_URL"] == "https://u:****@ch.example:8443"
+    assert "pw" not in str(shown)
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for cls in ALL_SETTINGS:
+        for env, _, _, doc in describe(load(cls, {})):
+            assert doc
+            assert f"`{env}`" in readme, f"{env} missing from README's configuration table"
