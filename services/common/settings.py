@@ -140,6 +140,10 @@ class Settings:
     warehouse_port: int = setting(
         "KIZUNA_WAREHOUSE_PORT", "8089",
         "Warehouse HTTP port (127.0.0.1): health, metrics, the embedded engine's query gateway.")
+    bind_host: str = setting(
+        "KIZUNA_BIND_HOST", "127.0.0.1",
+        "Interface services listen on; 0.0.0.0 in containers. The embedded engine's query "
+        "gateway only ever listens on 127.0.0.1.")
     cache_dir: Path = setting(
         "KIZUNA_CACHE_DIR", "~/.cache/kizuna", "Downloaded Kafka jars, shared by every stack.")
     start_timeout: float = setting(

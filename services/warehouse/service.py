@@ -111,8 +111,10 @@ def main() -> None:
     applied = apply_migrations(client, settings.common)
     log.info("migrations applied: %s", [f"{m.version:04d}_{m.name}" for m in applied] or "none")
     warehouse = Warehouse(settings, client, connect(settings.common, readonly=True))
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", settings.common.warehouse_port), make_handler(warehouse))
+    common = settings.common
+    # The query gateway exists only in embedded mode, and then only on loopback.
+    host = "127.0.0.1" if common.embedded_clickhouse else common.bind_host
+    server = ThreadingHTTPServer((host, common.warehouse_port), make_handler(warehouse))
     server.daemon_threads = True
 
     def stop(signum: int, _frame: object) -> None:
@@ -121,7 +123,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("warehouse ready on 127.0.0.1:%d", settings.common.warehouse_port)
+    log.info("warehouse ready on %s:%d", host, common.warehouse_port)
     server.serve_forever()
     with warehouse.lock:
         warehouse.reader.close()

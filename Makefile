@@ -1,0 +1,39 @@
+# Kizuna: `make setup` once, then `make up` / `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+export TZ = UTC
+
+.PHONY: setup up down status test test-unit test-integration lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+up: setup          ## start the local stack (Kafka, warehouse with embedded ClickHouse)
+	$(BIN)/kizuna up
+
+down:              ## stop everything the local stack runs
+	@if [ -x $(BIN)/kizuna ]; then $(BIN)/kizuna down; else echo "nothing installed"; fi
+
+status: setup
+	$(BIN)/kizuna status
+
+test: setup        ## the whole suite; starts and stops its own stack on free ports
+	$(BIN)/pytest
+
+test-unit: setup   ## pure tests, no broker
+	$(BIN)/pytest tests/unit
+
+test-integration: setup
+	$(BIN)/pytest tests/integration
+
+lint: setup
+	$(BIN)/ruff check services tests
+
+clean: down
+	rm -rf .kizuna
