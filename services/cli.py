@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.common import logs
 from services.common.errors import KizunaError
-from services.common.settings import ALL_SETTINGS, Settings, describe, load, reveal
+from services.common.settings import ALL_SETTINGS, IngestSettings, Settings, describe, load, reveal
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,6 +61,9 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.show_secrets:
         secrets = {env: v for cls in ALL_SETTINGS for env, v in reveal(load(cls))}
         secrets["KIZUNA_CLICKHOUSE_URL"] = settings.clickhouse_url
+        from services.ingest.keys import write_keys_spec
+
+        secrets["KIZUNA_WRITE_KEYS"] = write_keys_spec(load(IngestSettings))
         print("\nsecrets (unmasked):")
         for env, value in secrets.items():
             print(f"{env}={value}")

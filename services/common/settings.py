@@ -204,5 +204,44 @@ class WarehouseSettings:
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
 
+@dataclass(frozen=True)
+class IngestSettings:
+    """The collector (`POST /v1/events`, webhooks) and `kizuna import`."""
+
+    common: Settings
+    port: int = setting("KIZUNA_INGEST_PORT", "8088", "Collector HTTP port.")
+    write_keys: str = setting(
+        "KIZUNA_WRITE_KEYS", "",
+        "`key=source:channel|channel;...`. Empty in local mode: `kizuna up` generates one in "
+        "$KIZUNA_HOME/write_keys (`kizuna config --show-secrets` prints it).", secret=True)
+    max_event_bytes: int = setting(
+        "KIZUNA_INGEST_MAX_EVENT_BYTES", "32768", "Largest accepted event (JSON bytes).")
+    max_request_bytes: int = setting(
+        "KIZUNA_INGEST_MAX_REQUEST_BYTES", "1048576",
+        "Largest request body, after gzip decompression.")
+    max_batch_events: int = setting(
+        "KIZUNA_INGEST_MAX_BATCH_EVENTS", "1000", "Most events in one request.")
+    rate_per_source: float = setting(
+        "KIZUNA_INGEST_RATE", "20000",
+        "Events per second each source may send (token bucket, bursts of 2 s); then 429.")
+    produce_timeout_ms: int = setting(
+        "KIZUNA_INGEST_PRODUCE_TIMEOUT_MS", "10000",
+        "How long the collector waits for Kafka to acknowledge before answering 503.")
+    pii_properties: str = setting(
+        "KIZUNA_PII_PROPERTIES", "email,phone",
+        "Comma-separated property names hashed (salted SHA-256) before anything reaches Kafka.")
+    pii_salt: str = setting(
+        "KIZUNA_PII_SALT", "", "Salt of the PII hash; set it in production.", secret=True)
+    webhook_secrets: str = setting(
+        "KIZUNA_WEBHOOK_SECRETS", "",
+        "`provider=secret;...`: HMAC-SHA256 secrets of email-provider webhooks.", secret=True)
+    webhook_tolerance: int = setting(
+        "KIZUNA_WEBHOOK_TOLERANCE", "300", "Seconds a webhook signature's timestamp may be off.")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        _check_port("KIZUNA_INGEST_PORT", self.port)
+
+
 #: Every settings object, in the order `kizuna config` prints them.
-ALL_SETTINGS: tuple[type, ...] = (Settings, WarehouseSettings)
+ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, WarehouseSettings)

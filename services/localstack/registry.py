@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from services.common.errors import UnreachableError
 from services.common.kafka import check_reachable
-from services.common.settings import Settings
+from services.common.settings import IngestSettings, Settings, load
+from services.ingest.keys import ensure_local_key
 from services.localstack import kafka
 
 
@@ -54,16 +55,28 @@ def http_ready(port_of: Callable[[Settings], int]) -> Callable[[Settings], bool]
 KAFKA = Program(
     "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
     stop_wait_seconds=40)
+def ingest_port(settings: Settings) -> int:
+    return load(IngestSettings).port
+
+
+def ingest_command(settings: Settings) -> list[str]:
+    ensure_local_key(load(IngestSettings))
+    return python_module("services.ingest")(settings)
+
+
 WAREHOUSE = Program(
     "warehouse", python_module("services.warehouse"),
     ready=http_ready(lambda s: s.warehouse_port))
+INGEST = Program(
+    "ingest", ingest_command, ready=http_ready(ingest_port), needs_topics=True)
 
-PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE)
+PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST)
 
 
 def ports(settings: Settings) -> dict[str, int]:
     """Ports the enabled programs listen on, by environment variable (checked before start)."""
-    found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port}
+    found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port,
+             "KIZUNA_INGEST_PORT": ingest_port(settings)}
     if settings.local_kafka:
         found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
         found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port

@@ -1,0 +1,214 @@
+"""The collector's HTTP API (contract section 3) on aiohttp: a thin adapter over `collector`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from services.common.serde import default_serde
+from services.common.settings import IngestSettings
+from services.ingest import webhooks
+from services.ingest.collector import (
+    Outcome,
+    RequestError,
+    TokenBucket,
+    dead_letter,
+    process,
+    to_messages,
+)
+from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, verify
+from services.ingest.openapi import OPENAPI
+from services.ingest.producer import BatchProducer
+from services.ingest.validation import Enrichment
+
+log = logging.getLogger("kizuna.ingest")
+
+REQUESTS = Counter("kizuna_ingest_requests", "HTTP requests by endpoint and status",
+                   ["endpoint", "status"])
+EVENTS = Counter("kizuna_ingest_events", "Events by outcome, reason and channel",
+                 ["outcome", "reason", "channel"])
+PRODUCE_SECONDS = Histogram(
+    "kizuna_ingest_produce_seconds", "Time from produce to Kafka acknowledgement of a request",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+RETRY_AFTER_SECONDS = 5
+
+
+def _error(status: int, reason: str, detail: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": reason, "detail": detail}, status=status, headers=headers)
+
+
+class Collector:
+    def __init__(self, settings: IngestSettings, write_keys: WriteKeys,
+                 producer: BatchProducer) -> None:
+        self.settings = settings
+        self.keys = write_keys
+        self.producer = producer
+        self.serde = default_serde()
+        self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
+        self.pii = frozenset(p.strip() for p in settings.pii_properties.split(",") if p.strip())
+        self.buckets: dict[str, TokenBucket] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestError(413, "request_too_large", f"body over {limit} bytes")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            raise RequestError(413, "request_too_large", f"body over {limit} bytes")
+        encoding = request.headers.get("Content-Encoding", "").lower()
+        if encoding == "gzip":
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                body = inflater.decompress(body, limit + 1)  # bounded: no gzip bombs
+            except zlib.error:
+                raise RequestError(400, "invalid_gzip", "body is not valid gzip") from None
+            if len(body) > limit or inflater.unconsumed_tail:
+                raise RequestError(413, "request_too_large",
+                                   f"decompressed body over {limit} bytes")
+        elif encoding not in ("", "identity"):
+            raise RequestError(400, "unsupported_encoding", f"Content-Encoding {encoding!r}")
+        return body
+
+    def rate_limited(self, source: str, events: int) -> float:
+        bucket = self.buckets.get(source)
+        if bucket is None:
+            bucket = self.buckets[source] = TokenBucket(self.settings.rate_per_source)
+        return bucket.take(events, time.monotonic())
+
+    async def deliver(self, outcome: Outcome, source: str, received_at: int) -> web.Response:
+        messages = to_messages(outcome, self.serde, self.settings.common.topic_prefix, source,
+                               received_at)
+        started = time.perf_counter()
+        error = await self.producer.send(messages)
+        PRODUCE_SECONDS.observe(time.perf_counter() - started)
+        if error:
+            log.warning("Kafka did not take %d message(s): %s", len(messages), error)
+            return _error(503, "kafka_unavailable", f"Kafka did not acknowledge: {error}",
+                          {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        for record in outcome.records:
+            EVENTS.labels("accepted", "", record["channel"]).inc()
+        for _, _, rejection, _ in outcome.rejected:
+            EVENTS.labels("rejected", rejection.reason, "").inc()
+        return web.json_response(outcome.response(), status=202)
+
+    async def parse(self, body: bytes, source: Source, received_at: int) -> object:
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            # Keep the evidence: an authenticated client sent it.
+            dl = dead_letter("invalid_json", str(exc)[:200], source.name, body, received_at)
+            await self.producer.send([(
+                f"{self.settings.common.topic_prefix}touchpoints.dlq", None,
+                self.serde.encode("dead_letter", dl))])
+            raise RequestError(400, "invalid_json", f"body is not JSON: {exc}"[:300]) from None
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, key = auth.partition(" ")
+        source = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
+        if source is None:
+            return _error(401, "unauthorized", "missing or unknown write key (Bearer KEY)")
+        received_at = int(time.time() * 1000)
+        try:
+            body = await self.read_body(request)
+            payload = await self.parse(body, source, received_at)
+            enrich = Enrichment(source.name, received_at, source.channels, self.pii,
+                                self.settings.pii_salt)
+            outcome = process(payload, body, enrich, max_events=self.settings.max_batch_events,
+                              max_event_bytes=self.settings.max_event_bytes)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason, exc.detail)
+        wait = self.rate_limited(source.name, len(outcome.records) + len(outcome.rejected))
+        if wait:
+            return _error(429, "rate_limited", f"source {source.name!r} is over its rate",
+                          {"Retry-After": str(max(1, round(wait + 0.5)))})
+        return await self.deliver(outcome, source.name, received_at)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        provider = request.match_info["provider"]
+        secret = self.webhook_secrets.get(provider)
+        if secret is None:
+            return _error(404, "unknown_provider", f"no webhook secret for {provider!r}")
+        received_at = int(time.time() * 1000)
+        try:
+            body = await self.read_body(request)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason, exc.detail)
+        problem = verify(secret, request.headers.get("Kizuna-Timestamp"),
+                         request.headers.get("Kizuna-Signature"), body, time.time(),
+                         self.settings.webhook_tolerance)
+        if problem:
+            return _error(401, "bad_signature", problem)
+        source = Source(f"webhook:{provider}", frozenset({"email"}))
+        try:
+            payload = await self.parse(body, source, received_at)
+            events = webhooks.to_touchpoints(payload, provider, self.settings.pii_salt)
+            enrich = Enrichment(source.name, received_at, source.channels, self.pii,
+                                self.settings.pii_salt)
+            outcome = process({"events": events}, body, enrich,
+                              max_events=self.settings.max_batch_events,
+                              max_event_bytes=self.settings.max_event_bytes)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason, exc.detail)
+        return await self.deliver(outcome, source.name, received_at)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"stage": "ingest", "status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        reachable = await loop.run_in_executor(None, self.producer.broker_reachable)
+        if not reachable:
+            return web.json_response({"stage": "ingest", "status": "kafka_unreachable"},
+                                     status=503)
+        return web.json_response({"stage": "ingest", "status": "ok"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler) -> web.StreamResponse:
+    route = request.match_info.route.resource
+    endpoint = route.canonical if route is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        REQUESTS.labels(endpoint, str(exc.status)).inc()
+        if exc.status == 413:
+            return _error(413, "request_too_large", exc.text or "request too large")
+        raise
+    except Exception:
+        log.exception("unexpected error on %s", endpoint)
+        REQUESTS.labels(endpoint, "500").inc()
+        return _error(500, "internal_error", "unexpected error; nothing was acknowledged")
+    REQUESTS.labels(endpoint, str(response.status)).inc()
+    return response
+
+
+def build_app(collector: Collector) -> web.Application:
+    # aiohttp's own body limit is a backstop; read_body applies ours with a clear reason.
+    app = web.Application(middlewares=[count_requests],
+                          client_max_size=collector.settings.max_request_bytes + 1024)
+    app.router.add_post("/v1/events", collector.events)
+    app.router.add_post("/v1/webhooks/email/{provider}", collector.webhook)
+    app.router.add_get("/healthz", collector.healthz)
+    app.router.add_get("/readyz", collector.readyz)
+    app.router.add_get("/metrics", collector.metrics)
+    app.router.add_get("/openapi.json", collector.openapi)
+    return app

@@ -1,0 +1,118 @@
+"""What the collector does with a request body, apart from HTTP and Kafka (pure, testable)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, AvroSerde
+from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+from services.ingest.producer import Message
+from services.ingest.validation import Enrichment, Rejection, profile_id, validate
+
+STAGE = "ingest"
+
+
+class RequestError(Exception):
+    """The whole request is refused (400 or 413)."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
+@dataclass
+class Outcome:
+    records: list[dict] = field(default_factory=list)
+    rejected: list[tuple[int, object, Rejection, bytes]] = field(default_factory=list)
+
+    def response(self) -> dict:
+        return {
+            "accepted": len(self.records),
+            "rejected": [
+                {"index": index, "event_id": event_id, **rejection.as_dict()}
+                for index, event_id, rejection, _ in self.rejected
+            ],
+        }
+
+
+def split_events(payload: object, max_events: int) -> tuple[list[object], bool]:
+    """The events of a body (one event, or {"events": [...]}) and whether it was a batch."""
+    if isinstance(payload, dict) and "events" in payload and "event_id" not in payload:
+        events = payload["events"]
+        if not isinstance(events, list):
+            raise RequestError(400, "invalid_batch", '"events" must be an array')
+        if len(events) > max_events:
+            raise RequestError(
+                413, "too_many_events", f"{len(events)} events; at most {max_events} a request")
+        return events, True
+    if isinstance(payload, list):
+        raise RequestError(400, "invalid_batch", 'a batch is {"events": [...]}, not an array')
+    return [payload], False
+
+
+def process(payload: object, raw_body: bytes, enrich: Enrichment, *, max_events: int,
+            max_event_bytes: int) -> Outcome:
+    events, batch = split_events(payload, max_events)
+    if not batch and len(raw_body) > max_event_bytes:
+        raise RequestError(
+            413, "event_too_large", f"event is {len(raw_body)} bytes; at most {max_event_bytes}")
+    outcome = Outcome()
+    for index, event in enumerate(events):
+        raw = raw_body if not batch else json.dumps(event, separators=(",", ":")).encode()
+        if batch and len(raw) > max_event_bytes:
+            result: dict | Rejection = Rejection(
+                "too_large", "", f"event is {len(raw)} bytes; at most {max_event_bytes}")
+        else:
+            result = validate(event, enrich)
+        if isinstance(result, Rejection):
+            event_id = event.get("event_id") if isinstance(event, dict) else None
+            event_id = event_id if isinstance(event_id, str) else None
+            outcome.rejected.append((index, event_id, result, raw))
+        else:
+            outcome.records.append(result)
+    return outcome
+
+
+def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
+                received_at_ms: int) -> dict:
+    digest = hashlib.sha256(f"{STAGE}\0{source}\0".encode() + payload).hexdigest()[:32]
+    return {
+        "dead_letter_id": digest, "reason": reason, "detail": detail, "stage": STAGE,
+        "source": source, "payload": payload, "received_at": received_at_ms,
+        "origin_topic": None, "origin_partition": None, "origin_offset": None,
+    }
+
+
+def to_messages(outcome: Outcome, serde: AvroSerde, prefix: str, source: str,
+                received_at_ms: int) -> list[Message]:
+    raw_topic, dlq_topic = TOUCHPOINTS_RAW.name(prefix), TOUCHPOINTS_DLQ.name(prefix)
+    encode = serde.encode
+    messages: list[Message] = [
+        (raw_topic, profile_id(r).encode(), encode(TOUCHPOINT, r)) for r in outcome.records
+    ]
+    for _, _, rejection, raw in outcome.rejected:
+        detail = f"{rejection.field}: {rejection.detail}" if rejection.field else rejection.detail
+        messages.append((dlq_topic, None, encode(DEAD_LETTER, dead_letter(
+            rejection.reason, detail, source, raw, received_at_ms))))
+    return messages
+
+
+class TokenBucket:
+    """Events per second with bursts of `burst_seconds`; `take` returns seconds to wait."""
+
+    def __init__(self, rate: float, burst_seconds: float = 2.0) -> None:
+        self.rate = rate
+        self.capacity = max(rate * burst_seconds, 1.0)
+        self.tokens = self.capacity
+        self.updated: float | None = None
+
+    def take(self, n: int, now: float) -> float:
+        if self.updated is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
