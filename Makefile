@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status test test-unit test-integration lint clean
+.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,10 @@ test-integration: setup
 	$(BIN)/pytest tests/integration
 
 lint: setup
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check services tests benchmarks
 
 clean: down
 	rm -rf .kizuna
+
+bench-ingest: setup  ## collector throughput and latency (starts its own stack)
+	$(BIN)/python -m benchmarks.ingest

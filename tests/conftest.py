@@ -19,6 +19,16 @@ from services.common.settings import Settings, load
 from services.localstack import supervisor
 
 KIZUNA = [sys.executable, "-m", "services.cli"]
+ALL_CHANNELS = "web|app|email|pos|support|social|other"
+WRITE_KEYS = {  # key -> source:channels; one source per test concern keeps rate buckets apart
+    "key-shop": f"shop:{ALL_CHANNELS}",
+    "key-stores": "stores:pos",
+    "key-fuzz": f"fuzz:{ALL_CHANNELS}",
+    "key-rate": f"ratetest:{ALL_CHANNELS}",
+    "key-broker": f"brokertest:{ALL_CHANNELS}",
+}
+WEBHOOK_SECRET = "whsec-test"
+INGEST_RATE = 2000
 
 
 def free_ports(n: int) -> list[int]:
@@ -34,13 +44,19 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(home: Path) -> dict[str, str]:
-    kafka, controller, warehouse = free_ports(3)
+    kafka, controller, warehouse, ingest = free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
     env.update(
         KIZUNA_HOME=str(home),
         KIZUNA_KAFKA_PORT=str(kafka),
         KIZUNA_KAFKA_CONTROLLER_PORT=str(controller),
         KIZUNA_WAREHOUSE_PORT=str(warehouse),
+        KIZUNA_INGEST_PORT=str(ingest),
+        KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
+        KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET}",
+        KIZUNA_INGEST_RATE=str(INGEST_RATE),
+        KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",
+        KIZUNA_PII_SALT="test-salt",
         KIZUNA_PARTITIONS="4",
         TZ="UTC",
     )

@@ -33,6 +33,7 @@ SESSION = "session"
 ENGAGEMENT_PROFILE = "engagement_profile"
 ALERT = "alert"
 DEAD_LETTER = "dead_letter"
+WATERMARK = "watermark"
 
 
 class DecodeError(ValueError):
@@ -52,7 +53,7 @@ class Schema:
 
     @classmethod
     def from_json(cls, name: str, schema: Mapping[str, Any]) -> Schema:
-        parsed = parse_schema(dict(schema), _write_hint=False)
+        parsed = parse_schema(dict(schema))  # the write hint: fastavro will not parse it again
         canonical = to_parsing_canonical_form(parsed)
         return cls(name, parsed, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
 

@@ -59,9 +59,11 @@ def process(payload: object, raw_body: bytes, enrich: Enrichment, *, max_events:
         raise RequestError(
             413, "event_too_large", f"event is {len(raw_body)} bytes; at most {max_event_bytes}")
     outcome = Outcome()
+    # No event of a body within the per-event limit can exceed it: measure only when needed.
+    measure = batch and len(raw_body) > max_event_bytes
     for index, event in enumerate(events):
-        raw = raw_body if not batch else json.dumps(event, separators=(",", ":")).encode()
-        if batch and len(raw) > max_event_bytes:
+        raw = _compact(event) if measure else None
+        if raw is not None and len(raw) > max_event_bytes:
             result: dict | Rejection = Rejection(
                 "too_large", "", f"event is {len(raw)} bytes; at most {max_event_bytes}")
         else:
@@ -69,10 +71,15 @@ def process(payload: object, raw_body: bytes, enrich: Enrichment, *, max_events:
         if isinstance(result, Rejection):
             event_id = event.get("event_id") if isinstance(event, dict) else None
             event_id = event_id if isinstance(event_id, str) else None
+            raw = raw if raw is not None else (_compact(event) if batch else raw_body)
             outcome.rejected.append((index, event_id, result, raw))
         else:
             outcome.records.append(result)
     return outcome
+
+
+def _compact(event: object) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,

@@ -121,6 +121,14 @@ def _validate(event: object, enrich: Enrichment) -> dict:
     }
 
 
+def parse_instant(value: str | int, name: str) -> int:
+    """Epoch milliseconds of an RFC 3339 instant (with offset) or epoch ms; ValueError if not."""
+    try:
+        return _timestamp({name: value}, name, required=True)
+    except _Invalid as bad:
+        raise ValueError(bad.rejection.detail) from None
+
+
 def pii_hash(value: str, salt: str) -> str:
     """Salted SHA-256 of a normalised PII value; the same person hashes the same everywhere."""
     return hashlib.sha256((salt + value.strip().lower()).encode()).hexdigest()

@@ -13,6 +13,7 @@ from services.common.serde import (
     SCHEMAS_DIR,
     SESSION,
     TOUCHPOINT,
+    WATERMARK,
     AvroSerde,
     DecodeError,
     default_serde,
@@ -65,6 +66,7 @@ SAMPLES = {
         "score_snapshot": None, "recommended_channel": "app",
         "recommended_action": "cart_reminder", "version": 1,
     },
+    WATERMARK: {"watermark_time": T0, "source": "import", "issued_at": T0},
     DEAD_LETTER: {
         "dead_letter_id": "d-1", "reason": "invalid_channel", "detail": "channel: 'fax'",
         "stage": "ingest", "source": "shop", "payload": b'{"channel": "fax"}',

@@ -1,0 +1,195 @@
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.errors import ConfigError
+from services.common.serde import TOUCHPOINT, default_serde
+from services.ingest.collector import RequestError, TokenBucket, process
+from services.ingest.importer import _row_to_event, read_jsonl
+from services.ingest.keys import WriteKeys, parse_write_keys, sign, verify
+from services.ingest.validation import Enrichment, Rejection, pii_hash, validate
+from services.ingest.webhooks import to_touchpoints
+
+RECEIVED = 1_710_325_500_000  # 2024-03-13T10:25:00Z
+ENRICH = Enrichment("shop", RECEIVED, frozenset({"web", "app"}), frozenset({"email"}), "salt")
+
+
+def event(**overrides):
+    base = {"event_id": "e1", "event_type": "cart_add", "channel": "web",
+            "occurred_at": "2024-03-13T10:23:32Z", "customer_id": "C123"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_a_good_event_becomes_an_avro_ready_record():
+    record = validate(event(
+        anonymous_id="dev-9f1", properties={"page": "/p/42", "score": 9, "email": "A@B.example"},
+        commerce={"cart_id": "K1", "product_id": "P42", "quantity": 1, "unit_price": 19.9,
+                  "value": 19.9, "currency": "EUR"},
+        context={"device": "mobile"}), ENRICH)
+    assert isinstance(record, dict)
+    assert record["occurred_at"] == record["event_time"] == 1_710_325_412_000
+    assert record["received_at"] == RECEIVED and record["source"] == "shop"
+    assert record["commerce"]["quantity"] == 1 and record["commerce"]["order_id"] is None
+    # PII never leaves the collector in clear.
+    assert record["properties"]["email"] == pii_hash("a@b.example", "salt")
+    assert "A@B.example" not in json.dumps(record)
+    assert default_serde().decode(TOUCHPOINT, default_serde().encode(TOUCHPOINT, record))
+
+
+def test_clock_skew_is_corrected_with_sent_at():
+    # The device clock is 1 h behind: it says it sent at 09:25:05, we received at 10:25:00.
+    record = validate(event(occurred_at="2024-03-13T09:25:00+00:00",
+                            sent_at="2024-03-13T09:25:05Z"), ENRICH)
+    assert record["event_time"] == RECEIVED - 5_000
+    assert record["occurred_at"] == RECEIVED - 3_600_000
+
+
+def test_offsets_and_epoch_millis_agree():
+    a = validate(event(occurred_at="2024-03-13T11:23:32.250+01:00"), ENRICH)["occurred_at"]
+    b = validate(event(occurred_at=1_710_325_412_250), ENRICH)["occurred_at"]
+    assert a == b == 1_710_325_412_250
+
+
+@pytest.mark.parametrize("bad, reason, field", [
+    ([], "invalid_type", ""),
+    (event(event_id=None), "missing_field", "event_id"),
+    (event(event_id="x" * 129), "invalid_value", "event_id"),
+    (event(event_type="CartAdd"), "invalid_format", "event_type"),
+    (event(channel="fax"), "invalid_value", "channel"),
+    (event(channel="pos"), "channel_not_allowed", "channel"),
+    (event(customer_id=None), "missing_identity", "customer_id"),
+    (event(occurred_at="2024-03-13 10:23:32"), "invalid_format", "occurred_at"),
+    (event(occurred_at=1_710_325_412), "invalid_value", "occurred_at"),
+    (event(occurred_at=True), "invalid_type", "occurred_at"),
+    (event(occurred_at="2024-02-30T10:00:00Z"), "invalid_value", "occurred_at"),
+    (event(occurred_at="2030-01-01T00:00:00Z"), "invalid_value", "occurred_at"),
+    (event(properties={"nested": {"a": 1}}), "invalid_type", "properties.nested"),
+    (event(properties=[1]), "invalid_type", "properties"),
+    (event(commerce={"value": "19.9"}), "invalid_type", "commerce.value"),
+    (event(commerce={"quantity": 1.5}), "invalid_type", "commerce.quantity"),
+    (event(commerce={"coupon": "X"}), "unknown_field", "commerce.coupon"),
+    (event(customerId="C1"), "unknown_field", "customerId"),
+])
+def test_rejections_name_field_and_rule(bad, reason, field):
+    result = validate(bad, ENRICH)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.field) == (reason, field)
+    assert result.detail
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=6), max_leaves=20)
+fields = st.sampled_from(["event_id", "event_type", "channel", "occurred_at", "sent_at",
+                          "customer_id", "anonymous_id", "properties", "commerce", "context"])
+
+
+@settings(max_examples=400)
+@given(st.one_of(json_values, st.dictionaries(fields, json_values, max_size=10)))
+def test_any_json_is_accepted_into_the_schema_or_rejected_with_a_reason(value):
+    result = validate(value, ENRICH)
+    if isinstance(result, Rejection):
+        assert result.reason and result.detail
+    else:  # whatever validation accepts, Avro can write
+        default_serde().encode(TOUCHPOINT, result)
+
+
+def test_batches_reject_individually_and_limits_refuse_whole_requests():
+    body = {"events": [event(), event(event_id="e2", channel="fax"),
+                       event(event_id="e3", properties={"big": "x" * 4000} | {
+                           f"k{i}": "y" * 300 for i in range(99)})]}
+    outcome = process(body, json.dumps(body).encode(), ENRICH, max_events=10,
+                      max_event_bytes=32 * 1024)
+    assert [r["event_id"] for r in outcome.records] == ["e1"]
+    assert [(i, eid, rej.reason) for i, eid, rej, _ in outcome.rejected] == [
+        (1, "e2", "invalid_value"), (2, "e3", "too_large")]
+    with pytest.raises(RequestError) as err:
+        process({"events": [event()] * 11}, b"", ENRICH, max_events=10, max_event_bytes=10**6)
+    assert err.value.status == 413
+    with pytest.raises(RequestError) as err:
+        process(event(), b"x" * 40_000, ENRICH, max_events=10, max_event_bytes=32 * 1024)
+    assert err.value.status == 413
+    with pytest.raises(RequestError) as err:
+        process([event()], b"[]", ENRICH, max_events=10, max_event_bytes=1000)
+    assert err.value.status == 400
+
+
+def test_write_keys():
+    keys = parse_write_keys("s3cret=shop:web|app; k2=stores:pos")
+    assert keys["s3cret"].name == "shop" and keys["k2"].channels == {"pos"}
+    wk = WriteKeys("s3cret=shop:web|app;k2=stores:pos")
+    assert wk.lookup("k2").name == "stores"
+    assert wk.lookup("s3cre") is None and wk.lookup("") is None
+    for spec in ("nokey", "k=shop", "k=shop:fax", "=shop:web"):
+        with pytest.raises(ConfigError, match="KIZUNA_WRITE_KEYS"):
+            parse_write_keys(spec)
+
+
+def test_webhook_signatures():
+    secret, body, now = b"whsec", b'[{"event": "open"}]', 1_700_000_000
+    good = sign(secret, str(now), body)
+    assert verify(secret, str(now), good, body, now + 10, 300) is None
+    assert "does not match" in verify(secret, str(now), good, body + b" ", now, 300)
+    assert "does not match" in verify(b"other", str(now), good, body, now, 300)
+    assert "stale" in verify(secret, str(now - 301), sign(secret, str(now - 301), body), body,
+                             now, 300)
+    assert "missing" in verify(secret, None, good, body, now, 300)
+
+
+def test_webhook_items_map_to_email_touchpoints():
+    items = to_touchpoints({"events": [
+        {"event": "click", "message_id": "m1", "timestamp": 1_710_325_412,
+         "email": "A@b.example", "url": "https://x/p", "campaign": "spring"},
+        {"event": "unsubscribe", "message_id": "m1", "timestamp": "2024-03-13T10:23:32Z",
+         "customer_id": "C1"},
+        {"event": "teleport", "message_id": "m2"},
+    ]}, "esp", "salt")
+    first = validate(items[0], Enrichment("webhook:esp", RECEIVED, frozenset({"email"})))
+    assert first["event_type"] == "email_click" and first["occurred_at"] == 1_710_325_412_000
+    assert first["anonymous_id"].startswith("email:") and "A@b" not in json.dumps(first)
+    assert first["context"] == {"campaign": "spring"}
+    second = validate(items[1], Enrichment("webhook:esp", RECEIVED, frozenset({"email"})))
+    assert second["event_type"] == "email_unsubscribe" and second["customer_id"] == "C1"
+    assert isinstance(validate(items[2], ENRICH), Rejection)
+
+
+def test_token_bucket_allows_bursts_then_asks_to_wait():
+    bucket = TokenBucket(rate=100, burst_seconds=2)
+    assert bucket.take(200, now=0.0) == 0
+    assert bucket.take(50, now=0.0) == pytest.approx(0.5)
+    assert bucket.take(50, now=0.5) == 0
+
+
+def test_csv_rows_map_types_and_refuse_formulas():
+    columns = ["event_id", "occurred_at", "commerce.value", "commerce.quantity",
+               "properties.delta", "properties.note"]
+    row = _row_to_event(columns, ["R1", "1710325412000", "59.80", "2", "-5", "ok"],
+                        {"channel": "pos"}, 2)
+    assert row == {"channel": "pos", "event_id": "R1", "occurred_at": 1710325412000,
+                   "commerce": {"value": 59.8, "quantity": 2},
+                   "properties": {"delta": -5, "note": "ok"}}
+    for cell in ("=HYPERLINK(1)", "+1+1", "@SUM(A1)", "-cmd"):
+        bad = _row_to_event(columns, ["R1", "1", "1", "1", "1", cell], {}, 3)
+        assert isinstance(bad, Rejection) and bad.reason == "formula_injection"
+    short = _row_to_event(columns, ["R1"], {}, 4)
+    assert isinstance(short, Rejection) and short.reason == "invalid_row"
+
+
+def test_jsonl_lines_that_are_not_json_become_rejections(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{broken\n\xff\xfe\n')
+    rows = list(read_jsonl(path))
+    assert [n for n, _, _ in rows] == [1, 3, 4]
+    assert rows[0][2] == {"a": 1}
+    assert all(isinstance(r[2], Rejection) and r[2].reason == "invalid_json" for r in rows[1:])
+
+
+def test_timestamps_are_utc_millis():
+    ms = validate(event(occurred_at="2024-03-13T10:23:32.123456789Z"), ENRICH)["occurred_at"]
+    assert dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat() == \
+        "2024-03-13T10:23:32.123000+00:00"
