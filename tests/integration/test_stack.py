@@ -5,6 +5,7 @@ import os
 import signal
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -89,10 +90,21 @@ def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
     """A second stack beside the session's; its process runner is killed, then cleaned up."""
     with tempfile.TemporaryDirectory(prefix="kz-", dir="/tmp") as home:
         env = stack_env(Path(home))
+        del env["KIZUNA_WRITE_KEYS"]  # local mode: `kizuna up` generates a key
         settings = load(Settings, env)
         started = time.monotonic()
         kizuna(env, "up")
         cold = time.monotonic() - started
+        key = (Path(home) / "write_keys").read_text().split("=")[0]
+        assert key not in kizuna(env, "config").stdout
+        assert f"KIZUNA_WRITE_KEYS={key}=local:" in kizuna(env, "config", "--show-secrets").stdout
+        event = {"event_id": "k1", "event_type": "page_view", "channel": "pos",
+                 "occurred_at": 1_710_000_000_000, "anonymous_id": "d1"}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{env['KIZUNA_INGEST_PORT']}/v1/events", method="POST",
+            data=json.dumps(event).encode(), headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 202
         assert kizuna(env, "query", LIST_TABLES, "--format", "csv").stdout.count("\n") == 6
         kizuna(stack, "query", "SELECT 1")  # the other stack is unaffected
 
