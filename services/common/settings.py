@@ -242,6 +242,10 @@ class IngestSettings:
     def validate(self) -> None:
         _check_port("KIZUNA_INGEST_PORT", self.port)
 
+    @property
+    def pii_names(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.pii_properties.split(",") if p.strip())
+
 
 #: Every settings object, in the order `kizuna config` prints them.
 ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, WarehouseSettings)

@@ -17,12 +17,12 @@ from services.common.serde import default_serde
 from services.common.settings import IngestSettings
 from services.ingest import webhooks
 from services.ingest.collector import (
+    MessageBuilder,
     Outcome,
     RequestError,
     TokenBucket,
-    dead_letter,
-    process,
-    to_messages,
+    process_events,
+    split_events,
 )
 from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, verify
 from services.ingest.openapi import OPENAPI
@@ -31,10 +31,11 @@ from services.ingest.validation import Enrichment
 
 log = logging.getLogger("kizuna.ingest")
 
-REQUESTS = MetricCounter("kizuna_ingest_requests", "HTTP requests by endpoint and status",
-                   ["endpoint", "status"])
-EVENTS = MetricCounter("kizuna_ingest_events", "Events by outcome, reason and channel",
-                 ["outcome", "reason", "channel"])
+REQUESTS = MetricCounter(
+    "kizuna_ingest_requests", "HTTP requests by endpoint and status", ["endpoint", "status"])
+EVENTS = MetricCounter(
+    "kizuna_ingest_events", "Events by outcome, reason and channel",
+    ["outcome", "reason", "channel"])
 PRODUCE_SECONDS = Histogram(
     "kizuna_ingest_produce_seconds", "Time from produce to Kafka acknowledgement of a request",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -52,9 +53,9 @@ class Collector:
         self.settings = settings
         self.keys = write_keys
         self.producer = producer
-        self.serde = default_serde()
+        self.messages = MessageBuilder(default_serde(), settings.common.topic_prefix)
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
-        self.pii = frozenset(p.strip() for p in settings.pii_properties.split(",") if p.strip())
+        self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}
 
     # -- helpers ------------------------------------------------------------------------------
@@ -94,8 +95,7 @@ class Collector:
         return bucket.take(events, time.monotonic())
 
     async def deliver(self, outcome: Outcome, source: str, received_at: int) -> web.Response:
-        messages = to_messages(outcome, self.serde, self.settings.common.topic_prefix, source,
-                               received_at)
+        messages = self.messages.of(outcome, source, received_at)
         started = time.perf_counter()
         error = await self.producer.send(messages)
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
@@ -115,11 +115,25 @@ class Collector:
             return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             # Keep the evidence: an authenticated client sent it.
-            dl = dead_letter("invalid_json", str(exc)[:200], source.name, body, received_at)
-            await self.producer.send([(
-                f"{self.settings.common.topic_prefix}touchpoints.dlq", None,
-                self.serde.encode("dead_letter", dl))])
+            await self.producer.send([self.messages.dead_letter(
+                "invalid_json", str(exc)[:200], source.name, body, received_at)])
             raise RequestError(400, "invalid_json", f"body is not JSON: {exc}"[:300]) from None
+
+    async def accept(self, payload: object, body: bytes, source: Source,
+                     received_at: int) -> web.Response:
+        """Rate-limit, validate and deliver the events of a parsed body."""
+        settings = self.settings
+        events, batch = split_events(payload, settings.max_batch_events)
+        # Before validation: a source over its rate costs no per-event work.
+        wait = self.rate_limited(source.name, len(events))
+        if wait:
+            return _error(429, "rate_limited", f"source {source.name!r} is over its rate",
+                          {"Retry-After": str(max(1, round(wait + 0.5)))})
+        enrich = Enrichment(source.name, received_at, source.channels, self.pii,
+                            settings.pii_salt)
+        outcome = process_events(events, batch, body, enrich,
+                                 max_event_bytes=settings.max_event_bytes)
+        return await self.deliver(outcome, source.name, received_at)
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -133,17 +147,9 @@ class Collector:
         try:
             body = await self.read_body(request)
             payload = await self.parse(body, source, received_at)
-            enrich = Enrichment(source.name, received_at, source.channels, self.pii,
-                                self.settings.pii_salt)
-            outcome = process(payload, body, enrich, max_events=self.settings.max_batch_events,
-                              max_event_bytes=self.settings.max_event_bytes)
+            return await self.accept(payload, body, source, received_at)
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
-        wait = self.rate_limited(source.name, len(outcome.records) + len(outcome.rejected))
-        if wait:
-            return _error(429, "rate_limited", f"source {source.name!r} is over its rate",
-                          {"Retry-After": str(max(1, round(wait + 0.5)))})
-        return await self.deliver(outcome, source.name, received_at)
 
     async def webhook(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
@@ -164,14 +170,9 @@ class Collector:
         try:
             payload = await self.parse(body, source, received_at)
             events = webhooks.to_touchpoints(payload, provider, self.settings.pii_salt)
-            enrich = Enrichment(source.name, received_at, source.channels, self.pii,
-                                self.settings.pii_salt)
-            outcome = process({"events": events}, body, enrich,
-                              max_events=self.settings.max_batch_events,
-                              max_event_bytes=self.settings.max_event_bytes)
+            return await self.accept({"events": events}, body, source, received_at)
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
-        return await self.deliver(outcome, source.name, received_at)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"stage": "ingest", "status": "ok"})

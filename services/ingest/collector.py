@@ -55,6 +55,11 @@ def split_events(payload: object, max_events: int) -> tuple[list[object], bool]:
 def process(payload: object, raw_body: bytes, enrich: Enrichment, *, max_events: int,
             max_event_bytes: int) -> Outcome:
     events, batch = split_events(payload, max_events)
+    return process_events(events, batch, raw_body, enrich, max_event_bytes=max_event_bytes)
+
+
+def process_events(events: list[object], batch: bool, raw_body: bytes, enrich: Enrichment, *,
+                   max_event_bytes: int) -> Outcome:
     if not batch and len(raw_body) > max_event_bytes:
         raise RequestError(
             413, "event_too_large", f"event is {len(raw_body)} bytes; at most {max_event_bytes}")
@@ -92,18 +97,32 @@ def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
     }
 
 
-def to_messages(outcome: Outcome, serde: AvroSerde, prefix: str, source: str,
-                received_at_ms: int) -> list[Message]:
-    raw_topic, dlq_topic = TOUCHPOINTS_RAW.name(prefix), TOUCHPOINTS_DLQ.name(prefix)
-    encode = serde.encode
-    messages: list[Message] = [
-        (raw_topic, profile_id(r).encode(), encode(TOUCHPOINT, r)) for r in outcome.records
-    ]
-    for _, _, rejection, raw in outcome.rejected:
-        detail = f"{rejection.field}: {rejection.detail}" if rejection.field else rejection.detail
-        messages.append((dlq_topic, None, encode(DEAD_LETTER, dead_letter(
-            rejection.reason, detail, source, raw, received_at_ms))))
-    return messages
+class MessageBuilder:
+    """Kafka messages of the collector and the importer: touchpoints and dead letters."""
+
+    def __init__(self, serde: AvroSerde, prefix: str) -> None:
+        self.encode = serde.encode
+        self.raw_topic = TOUCHPOINTS_RAW.name(prefix)
+        self.dlq_topic = TOUCHPOINTS_DLQ.name(prefix)
+
+    def touchpoint(self, record: dict) -> Message:
+        return self.raw_topic, profile_id(record).encode(), self.encode(TOUCHPOINT, record)
+
+    def dead_letter(self, reason: str, detail: str, source: str | None, payload: bytes,
+                    received_at_ms: int) -> Message:
+        return self.dlq_topic, None, self.encode(DEAD_LETTER, dead_letter(
+            reason, detail, source, payload, received_at_ms))
+
+    def rejected(self, rejection: Rejection, source: str | None, payload: bytes,
+                 received_at_ms: int) -> Message:
+        return self.dead_letter(rejection.reason, rejection.describe(), source, payload,
+                                received_at_ms)
+
+    def of(self, outcome: Outcome, source: str, received_at_ms: int) -> list[Message]:
+        messages = [self.touchpoint(r) for r in outcome.records]
+        messages += [self.rejected(rej, source, raw, received_at_ms)
+                     for _, _, rej, raw in outcome.rejected]
+        return messages
 
 
 class TokenBucket:

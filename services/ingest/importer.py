@@ -23,16 +23,17 @@ from confluent_kafka import Producer
 
 from services.common.errors import KizunaError
 from services.common.kafka import check_reachable
-from services.common.serde import DEAD_LETTER, TOUCHPOINT, WATERMARK, default_serde
+from services.common.serde import WATERMARK, default_serde
 from services.common.settings import IngestSettings
-from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
-from services.ingest.collector import dead_letter
+from services.common.topics import TOUCHPOINTS_RAW
+from services.ingest.collector import MessageBuilder
 from services.ingest.producer import producer_config
-from services.ingest.validation import Enrichment, Rejection, profile_id, validate
+from services.ingest.validation import Enrichment, Rejection, validate
 
 SOURCE = "import"
-NUMERIC_FIELDS = {"commerce.value": float, "commerce.unit_price": float, "commerce.quantity": int}
+NUMERIC_FIELDS = frozenset({"commerce.value", "commerce.unit_price", "commerce.quantity"})
 NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+INTEGER = re.compile(r"^-?\d+$")
 # A cell a spreadsheet would run as a formula (OWASP CSV injection); negative numbers are fine.
 FORMULA = re.compile(r"^[=+@\t\r]|^-(?!\d)")
 
@@ -111,15 +112,18 @@ def _row_to_event(columns: list[str], cells: list[str], defaults: dict, number: 
             return Rejection("formula_injection", path,
                              f"line {number}: cell starts like a spreadsheet formula")
         value: object = cell
-        if path in NUMERIC_FIELDS or path == "occurred_at" and cell.isdigit() \
-                or path.startswith(("properties.", "context.")) and NUMBER.match(cell):
-            try:
-                number_type = NUMERIC_FIELDS.get(path, float if "." in cell else int)
-                value = number_type(float(cell)) if number_type is int else number_type(cell)
+        if path in NUMERIC_FIELDS or _numeric_text(path) and NUMBER.match(cell):
+            try:  # as written: validation judges the type (a fractional quantity is refused)
+                value = int(cell) if INTEGER.match(cell) else float(cell)
             except ValueError:
                 return Rejection("invalid_type", path, f"line {number}: {cell!r} is not a number")
         _put(event, path, value)
     return event
+
+
+def _numeric_text(path: str) -> bool:
+    """Fields where a numeric-looking cell means a number: epoch ms, properties, context."""
+    return path == "occurred_at" or path.startswith(("properties.", "context."))
 
 
 def _put(event: dict, path: str, value: object) -> None:
@@ -136,10 +140,8 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
         raise KizunaError(f"{path}: no such file")
     check_reachable(settings.common)
     rows = read_jsonl(path) if fmt == "jsonl" else read_csv(path, load_mapping(mapping_path))
-    serde = default_serde()
-    prefix = settings.common.topic_prefix
-    raw_topic, dlq_topic = TOUCHPOINTS_RAW.name(prefix), TOUCHPOINTS_DLQ.name(prefix)
-    pii = frozenset(p.strip() for p in settings.pii_properties.split(",") if p.strip())
+    messages = MessageBuilder(default_serde(), settings.common.topic_prefix)
+    pii = settings.pii_names
     producer = Producer({**producer_config(settings), "message.timeout.ms": 60000})
     report = ImportReport()
 
@@ -154,14 +156,10 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
             parsed, Enrichment(SOURCE, received_at, None, pii, settings.pii_salt))
         if isinstance(result, Rejection):
             report.rejected[result.reason] += 1
-            detail = f"{result.field}: {result.detail}" if result.field else result.detail
-            value = serde.encode(DEAD_LETTER, dead_letter(
-                result.reason, detail, SOURCE, raw, received_at))
-            topic, key = dlq_topic, None
+            topic, key, value = messages.rejected(result, SOURCE, raw, received_at)
         else:
             report.accepted += 1
-            topic, key = raw_topic, profile_id(result).encode()
-            value = serde.encode(TOUCHPOINT, result)
+            topic, key, value = messages.touchpoint(result)
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=delivered)

@@ -43,6 +43,10 @@ class Rejection:
     def as_dict(self) -> dict[str, str]:
         return {"reason": self.reason, "field": self.field, "detail": self.detail}
 
+    def describe(self) -> str:
+        """One line for a dead letter's `detail`: the field, then the rule."""
+        return f"{self.field}: {self.detail}" if self.field else self.detail
+
 
 @dataclass(frozen=True)
 class Enrichment:
@@ -102,8 +106,9 @@ def _validate(event: object, enrich: Enrichment) -> dict:
     if occurred_at > received_at + MAX_FUTURE_MS and sent_at is None:
         raise _Invalid("invalid_value", "occurred_at", "more than 24 h in the future")
     properties = _flat_map(event, "properties")
-    for key in enrich.pii_properties.intersection(properties):
-        properties[key] = pii_hash(str(properties[key]), enrich.pii_salt)
+    for key in enrich.pii_properties:
+        if key in properties:
+            properties[key] = pii_hash(str(properties[key]), enrich.pii_salt)
     return {
         "event_id": event_id,
         "event_type": event_type,

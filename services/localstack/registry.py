@@ -52,9 +52,6 @@ def http_ready(port_of: Callable[[Settings], int]) -> Callable[[Settings], bool]
     return ready
 
 
-KAFKA = Program(
-    "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
-    stop_wait_seconds=40)
 def ingest_port(settings: Settings) -> int:
     return load(IngestSettings).port
 
@@ -64,6 +61,9 @@ def ingest_command(settings: Settings) -> list[str]:
     return python_module("services.ingest")(settings)
 
 
+KAFKA = Program(
+    "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
+    stop_wait_seconds=40)
 WAREHOUSE = Program(
     "warehouse", python_module("services.warehouse"),
     ready=http_ready(lambda s: s.warehouse_port))

@@ -81,8 +81,7 @@ def read_topic(env, topic: str, match, expected: int, timeout: float = 30) -> li
     return found
 
 
-def raw_topic(env):
-    return TOUCHPOINTS_RAW.name("kizuna.")
+RAW = TOUCHPOINTS_RAW.name("kizuna.")
 
 
 def decoded_touchpoints(env, tag: str, expected: int) -> dict[str, dict]:
@@ -91,7 +90,7 @@ def decoded_touchpoints(env, tag: str, expected: int) -> dict[str, dict]:
     def mine(msg):
         return msg.headers() is None and serde.decode(TOUCHPOINT, msg.value())[
             "event_id"].startswith(tag + "-")
-    msgs = read_topic(env, raw_topic(env), mine, expected)
+    msgs = read_topic(env, RAW, mine, expected)
     records = [serde.decode(TOUCHPOINT, m.value()) for m in msgs]
     assert len(records) == len({r["event_id"] for r in records}), "duplicates in Kafka"
     for msg, record in zip(msgs, records, strict=True):
@@ -206,7 +205,7 @@ def test_email_webhook_signatures(stack):
     assert status == 401 and "stale" in answer["detail"]
     assert hook(now, sign(secret, str(now), body), provider="nobody")[0] == 404
     serde = default_serde()
-    msgs = read_topic(stack, raw_topic(stack), lambda m: m.headers() is None
+    msgs = read_topic(stack, RAW, lambda m: m.headers() is None
                       and tag in serde.decode(TOUCHPOINT, m.value())["event_id"], 1)
     assert len(msgs) == 1, "only the good signature produced"
     record = serde.decode(TOUCHPOINT, msgs[0].value())
@@ -265,7 +264,7 @@ def test_import_jsonl_and_pos_csv(stack, tmp_path):
     assert len(in_kafka) == 20 and all(r["source"] == "import" for r in in_kafka.values())
 
     serde = default_serde()
-    marks = read_topic(stack, raw_topic(stack), lambda m: m.headers() == [
+    marks = read_topic(stack, RAW, lambda m: m.headers() == [
         ("kizuna-type", b"watermark")] and serde.decode(WATERMARK, m.value())[
         "watermark_time"].isoformat().startswith("2024-03-14T00:00"), 4)
     assert sorted(m.partition() for m in marks)[:4] == [0, 1, 2, 3]
@@ -313,7 +312,7 @@ def test_broker_down_means_503_then_every_acknowledged_event_is_in_kafka(stack, 
     acknowledged = {e["event_id"]: e for e in [*first, *during]}
     serde = default_serde()
     consumer_msgs = read_topic(
-        stack, raw_topic(stack), lambda m: m.headers() is None
+        stack, RAW, lambda m: m.headers() is None
         and serde.decode(TOUCHPOINT, m.value())["event_id"].startswith(tag + "-"), 20)
     records = {}
     for m in consumer_msgs:

@@ -176,6 +176,12 @@ def test_csv_rows_map_types_and_refuse_formulas():
     for cell in ("=HYPERLINK(1)", "+1+1", "@SUM(A1)", "-cmd"):
         bad = _row_to_event(columns, ["R1", "1", "1", "1", "1", cell], {}, 3)
         assert isinstance(bad, Rejection) and bad.reason == "formula_injection"
+    # A fractional quantity is kept as written, so validation refuses it (never truncated).
+    half = _row_to_event(columns, ["R1", "1710325412000", "1", "2.5", "1", "x"],
+                         {"channel": "pos", "event_type": "purchase", "customer_id": "C1"}, 5)
+    assert half["commerce"]["quantity"] == 2.5
+    refused = validate(half, Enrichment("import", RECEIVED))
+    assert isinstance(refused, Rejection) and refused.field == "commerce.quantity"
     short = _row_to_event(columns, ["R1"], {}, 4)
     assert isinstance(short, Rejection) and short.reason == "invalid_row"
 
