@@ -1,0 +1,376 @@
+"""The sessionizer's work on one partition's batch: identity and sessions, pure (no Kafka).
+
+Profiles. A touch with a `customer_id` belongs to that customer; a touch with only an
+`anonymous_id` to the device, until the device is linked to a customer. Raw touchpoints are
+keyed by profile, so a device's state lives on the device's partition and a customer's on the
+customer's. Identity therefore travels on a co-partitioned *handoff* topic:
+
+- a touch carrying both ids sends `link` to the device's partition (once per customer state);
+- the device, when not linked yet, links to that customer and sends its whole state (open
+  runs, live sessions, recently closed sessions) to the customer as `transfer`; later
+  device-only touches go on as `forward`;
+- a device already linked to another customer refuses: two known customers are never merged,
+  and the refused link becomes a dead letter (`identity_conflict`).
+
+Event time is per partition: the highest event time seen there, raised further by watermark
+records (`kizuna import --until`, the live tick). A touch more than the allowed lateness behind
+it becomes a dead letter (`too_late`) instead of silently reopening a closed session. Handoffs
+carry touches that were on time on their own partition, so they are never too late.
+
+State lives in a mapping (the faust table in production, a dict in tests) under `c:<customer>`,
+`a:<device>` and `t:<partition>` (the partition's event time). Each batch reads what it needs,
+and writes each changed key once at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.sessionizer import sessions as s
+from services.sessionizer.sessions import SessionRules
+
+CUSTOMER, DEVICE, STREAM_TIME = "c:", "a:", "t:"
+NEVER = -(2**62)
+#: Closed sessions a device keeps so that identifying later still attributes them.
+DEVICE_HISTORY = 20
+DEVICE_HISTORY_MS = 30 * 24 * s.HOUR_MS
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    record: dict  # schemas/touchpoint.avsc, timestamps as epoch ms
+    payload: bytes = b""  # the raw Kafka value, for a dead letter
+    origin: tuple[str, int, int] | None = None  # topic, partition, offset
+
+
+@dataclass(frozen=True)
+class Watermark:
+    time: int
+
+
+@dataclass(frozen=True)
+class Handoff:
+    message: dict
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    detail: str
+    payload: bytes
+    origin: tuple[str, int, int] | None
+
+
+@dataclass
+class Outputs:
+    sessions: list[dict] = field(default_factory=list)
+    handoffs: list[tuple[str, dict]] = field(default_factory=list)  # (profile key, message)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
+def touch_of(record: dict) -> list:
+    commerce = record.get("commerce") or {}
+    revenue = (commerce.get("value") or 0.0) if record["event_type"] == "purchase" else 0.0
+    return [record["event_time"], record["event_id"], record["event_type"], record["channel"],
+            revenue, record.get("anonymous_id")]
+
+
+class PartitionProcessor:
+    """Processes batches of one stage process's partitions over a shared state mapping."""
+
+    def __init__(self, rules: SessionRules, store: MutableMapping[str, Any]) -> None:
+        self.rules = rules
+        self.store = store
+        self._deadlines: dict[int, list[tuple[int, str]]] = {}
+
+    # -- the batch ---------------------------------------------------------------------------
+
+    def process(self, partition: int, items: list) -> Outputs:
+        batch = _Batch(self, partition)
+        for item in items:
+            if isinstance(item, Touchpoint):
+                batch.touchpoint(item)
+            elif isinstance(item, Watermark):
+                batch.stream_time = max(batch.stream_time, item.time)
+            else:
+                batch.handoff(item.message)
+        batch.close_due()
+        batch.finish()
+        return batch.out
+
+    def forget_partition(self, partition: int) -> None:
+        """After a rebalance took `partition` away; rebuilt from the store if it comes back."""
+        self._deadlines.pop(partition, None)
+
+    def deadlines(self, partition: int) -> list[tuple[int, str]]:
+        heap = self._deadlines.get(partition)
+        if heap is None:  # first batch of this partition in this process: index the store
+            heap = []
+            for key, state in list(self.store.items()):
+                if key[:2] in (CUSTOMER, DEVICE) and state.get("p") == partition:
+                    due = self.due_at(key, state)
+                    if due is not None:
+                        heap.append((due, key))
+            heapq.heapify(heap)
+            self._deadlines[partition] = heap
+        return heap
+
+    def due_at(self, key: str, state: dict) -> int | None:
+        """When this profile next needs attention without new input: a run to close, or a
+        device's closed-session history to expire."""
+        if state.get("pending"):
+            return None  # waiting for a device's answer; its transfer reschedules
+        if state["runs"]:
+            return min(self.rules.close_at(run) for run in state["runs"])
+        if state.get("closed"):
+            return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
+        return None
+
+
+class _Batch:
+    def __init__(self, proc: PartitionProcessor, partition: int) -> None:
+        self.proc = proc
+        self.rules = proc.rules
+        self.store = proc.store
+        self.partition = partition
+        self.heap = proc.deadlines(partition)
+        self.start_time = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
+        self.stream_time = self.start_time
+        self.states: dict[str, dict | None] = {}  # key -> state this batch (None: deleted)
+        self.changed: set[str] = set()
+        self.reemit: set[str] = set()  # profiles to re-emit whole (after a redelivery)
+        self.out = Outputs()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self, key: str) -> dict:
+        state = self.states.get(key)
+        if state is None:
+            state = self.store.get(key) or {"p": self.partition, "runs": [], "emitted": {}}
+            self.states[key] = state
+        return state
+
+    def touched(self, key: str) -> dict:
+        self.changed.add(key)
+        return self.state(key)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def touchpoint(self, tp: Touchpoint) -> None:
+        record = tp.record
+        t = record["event_time"]
+        self.out.counts["events"] += 1
+        customer, device = record.get("customer_id"), record.get("anonymous_id")
+        if self.rules.too_late(t, self.stream_time):
+            key = CUSTOMER + customer if customer else DEVICE + device
+            if s.contains(self.state(key)["runs"], t, record["event_id"]):
+                self.out.counts["duplicates"] += 1  # redelivered after a restart: not late
+                self.reemit.add(key)
+                self.changed.add(key)
+                return
+            self.out.counts["too_late"] += 1
+            self.out.dead_letters.append(DeadLetter(
+                "too_late",
+                f"event_time {t} is more than the allowed lateness "
+                f"({self.rules.lateness_ms} ms) behind its partition's event time "
+                f"{self.stream_time}; its session may be closed already",
+                tp.payload, tp.origin))
+            return
+        if t < self.stream_time:
+            self.out.counts["late"] += 1
+        self.stream_time = max(self.stream_time, t)
+        touch = touch_of(record)
+        if customer:
+            key = CUSTOMER + customer
+            state = self.touched(key)
+            if device and device not in state.setdefault("devices", []):
+                state["devices"].append(device)
+                # Its sessions wait for the device's answer before they may close.
+                state.setdefault("pending", []).append(device)
+                self.out.handoffs.append((device, {
+                    "kind": "link", "anonymous_id": device, "customer_id": customer,
+                    "event_id": record["event_id"], "event_time": t}))
+            self.add(key, state, touch)
+            return
+        key = DEVICE + device
+        state = self.state(key)
+        if state.get("linked_to"):
+            self.out.handoffs.append((state["linked_to"], {
+                "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
+            return
+        self.changed.add(key)
+        self.add(key, state, touch)
+
+    def add(self, key: str, state: dict, touch: list) -> None:
+        if s.insert(state["runs"], touch, self.rules.gap_ms):
+            heapq.heappush(self.heap, (self.rules.close_at(state["runs"][0]), key))
+        else:
+            self.out.counts["duplicates"] += 1
+            self.reemit.add(key)
+
+    def handoff(self, message: dict) -> None:
+        kind = message["kind"]
+        if kind == "link":
+            self.link(message)
+        elif kind == "transfer":
+            self.receive(message)
+        elif kind == "forward":
+            key = CUSTOMER + message["customer_id"]
+            self.add(key, self.touched(key), message["touch"])
+
+    def link(self, message: dict) -> None:
+        device, customer = message["anonymous_id"], message["customer_id"]
+        key = DEVICE + device
+        state = self.state(key)
+        linked = state.get("linked_to")
+        if linked == customer:
+            self.out.handoffs.append((customer, _transfer(customer, device)))
+            return
+        if linked:
+            self.out.handoffs.append((customer, _transfer(customer, device)))
+            self.out.counts["identity_conflicts"] += 1
+            self.out.dead_letters.append(DeadLetter(
+                "identity_conflict",
+                f"anonymous_id {device!r} is linked to customer {linked!r}; event "
+                f"{message['event_id']!r} links it to {customer!r}: two known customers are "
+                "never merged, the event counts for its own customer only",
+                _json(message), None))
+            return
+        self.out.counts["identity_links"] += 1
+        self.changed.add(key)
+        # Its closed sessions travel as touches too: on the customer's side they may merge
+        # with the session of the login itself.
+        emitted = dict(state["emitted"])
+        for run in state.get("closed", []):
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                record = s.summary(piece, device, None, s.CLOSED)
+                emitted[record["session_id"]] = {**record, "first_event_id": piece[0][s.EVENT_ID]}
+        self.out.handoffs.append((customer, _transfer(
+            customer, device, state["runs"] + state.get("closed", []), emitted)))
+        self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
+
+    def receive(self, message: dict) -> None:
+        customer = message["customer_id"]
+        key = CUSTOMER + customer
+        state = self.touched(key)
+        s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
+        pending = state.get("pending", [])
+        if message["anonymous_id"] in pending:
+            pending.remove(message["anonymous_id"])
+        if not pending:
+            state.pop("pending", None)
+        due = self.proc.due_at(key, state)
+        if due is not None:
+            heapq.heappush(self.heap, (due, key))
+        state["emitted"].update(message["emitted"])
+
+    # -- time --------------------------------------------------------------------------------
+
+    def close_due(self) -> None:
+        heap, now = self.heap, self.stream_time
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            state = self.states.get(key) if key in self.states else self.store.get(key)
+            if state is None:
+                continue
+            self.states[key] = state
+            due = self.proc.due_at(key, state)
+            if due is None or due >= now:
+                if due is not None:
+                    heapq.heappush(heap, (due, key))
+                continue
+            self.changed.add(key)
+            self.close(key, state, now)
+            due = self.proc.due_at(key, state)
+            if due is not None:
+                heapq.heappush(heap, (due, key))
+
+    def close(self, key: str, state: dict, now: int) -> None:
+        # Bring the live sessions up to date first, so merges are emitted before closing.
+        self.emit(key, state)
+        keep = []
+        profile_id, customer = _ids(key)
+        for run in state["runs"]:
+            if self.rules.close_at(run) >= now:
+                keep.append(run)
+                continue
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                record = s.summary(piece, profile_id, customer, s.CLOSED)
+                state["emitted"].pop(record["session_id"], None)
+                self.out.sessions.append(record)
+                self.out.counts["sessions_closed"] += 1
+            if key.startswith(DEVICE):  # kept, so that a later login can still claim it
+                state.setdefault("closed", []).append(run)
+        state["runs"] = keep
+        if key.startswith(DEVICE) and state.get("closed"):
+            horizon = now - DEVICE_HISTORY_MS
+            state["closed"] = [r for r in state["closed"] if r[-1][s.T] >= horizon][
+                -DEVICE_HISTORY:]
+
+    # -- output ------------------------------------------------------------------------------
+
+    def emit(self, key: str, state: dict) -> None:
+        """Emit every live session whose state changed, and mark the ones merged away."""
+        profile_id, customer = _ids(key)
+        force = key in self.reemit
+        emitted = state["emitted"]
+        live = {}
+        for run in state["runs"]:
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                record = s.summary(piece, profile_id, customer, s.OPEN)
+                live[record["session_id"]] = (record, piece[0][s.EVENT_ID])
+        for sid, last in list(emitted.items()):
+            if sid in live:
+                continue
+            target = s.locate(state["runs"], (last["started_at"], last["first_event_id"]),
+                              self.rules.max_length_ms)
+            merged = {**last, "profile_id": profile_id, "customer_id": customer,
+                      "status": s.MERGED, "merged_into": target,
+                      "version": s.merged_version(last["version"])}
+            merged.pop("first_event_id")
+            self.out.sessions.append(merged)
+            self.out.counts["sessions_merged"] += 1
+            del emitted[sid]
+        for sid, (record, first_event_id) in live.items():
+            last = emitted.get(sid)
+            if force or last is None or last["version"] != record["version"]:
+                self.out.sessions.append(record)
+                emitted[sid] = {**record, "first_event_id": first_event_id}
+
+    def finish(self) -> None:
+        for key in self.changed:
+            state = self.states.get(key)
+            if state is None:
+                continue
+            if state["runs"] or state["emitted"]:
+                self.emit(key, state)
+            if state["runs"] or state["emitted"] or state.get("closed") \
+                    or state.get("linked_to"):
+                self.store[key] = state
+            elif key in self.store:
+                del self.store[key]
+        if self.stream_time != self.start_time:
+            self.store[f"{STREAM_TIME}{self.partition}"] = self.stream_time
+
+
+def _transfer(customer: str, device: str, runs: list | None = None,
+              emitted: dict | None = None) -> dict:
+    """A device's state for its customer; empty when the device has nothing to give."""
+    return {"kind": "transfer", "customer_id": customer, "anonymous_id": device,
+            "runs": runs or [], "emitted": emitted or {}}
+
+
+def _ids(key: str) -> tuple[str, str | None]:
+    """(profile_id, customer_id) of a state key."""
+    profile = key[2:]
+    return profile, profile if key.startswith(CUSTOMER) else None
+
+
+def _json(message: dict) -> bytes:
+    return json.dumps(message, sort_keys=True).encode()

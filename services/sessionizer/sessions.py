@@ -1,0 +1,156 @@
+"""Event-time sessions of one profile: pure logic over plain data, no Kafka.
+
+A profile's open state is a list of *runs*: its touches connected by gaps no longer than the
+inactivity gap, sorted by (event time, event_id). A run is cut into sessions greedily from its
+first touch: each session spans at most the maximum length. So the sessions are a function of
+the set of touches, whatever order they came in: a late touch that bridges two runs merges
+them, one before a run's start moves it, and the result is what sorting everything first
+would have given. A session's id is derived from its first touch, so it is deterministic.
+
+State is JSON-ready (lists and dicts) because it is what the stage's changelog stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+
+# A touch: [event_time_ms, event_id, event_type, channel, revenue, anonymous_id]. A list, not a
+# class: it is stored as is, and there are many of them.
+T, EVENT_ID, EVENT_TYPE, CHANNEL, REVENUE, ANONYMOUS_ID = range(6)
+
+OPEN, CLOSED, MERGED = "open", "closed", "merged"
+_RANK = {OPEN: 0, CLOSED: 1, MERGED: 3}
+_ATTRIBUTED = 4
+
+
+@dataclass(frozen=True)
+class SessionRules:
+    gap_ms: int = 30 * MINUTE_MS
+    max_length_ms: int = 24 * HOUR_MS
+    lateness_ms: int = 10 * MINUTE_MS
+
+    def too_late(self, event_time: int, stream_time: int) -> bool:
+        """A touch this far behind its partition's event time may belong to a closed session."""
+        return event_time + self.lateness_ms < stream_time
+
+    def close_at(self, run: list[list]) -> int:
+        """Event time after which no acceptable touch can join `run` any more."""
+        return run[-1][T] + self.gap_ms + self.lateness_ms
+
+
+def session_id(first: list) -> str:
+    digest = hashlib.sha256(f"{first[T]}\0{first[EVENT_ID]}".encode()).hexdigest()
+    return "s-" + digest[:24]
+
+
+def version(event_count: int, attributed: bool, status: str) -> int:
+    """Monotonic per session id: a session only gains touches, gets attributed, then closes
+    or merges; a higher version always describes a later state."""
+    return event_count * 8 + (_ATTRIBUTED if attributed else 0) + _RANK[status]
+
+
+def merged_version(last: int) -> int:
+    return last | _RANK[MERGED]
+
+
+def insert(runs: list[list[list]], touch: list, gap_ms: int) -> bool:
+    """Add `touch` to the sorted runs, merging the runs it bridges; False if a duplicate."""
+    t = touch[T]
+    # Runs it touches: those whose span, widened by the gap, contains t.
+    hit = [i for i, run in enumerate(runs) if run[0][T] - gap_ms <= t <= run[-1][T] + gap_ms]
+    for i in hit:
+        if any(x[EVENT_ID] == touch[EVENT_ID] for x in runs[i]):
+            return False
+    if not hit:
+        starts = [run[0][T] for run in runs]
+        runs.insert(bisect_left(starts, t), [touch])
+        return True
+    merged = runs[hit[0]]
+    for i in hit[1:]:
+        merged.extend(runs[i])
+    if len(hit) > 1:
+        merged.sort(key=_order)
+        for i in reversed(hit[1:]):
+            del runs[i]
+    insort(merged, touch, key=_order)
+    return True
+
+
+def contains(runs: list[list[list]], t: int, event_id: str) -> bool:
+    return any(run[0][T] <= t <= run[-1][T] and any(x[EVENT_ID] == event_id for x in run)
+               for run in runs)
+
+
+def merge_runs(runs: list[list[list]], other: list[list[list]], gap_ms: int) -> int:
+    """Insert every touch of `other` (another profile's runs); returns how many were new."""
+    return sum(insert(runs, touch, gap_ms) for run in other for touch in run)
+
+
+def _order(touch: list) -> tuple[int, str]:
+    return touch[T], touch[EVENT_ID]
+
+
+def pieces(run: list[list], max_length_ms: int) -> list[list[list]]:
+    """Cut a run into sessions of at most `max_length_ms`, greedily from its first touch."""
+    out: list[list[list]] = []
+    current: list[list] = []
+    for touch in run:
+        if current and touch[T] - current[0][T] >= max_length_ms:
+            out.append(current)
+            current = []
+        current.append(touch)
+    if current:
+        out.append(current)
+    return out
+
+
+def summary(touches: list[list], profile_id: str, customer_id: str | None, status: str) -> dict:
+    """A Session record (schemas/session.avsc) of a session's touches."""
+    counts: dict[str, int] = {}
+    channels = set()
+    devices = set()
+    purchases = 0
+    revenue = 0.0
+    for touch in touches:
+        kind = touch[EVENT_TYPE]
+        counts[kind] = counts.get(kind, 0) + 1
+        channels.add(touch[CHANNEL])
+        if touch[ANONYMOUS_ID]:
+            devices.add(touch[ANONYMOUS_ID])
+        if kind == "purchase":
+            purchases += 1
+            revenue += touch[REVENUE]
+    return {
+        "session_id": session_id(touches[0]),
+        "profile_id": profile_id,
+        "customer_id": customer_id,
+        "anonymous_ids": sorted(devices),
+        "started_at": touches[0][T],
+        "ended_at": touches[-1][T],
+        "event_count": len(touches),
+        "channels": sorted(channels),
+        "event_type_counts": counts,
+        "purchase_count": purchases,
+        "revenue": round(revenue, 6),
+        "entry_event_type": touches[0][EVENT_TYPE],
+        "exit_event_type": touches[-1][EVENT_TYPE],
+        "status": status,
+        "merged_into": None,
+        "version": version(len(touches), customer_id is not None, status),
+    }
+
+
+def locate(runs: list[list[list]], touch_key: tuple[int, str], max_length_ms: int) -> str | None:
+    """Id of the session that now holds the touch with this (time, event_id)."""
+    for run in runs:
+        if run[0][T] <= touch_key[0] <= run[-1][T]:
+            for piece in pieces(run, max_length_ms):
+                if piece[0][T] <= touch_key[0] <= piece[-1][T] and any(
+                        _order(x) == touch_key for x in piece):
+                    return session_id(piece[0])
+    return None
