@@ -247,5 +247,44 @@ class IngestSettings:
         return frozenset(p.strip() for p in self.pii_properties.split(",") if p.strip())
 
 
+@dataclass(frozen=True)
+class SessionizerSettings:
+    """The sessionizer: identity resolution and event-time sessions."""
+
+    common: Settings
+    port: int = setting(
+        "KIZUNA_SESSIONIZER_PORT", "8090", "Sessionizer HTTP port: readyz and Prometheus metrics.")
+    gap_minutes: float = setting(
+        "KIZUNA_SESSION_GAP_MINUTES", "30", "Inactivity gap that ends a session.")
+    max_length_hours: float = setting(
+        "KIZUNA_SESSION_MAX_HOURS", "24", "Longest session; a longer run of activity is split.")
+    lateness_minutes: float = setting(
+        "KIZUNA_ALLOWED_LATENESS_MINUTES", "10",
+        "How far behind its partition's event time a touchpoint may arrive; later ones become "
+        "`too_late` dead letters.")
+    batch_size: int = setting(
+        "KIZUNA_SESSIONIZER_BATCH", "2000", "Most Kafka messages processed as one batch.")
+    store: str = setting(
+        "KIZUNA_SESSIONIZER_STORE", "memory://",
+        "faust table store: `memory://` (rebuilt from the changelog topic at start) or "
+        "`rocksdb://` (on disk under $KIZUNA_HOME).")
+    tick_seconds: float = setting(
+        "KIZUNA_WATERMARK_TICK_SECONDS", "0",
+        "Live mode: every this many seconds, move event time on to the wall clock minus the "
+        "allowed lateness on every raw partition, so idle sessions close. 0 (default) is off: "
+        "imports of past events move it with `kizuna import --until`.")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        _check_port("KIZUNA_SESSIONIZER_PORT", self.port)
+        if self.gap_minutes <= 0 or self.max_length_hours <= 0 or self.lateness_minutes < 0:
+            raise ConfigError("KIZUNA_SESSION_GAP_MINUTES and KIZUNA_SESSION_MAX_HOURS must be "
+                              "> 0, KIZUNA_ALLOWED_LATENESS_MINUTES >= 0")
+        if self.store.split("://")[0] not in ("memory", "rocksdb"):
+            raise ConfigError(f"KIZUNA_SESSIONIZER_STORE: expected memory:// or rocksdb://, "
+                              f"got {self.store!r}")
+
+
 #: Every settings object, in the order `kizuna config` prints them.
-ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, WarehouseSettings)
+ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, SessionizerSettings,
+                                  WarehouseSettings)

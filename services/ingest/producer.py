@@ -23,6 +23,9 @@ def producer_config(settings: IngestSettings) -> dict[str, object]:
         **client_config(settings.common),
         "enable.idempotence": True,  # implies acks=all, no reordering or duplicates on retry
         "acks": "all",
+        # Java-compatible partitioning (Kafka Streams, faust and aiokafka use it too): the
+        # stages' own co-partitioned topics must put a profile on the same partition number.
+        "partitioner": "murmur2_random",
         "compression.type": "lz4",
         "linger.ms": 5,
         "batch.num.messages": 10000,

@@ -22,6 +22,7 @@ from services.common import logs
 from services.common.clickhouse import QueryError, connect, raw_query
 from services.common.errors import KizunaError
 from services.common.settings import WarehouseSettings, load
+from services.warehouse.loader import start as start_loader
 from services.warehouse.migrations import apply_migrations
 
 log = logging.getLogger("kizuna.warehouse")
@@ -40,6 +41,11 @@ class Warehouse:
     def query(self, sql: str, fmt: str) -> bytes:
         with self.lock:
             return raw_query(self.reader, sql, fmt, timeout=self.settings.query_timeout)
+
+    def insert(self, table: str, rows: list, columns: list) -> None:
+        with self.lock:
+            self.client.insert(f"{self.settings.common.store_database}.{table}", rows,
+                               column_names=columns)
 
     def migrate(self) -> list[str]:
         with self.lock:
@@ -121,10 +127,12 @@ def main() -> None:
         log.info("signal %d: stopping", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    loader = start_loader(common, warehouse.insert)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("warehouse ready on %s:%d", host, common.warehouse_port)
     server.serve_forever()
+    loader.stop()
     with warehouse.lock:
         warehouse.reader.close()
         client.close()

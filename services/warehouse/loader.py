@@ -1,0 +1,162 @@
+"""Topics -> ClickHouse: batches of rows per table, offsets committed only after the insert.
+
+Delivery is at-least-once; the tables are ReplacingMergeTrees read through `FINAL` views, so
+a batch inserted twice (a crash between insert and commit, a retry) shows once. An insert
+that fails is retried with the identical batch, with back-off, and nothing is committed
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from prometheus_client import Counter
+
+from services.common.kafka import client_config
+from services.common.serde import DEAD_LETTER, SESSION, TOUCHPOINT, DecodeError, default_serde
+from services.common.settings import Settings
+from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+
+log = logging.getLogger("kizuna.warehouse.loader")
+
+ROWS = Counter("kizuna_warehouse_rows", "Rows inserted into ClickHouse", ["table"])
+INSERT_FAILURES = Counter("kizuna_warehouse_insert_failures", "Failed inserts", ["table"])
+SKIPPED = Counter("kizuna_warehouse_skipped", "Messages not loaded", ["reason"])
+
+
+def _str_map(values: dict) -> dict[str, str]:
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
+
+
+def touchpoint_row(r: dict) -> list:
+    c = r.get("commerce") or {}
+    return [
+        r["event_id"], r["event_type"], r["channel"], r["customer_id"] or r["anonymous_id"],
+        r["customer_id"], r["anonymous_id"], r["occurred_at"], r["sent_at"], r["received_at"],
+        r["event_time"], None, r["source"], c.get("cart_id"), c.get("order_id"),
+        c.get("product_id"), c.get("quantity"), c.get("unit_price"), c.get("value"),
+        c.get("currency"), _str_map(r["properties"]), _str_map(r["context"]), 0,
+    ]
+
+
+TOUCHPOINT_COLUMNS = [
+    "event_id", "event_type", "channel", "profile_id", "customer_id", "anonymous_id",
+    "occurred_at", "sent_at", "received_at", "event_time", "session_id", "source", "cart_id",
+    "order_id", "product_id", "quantity", "unit_price", "value", "currency", "properties",
+    "context", "version",
+]
+
+
+def session_row(r: dict) -> list:
+    return [
+        r["session_id"], r["profile_id"], r["customer_id"],
+        r["anonymous_ids"][0] if r["anonymous_ids"] else None, r["anonymous_ids"],
+        r["started_at"], r["ended_at"], r["event_count"], r["channels"], r["event_type_counts"],
+        r["purchase_count"], r["revenue"], r["entry_event_type"], r["exit_event_type"],
+        r["status"], r["merged_into"], r["version"],
+    ]
+
+
+SESSION_COLUMNS = [
+    "session_id", "profile_id", "customer_id", "anonymous_id", "anonymous_ids", "started_at",
+    "ended_at", "event_count", "channels", "event_type_counts", "purchase_count", "revenue",
+    "entry_event_type", "exit_event_type", "status", "merged_into", "version",
+]
+
+
+def dead_letter_row(r: dict) -> list:
+    return [r["dead_letter_id"], r["reason"], r["detail"], r["stage"], r["source"], r["payload"],
+            r["received_at"], r["origin_topic"], r["origin_partition"], r["origin_offset"]]
+
+
+DEAD_LETTER_COLUMNS = [
+    "dead_letter_id", "reason", "detail", "stage", "source", "payload", "received_at",
+    "origin_topic", "origin_partition", "origin_offset",
+]
+
+#: topic suffix -> (schema, table, row builder, columns)
+LOADS = {
+    TOUCHPOINTS_RAW.suffix: (TOUCHPOINT, "touchpoints", touchpoint_row, TOUCHPOINT_COLUMNS),
+    SESSIONS.suffix: (SESSION, "sessions_by_id", session_row, SESSION_COLUMNS),
+    TOUCHPOINTS_DLQ.suffix: (DEAD_LETTER, "dead_letters", dead_letter_row, DEAD_LETTER_COLUMNS),
+}
+
+
+class Loader:
+    def __init__(self, settings: Settings, insert: Callable[[str, list, list], None]) -> None:
+        self.settings = settings
+        self.insert = insert  # (table, rows, columns): the warehouse's locked insert
+        self.prefix = settings.topic_prefix
+        self.serde = default_serde()
+        self.stopping = threading.Event()
+        self.consumer = Consumer({
+            **client_config(settings),
+            "group.id": f"{self.prefix}warehouse",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 2000,  # pick up topics created after start
+        })
+
+    def run(self) -> None:
+        self.consumer.subscribe([self.prefix + suffix for suffix in LOADS])
+        while not self.stopping.is_set():
+            messages = self.consumer.consume(num_messages=20000, timeout=1.0)
+            if not messages:
+                continue
+            batches = self.rows(messages)
+            self.insert_until_done(batches)
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:  # rebalanced meanwhile: redelivered, absorbed
+                if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit
+                    log.warning("offset commit failed: %s", exc)
+        self.consumer.close()
+
+    def rows(self, messages: list) -> dict[str, list]:
+        batches: dict[str, list] = defaultdict(list)
+        for m in messages:
+            if m.error():
+                SKIPPED.labels("kafka_error").inc()
+                continue
+            if any(k == "kizuna-type" for k, _ in (m.headers() or ())):
+                continue  # control records (watermarks)
+            schema, table, build, _ = LOADS[m.topic()[len(self.prefix):]]
+            try:
+                batches[table].append(build(self.serde.decode(schema, m.value())))
+            except DecodeError as exc:
+                # The raw topic's poison records reach the dead-letter table via the stages.
+                SKIPPED.labels(exc.reason).inc()
+                log.warning("%s[%d]@%d not loaded: %s", m.topic(), m.partition(), m.offset(), exc)
+        return batches
+
+    def insert_until_done(self, batches: dict[str, list]) -> None:
+        columns = {table: cols for _, table, _, cols in LOADS.values()}
+        delay = 0.5
+        pending = dict(batches)
+        while pending and not self.stopping.is_set():
+            for table in list(pending):
+                try:
+                    self.insert(table, pending[table], columns[table])
+                except Exception as exc:  # noqa: BLE001 - any failure: retry the same rows
+                    INSERT_FAILURES.labels(table).inc()
+                    log.error("insert into %s failed (%d rows), retrying in %.1f s: %s",
+                              table, len(pending[table]), delay, str(exc).splitlines()[0][:300])
+                    continue
+                ROWS.labels(table).inc(len(pending[table]))
+                del pending[table]
+            if pending:
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def start(settings: Settings, insert: Callable[[str, list, list], None]) -> Loader:
+    loader = Loader(settings, insert)
+    threading.Thread(target=loader.run, name="loader", daemon=True).start()
+    return loader
