@@ -138,6 +138,35 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from services.common.kafka import check_reachable, group_lag
+    from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+    from services.sessionizer.app import HANDOFF
+
+    check_reachable(settings)
+    prefix = settings.topic_prefix
+    stages = {  # consumer group -> what it reads
+        f"{prefix}sessionizer": [TOUCHPOINTS_RAW.name(prefix), HANDOFF.name(prefix)],
+        f"{prefix}warehouse": [TOUCHPOINTS_RAW.name(prefix), SESSIONS.name(prefix),
+                               TOUCHPOINTS_DLQ.name(prefix)],
+    }
+    deadline = time.monotonic() + args.timeout
+    settled = 0
+    while True:
+        lags = {group: group_lag(settings, group, topics) for group, topics in stages.items()}
+        # Caught up twice in a row: a stage's last batch may still have been producing.
+        settled = settled + 1 if not any(lags.values()) else 0
+        if settled >= 2:
+            print("caught up: " + ", ".join(f"{g} lag 0" for g in lags))
+            return 0
+        if time.monotonic() > deadline:
+            raise KizunaError("not caught up after {:g} s: {}".format(args.timeout, ", ".join(
+                f"{g} lag {n}" for g, n in lags.items())))
+        time.sleep(1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kizuna", description="Kizuna: streaming customer-engagement pipeline.")
@@ -168,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     p.add_argument("--mapping", help="CSV column mapping (YAML: columns:, defaults:)")
     p.add_argument("--until", help="then move event time on to this RFC 3339 instant")
+    p = add("wait", cmd_wait,
+            "return when every stage has consumed everything and ClickHouse holds the results")
+    p.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
     return parser
 
 

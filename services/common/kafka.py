@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.common.errors import UnreachableError
@@ -80,3 +80,20 @@ def ensure_topics(
         note = "" if have == want else f"has {have} partitions, settings say {want}"
         reports.append(TopicReport(name, name in created, have, note))
     return reports
+
+
+def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0) -> int:
+    """Messages in `topics` that consumer group `group` has not committed yet."""
+    consumer = Consumer({**client_config(settings), "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout).topics
+        tps = [TopicPartition(t, p) for t in topics if t in metadata
+               for p in metadata[t].partitions]
+        lag = 0
+        for tp in consumer.committed(tps, timeout=timeout) if tps else []:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
+        return lag
+    finally:
+        consumer.close()
