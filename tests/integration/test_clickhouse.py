@@ -43,24 +43,28 @@ def test_migrate_creates_the_contract_tables_once(engine):
 def test_contract_names_return_deduplicated_latest_rows(engine):
     settings, client = engine
     apply_migrations(client, settings)
-    cols = ["event_id", "event_type", "channel", "profile_id", "occurred_at", "received_at",
-            "event_time", "source", "session_id", "version"]
-    row = ["e1", "page_view", "web", "C1", T0, T0, T0, "test"]
-    # At-least-once delivery: the same event arrives twice, then re-emitted with its session.
-    client.insert("kizuna_store.touchpoints", [row + [None, 1], row + [None, 1]], column_names=cols)
-    client.insert("kizuna_store.touchpoints", [row + ["s1", 2]], column_names=cols)
+    cols = ["event_id", "event_type", "channel", "profile_id", "anonymous_id", "occurred_at",
+            "received_at", "event_time", "source", "version"]
+    row = ["e1", "page_view", "web", "dev-1", "dev-1", T0, T0, T0, "test", 0]
+    # At-least-once delivery: the same event arrives twice.
+    client.insert("kizuna_store.touchpoints", [row, row], column_names=cols)
     assert client.query("SELECT count() FROM kizuna.touchpoints").result_rows == [(1,)]
-    assert client.query("SELECT session_id FROM kizuna.touchpoints").result_rows == [("s1",)]
+    assert client.query("SELECT customer_id, session_id FROM kizuna.touchpoints"
+                        ).result_rows == [(None, None)]
 
-    scols = ["session_id", "profile_id", "started_at", "ended_at", "event_count", "purchase_count",
-             "revenue", "status", "version"]
-    client.insert("kizuna_store.sessions", [
-        ["s1", "C1", T0, T0, 1, 0, 0.0, "open", 1],
-        ["s1", "C1", T0, T0, 3, 0, 0.0, "closed", 2],
-        ["s0", "C1", T0, T0, 1, 0, 0.0, "merged", 2],
+    scols = ["session_id", "profile_id", "customer_id", "anonymous_ids", "started_at",
+             "ended_at", "event_count", "purchase_count", "revenue", "status", "version"]
+    client.insert("kizuna_store.sessions_by_id", [
+        ["s0", "dev-1", None, ["dev-1"], T0, T0, 1, 0, 0.0, "open", 8],
+        ["s0", "C1", "C1", ["dev-1"], T0, T0, 1, 0, 0.0, "merged", 15],
+        ["s1", "C1", "C1", ["dev-1"], T0, T0, 1, 0, 0.0, "open", 12],
+        ["s1", "C1", "C1", ["dev-1"], T0, T0, 3, 0, 0.0, "closed", 29],
     ], column_names=scols)
     assert client.query("SELECT session_id, event_count, status FROM kizuna.sessions"
                         ).result_rows == [("s1", 3, "closed")]
+    # The device's event now belongs to the customer, in the surviving session.
+    assert client.query("SELECT customer_id, session_id FROM kizuna.touchpoints"
+                        ).result_rows == [("C1", "s1")]
 
 
 def test_an_edited_migration_is_refused(engine):

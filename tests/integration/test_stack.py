@@ -30,7 +30,7 @@ def one_error_line(result) -> str:
 
 def test_up_twice_then_query_lists_the_contract_tables(stack):
     before = {p["name"]: p["pid"] for p in json.loads(kizuna(stack, "status", "--json").stdout)}
-    assert set(before) == {"kafka", "warehouse", "ingest"}
+    assert set(before) == {"kafka", "warehouse", "ingest", "sessionizer"}
     again = kizuna(stack, "up")
     assert "0 created" in again.stdout
     after = json.loads(kizuna(stack, "status", "--json").stdout)
@@ -56,7 +56,7 @@ def test_query_is_read_only_and_errors_are_one_line(stack):
     assert "readonly" in line.lower()
     assert "Syntax error" in one_error_line(kizuna(stack, "query", "SELEC 1", check=False))
     assert kizuna(stack, "query", "SELECT count() FROM kizuna.touchpoints",
-                  "--format", "csv").stdout.splitlines()[1] == "0"
+                  "--format", "csv").stdout.splitlines()[1].isdigit()
 
 
 def test_query_file(stack, tmp_path):
