@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest
+.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest bench-sessionizer
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,6 @@ clean: down
 
 bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 	$(BIN)/python -m benchmarks.ingest
+
+bench-sessionizer: setup  ## the sessionizer's pure path, events/s (no Kafka)
+	$(BIN)/python -m benchmarks.sessionizer
