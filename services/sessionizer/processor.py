@@ -249,8 +249,8 @@ class _Batch:
         emitted = dict(state["emitted"])
         for run in state.get("closed", []):
             for piece in s.pieces(run, self.rules.max_length_ms):
-                record = s.summary(piece, device, None, s.CLOSED)
-                emitted[record["session_id"]] = {**record, "first_event_id": piece[0][s.EVENT_ID]}
+                emitted[s.session_id(piece[0])] = [
+                    piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
         self.out.handoffs.append((customer, _transfer(
             customer, device, state["runs"] + state.get("closed", []), emitted)))
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
@@ -325,23 +325,20 @@ class _Batch:
             for piece in s.pieces(run, self.rules.max_length_ms):
                 record = s.summary(piece, profile_id, customer, s.OPEN)
                 live[record["session_id"]] = (record, piece[0][s.EVENT_ID])
-        for sid, last in list(emitted.items()):
+        for sid, (started_at, first_event_id, last_version) in list(emitted.items()):
             if sid in live:
                 continue
-            target = s.locate(state["runs"], (last["started_at"], last["first_event_id"]),
+            target = s.locate(state["runs"], (started_at, first_event_id),
                               self.rules.max_length_ms)
-            merged = {**last, "profile_id": profile_id, "customer_id": customer,
-                      "status": s.MERGED, "merged_into": target,
-                      "version": s.merged_version(last["version"])}
-            merged.pop("first_event_id")
-            self.out.sessions.append(merged)
+            self.out.sessions.append(s.merged(sid, profile_id, customer, started_at, target,
+                                              s.merged_version(last_version)))
             self.out.counts["sessions_merged"] += 1
             del emitted[sid]
         for sid, (record, first_event_id) in live.items():
             last = emitted.get(sid)
-            if force or last is None or last["version"] != record["version"]:
+            if force or last is None or last[2] != record["version"]:
                 self.out.sessions.append(record)
-                emitted[sid] = {**record, "first_event_id": first_event_id}
+                emitted[sid] = [record["started_at"], first_event_id, record["version"]]
 
     def finish(self) -> None:
         for key in self.changed:

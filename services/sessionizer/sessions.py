@@ -145,6 +145,19 @@ def summary(touches: list[list], profile_id: str, customer_id: str | None, statu
     }
 
 
+def merged(sid: str, profile_id: str, customer_id: str | None, started_at: int,
+           merged_into: str | None, version: int) -> dict:
+    """The record that retires a session absorbed by another: only its id, status,
+    `merged_into` and version matter (readers drop merged sessions)."""
+    return {
+        "session_id": sid, "profile_id": profile_id, "customer_id": customer_id,
+        "anonymous_ids": [], "started_at": started_at, "ended_at": started_at,
+        "event_count": 0, "channels": [], "event_type_counts": {}, "purchase_count": 0,
+        "revenue": 0.0, "entry_event_type": None, "exit_event_type": None,
+        "status": MERGED, "merged_into": merged_into, "version": version,
+    }
+
+
 def locate(runs: list[list[list]], touch_key: tuple[int, str], max_length_ms: int) -> str | None:
     """Id of the session that now holds the touch with this (time, event_id)."""
     for run in runs:
