@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -122,6 +124,15 @@ def test_anonymous_browsing_then_app_login_is_one_customer(stack, tmp_path) -> N
     assert {t["customer_id"] for t in touches} == {"cust-77"}
     assert {t["session_id"] for t in touches} == {r["session_id"] for r in rows}
 
+    port = stack["KIZUNA_SESSIONIZER_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    links = re.search(r'^kizuna_sessionizer_events_total\{outcome="identity_links"\} (\S+)$',
+                      metrics, re.M)
+    assert links and float(links[1]) >= 1
+    assert re.search(r"^kizuna_sessionizer_open_sessions \S+$", metrics, re.M)
+    assert "kizuna_sessionizer_faust_" in metrics  # faust's own sensor
+
 
 def generated(t0: dt.datetime, seed: int = 11) -> list[dict]:
     """Two days of 60 profiles: customers, devices that log in, devices that never do."""
@@ -151,7 +162,7 @@ def snapshot(env: dict) -> list[dict]:
                       "ORDER BY session_id")
 
 
-def test_replay_with_one_partition_and_a_killed_worker_gives_identical_sessions(
+def test_replay_on_one_partition_rocksdb_and_a_killed_worker_gives_identical_sessions(
         stack, tmp_path) -> None:
     t0 = Clock.start()
     events = generated(t0)
@@ -161,7 +172,8 @@ def test_replay_with_one_partition_and_a_killed_worker_gives_identical_sessions(
     assert len(expected) > 60 and all(r["status"] == "closed" for r in expected)
 
     home = Path(tempfile.mkdtemp(prefix="kz-", dir="/tmp"))
-    env = {**stack_env(home), "KIZUNA_PARTITIONS": "1"}
+    # One partition, and state on local disk (RocksDB) instead of memory + changelog.
+    env = {**stack_env(home), "KIZUNA_PARTITIONS": "1", "KIZUNA_SESSIONIZER_STORE": "rocksdb://"}
     try:
         kizuna(env, "up")
         half = len(events) // 2
