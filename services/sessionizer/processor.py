@@ -75,10 +75,17 @@ class Outputs:
 
 
 def touch_of(record: dict) -> list:
+    kind = record["event_type"]
     commerce = record.get("commerce") or {}
-    revenue = (commerce.get("value") or 0.0) if record["event_type"] == "purchase" else 0.0
-    return [record["event_time"], record["event_id"], record["event_type"], record["channel"],
-            revenue, record.get("anonymous_id")]
+    value = (commerce.get("value") or 0.0) if kind in ("purchase", "refund") else 0.0
+    extra = None
+    properties = record.get("properties") or {}
+    if kind == "nps_response" and isinstance(properties.get("score"), int | float):
+        extra = {"score": properties["score"]}
+    elif kind in ("opt_in", "opt_out") and properties.get("channel"):
+        extra = {"channel": str(properties["channel"])}
+    return [record["event_time"], record["event_id"], kind, record["channel"], value,
+            record.get("anonymous_id"), extra]
 
 
 class PartitionProcessor:

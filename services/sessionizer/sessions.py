@@ -19,9 +19,11 @@ from dataclasses import dataclass
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 
-# A touch: [event_time_ms, event_id, event_type, channel, revenue, anonymous_id]. A list, not a
-# class: it is stored as is, and there are many of them.
-T, EVENT_ID, EVENT_TYPE, CHANNEL, REVENUE, ANONYMOUS_ID = range(6)
+# A touch: [event_time_ms, event_id, event_type, channel, value, anonymous_id, extra]. A list,
+# not a class: it is stored as is, and there are many of them. `value` is the order value of a
+# purchase or refund (else 0); `extra` what scoring needs of the properties (an NPS score, the
+# channel of an opt-in or opt-out), or None.
+T, EVENT_ID, EVENT_TYPE, CHANNEL, REVENUE, ANONYMOUS_ID, EXTRA = range(7)
 
 OPEN, CLOSED, MERGED = "open", "closed", "merged"
 _RANK = {OPEN: 0, CLOSED: 1, MERGED: 3}

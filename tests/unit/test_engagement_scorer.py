@@ -1,0 +1,189 @@
+"""The scorer's pure logic: decay math, RFM/BTYD, consent and the weights file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.errors import ConfigError
+from services.engagement_scorer.profile import apply, new_state, snapshot
+from services.engagement_scorer.weights import DAY_MS, load_weights
+
+W = load_weights()
+T0 = 1_710_000_000_000
+CONTRACT_VOCABULARY = (
+    "page_view", "screen_view", "app_open", "product_view", "search", "wishlist_add", "cart_add",
+    "cart_remove", "cart_view", "checkout_start", "purchase", "refund", "identify", "email_send",
+    "email_open", "email_click", "email_unsubscribe", "email_bounce", "email_spam_report",
+    "push_open", "app_uninstall", "loyalty_points_earned", "loyalty_points_redeemed",
+    "support_contact", "complaint", "nps_response", "survey_response", "credit_application_start",
+    "credit_application_abandoned", "credit_application_complete", "subscription_start",
+    "subscription_cancel_request", "subscription_cancel", "opt_in", "opt_out",
+)
+
+
+def touch(i: int, t: int, kind: str = "page_view", channel: str = "web", value: float = 0.0,
+          extra: dict | None = None) -> list:
+    return [t, f"e{i}", kind, channel, value, None, extra]
+
+
+def profile_of(touches: list[list], customer: str = "C1") -> dict:
+    state = new_state()
+    for x in touches:
+        apply(state, x, W)
+    return snapshot(state, customer, W)
+
+
+# -- the score -------------------------------------------------------------------------------
+
+kinds = st.sampled_from(["page_view", "cart_add", "purchase", "email_open", "complaint",
+                         "email_unsubscribe", "made_up_event"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120 * DAY_MS), kinds,
+                          st.sampled_from(["web", "app", "email", "pos"])), min_size=1,
+                max_size=50), st.randoms())
+def test_the_incremental_score_equals_the_sum_recomputed_in_any_order(touches, rnd) -> None:
+    items = [touch(i, T0 + t, k, c) for i, (t, k, c) in enumerate(touches)]
+    rnd.shuffle(items)
+    got = profile_of(items)
+    as_of = max(x[0] for x in items)
+    expected = sum(W.weight(x[2], x[3]) * 2 ** (-(as_of - x[0]) / W.half_life_ms) for x in items)
+    assert math.isclose(got["engagement_score"], expected, rel_tol=1e-9, abs_tol=1e-5)
+    by_channel = defaultdict(float)
+    for x in items:
+        by_channel[x[3]] += W.weight(x[2], x[3]) * 2 ** (-(as_of - x[0]) / W.half_life_ms)
+    for channel, value in by_channel.items():
+        assert math.isclose(got["channel_scores"][channel], value, rel_tol=1e-9, abs_tol=1e-5)
+
+
+def test_a_touch_half_a_life_ago_counts_half_and_duplicates_count_once() -> None:
+    half = int(W.half_life_ms)
+    got = profile_of([touch(1, T0, "purchase", value=5.0), touch(2, T0 + half),
+                      touch(2, T0 + half)])
+    assert math.isclose(got["engagement_score"], 10 * 0.5 + 0.5)
+    assert got["version"] == 2 and got["purchase_count"] == 1
+
+
+def test_bad_signals_weigh_negative_and_set_the_tier() -> None:
+    got = profile_of([touch(1, T0, "complaint", "support"),
+                      touch(2, T0 + 1, "nps_response", extra={"score": 3})])
+    assert got["engagement_score"] == pytest.approx(-18, abs=1e-3)
+    assert got["tier"] == "negative"
+    promoter = profile_of([touch(1, T0, "nps_response", extra={"score": 10})])
+    assert promoter["engagement_score"] == 5
+
+
+def test_tiers_follow_the_thresholds() -> None:
+    assert [W.tier(s) for s in (100, 40, 39.9, 15, 3, 0, -0.1)] == [
+        "champion", "champion", "engaged", "engaged", "active", "dormant", "negative"]
+
+
+# -- RFM and BTYD ----------------------------------------------------------------------------
+
+def lifetimes_reference(transactions: list[tuple[int, float]], observation_end: int) -> dict:
+    """summary_data_from_transaction_data with freq='D', written out step by step."""
+    per_day: dict[dt.date, float] = defaultdict(float)
+    for t, value in transactions:
+        per_day[dt.datetime.fromtimestamp(t / 1000, dt.UTC).date()] += value
+    days = sorted(per_day)
+    end = dt.datetime.fromtimestamp(observation_end / 1000, dt.UTC).date()
+    repeat = [per_day[d] for d in days[1:]]
+    return {"frequency": len(days) - 1, "recency": float((days[-1] - days[0]).days),
+            "T": float((end - days[0]).days),
+            "monetary_value": sum(repeat) / len(repeat) if repeat else 0.0}
+
+
+def test_btyd_matches_the_lifetimes_definition_on_a_generated_transaction_log() -> None:
+    rnd = random.Random(3)
+    for customer in range(200):
+        touches, transactions = [], []
+        for i in range(rnd.randint(1, 25)):
+            t = T0 + rnd.randint(0, 400) * DAY_MS + rnd.randint(0, DAY_MS - 1)
+            value = round(rnd.uniform(5, 300), 2)
+            touches.append(touch(i, t, "purchase", "pos", value))
+            transactions.append((t, value))
+        touches.append(touch(999, T0 + 420 * DAY_MS, "email_open", "email"))
+        got = profile_of(touches, f"C{customer}")
+        ref = lifetimes_reference(transactions, T0 + 420 * DAY_MS)
+        for name in ("frequency", "recency", "T"):
+            assert got[name] == ref[name], (customer, name)
+        assert got["monetary_value"] == pytest.approx(ref["monetary_value"])
+        assert got["purchase_count"] == len(transactions)
+        assert got["total_revenue"] == pytest.approx(sum(v for _, v in transactions))
+
+
+def test_rfm_fields_for_one_purchase_and_the_purchase_rhythm() -> None:
+    one = profile_of([touch(1, T0, "purchase", value=50.0)])
+    assert (one["frequency"], one["recency"], one["monetary_value"]) == (0, 0.0, 0.0)
+    assert one["median_interpurchase_days"] is None
+    days = [0, 10, 30, 40]
+    rhythm = profile_of([touch(i, T0 + d * DAY_MS, "purchase", value=10.0)
+                         for i, d in enumerate(days)])
+    assert rhythm["median_interpurchase_days"] == 10.0
+
+
+def test_refunds_reduce_revenue_not_the_btyd_inputs() -> None:
+    got = profile_of([touch(1, T0, "purchase", value=100.0),
+                      touch(2, T0 + 2 * DAY_MS, "purchase", value=40.0),
+                      touch(3, T0 + 3 * DAY_MS, "refund", value=40.0)])
+    assert got["total_revenue"] == 100.0
+    assert (got["frequency"], got["monetary_value"]) == (1, 40.0)
+
+
+# -- consent and the preferred channel -------------------------------------------------------
+
+def test_an_unsubscribed_customer_is_not_reachable_by_email() -> None:
+    touches = [touch(i, T0 + i, "email_click", "email") for i in range(5)]
+    touches.append(touch(9, T0 + 10, "page_view", "web"))
+    assert profile_of(touches)["preferred_channel"] == "email"
+    unsubscribed = profile_of([*touches, touch(10, T0 + 11, "email_unsubscribe", "email")])
+    assert "email" not in unsubscribed["reachable_channels"]
+    assert unsubscribed["preferred_channel"] == "web"
+    # A later opt-in counts, in event time, whatever the arrival order.
+    opt_in = touch(11, T0 + 12, "opt_in", "web", extra={"channel": "email"})
+    back = profile_of([opt_in, *touches, touch(10, T0 + 11, "email_unsubscribe", "email")])
+    assert "email" in back["reachable_channels"]
+
+
+def test_a_store_is_not_a_channel_to_reach_anyone_on() -> None:
+    got = profile_of([touch(1, T0, "purchase", "pos", 20.0)])
+    assert got["reachable_channels"] == [] and got["preferred_channel"] is None
+
+
+# -- the weights file ------------------------------------------------------------------------
+
+def test_the_shipped_weights_cover_the_contract_vocabulary() -> None:
+    assert set(CONTRACT_VOCABULARY) <= set(W.by_type)
+    for bad in ("email_unsubscribe", "complaint", "credit_application_abandoned",
+                "subscription_cancel_request"):
+        assert W.weight(bad, "web") < 0
+    assert W.weight("purchase", "pos") > W.weight("page_view", "web")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("half_life_days: 0\ntiers: {a: 1}\nweights: {x: 1}", "half_life_days must be > 0"),
+    ("tiers: {a: 1}\nweights: {x: high}", "weights.x: expected a number, got 'high'"),
+    ("tiers: {a: 1}\nweights: {nps_response: {bad: 1}}", "weights.nps_response: expected"),
+    ("tiers: {a: 1}\nweights: {x: 1}\nhalflife: 3", "unknown key 'halflife'"),
+    ("weights: {x: 1}", "tiers must be a map"),
+    ("tiers: {a: 1}\nweights: [1, 2", "not valid YAML"),
+])
+def test_weights_file_errors_say_where(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_weights(path)
+
+
+def test_a_missing_weights_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KIZUNA_WEIGHTS_FILE"):
+        load_weights(tmp_path / "nope.yaml")
