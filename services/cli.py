@@ -142,15 +142,16 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from services.common.kafka import check_reachable, group_lag
-    from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
-    from services.sessionizer.app import HANDOFF
+    from services.common.topics import ENGAGEMENT_SCORES, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+    from services.sessionizer.app import ATTRIBUTED, HANDOFF
 
     check_reachable(settings)
     prefix = settings.topic_prefix
     stages = {  # consumer group -> what it reads
         f"{prefix}sessionizer": [TOUCHPOINTS_RAW.name(prefix), HANDOFF.name(prefix)],
+        f"{prefix}engagement_scorer": [ATTRIBUTED.name(prefix)],
         f"{prefix}warehouse": [TOUCHPOINTS_RAW.name(prefix), SESSIONS.name(prefix),
-                               TOUCHPOINTS_DLQ.name(prefix)],
+                               TOUCHPOINTS_DLQ.name(prefix), ENGAGEMENT_SCORES.name(prefix)],
     }
     deadline = time.monotonic() + args.timeout
     settled = 0
@@ -165,6 +166,39 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
             raise KizunaError("not caught up after {:g} s: {}".format(args.timeout, ", ".join(
                 f"{g} lag {n}" for g, n in lags.items())))
         time.sleep(1.0)
+
+
+def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.clickhouse import query_rows
+
+    customer = args.customer_id.replace("\\", "\\\\").replace("'", "\\'")
+    rows = query_rows(settings, "SELECT * FROM kizuna.customer_profiles "
+                                f"WHERE customer_id = '{customer}'")
+    if not rows:
+        raise KizunaError(f"no profile for customer {args.customer_id!r} (yet): check the id, "
+                          "or run `kizuna wait` after importing")
+    p = rows[0]
+    if args.json:
+        print(json.dumps(p))
+        return 0
+    print(f"customer {p['customer_id']}  (as of {p['updated_at']} UTC, event time)")
+    print(f"  engagement   {p['engagement_score']:.2f}  tier {p['tier']}")
+    total = sum(abs(v) for v in p["channel_scores"].values()) or 1.0
+    for channel, value in sorted(p["channel_scores"].items(), key=lambda x: -abs(x[1])):
+        bar = "#" * round(20 * abs(value) / total)
+        print(f"    {channel:<8} {value:>9.2f}  {bar}")
+    print(f"  last event   {p['last_event_at']}")
+    print(f"  purchases    {p['purchase_count']}  revenue {p['total_revenue']:.2f}  "
+          f"first {p['first_purchase_at']}  last {p['last_purchase_at']}")
+    print(f"  BTYD         frequency {p['frequency']}  recency {p['recency']:g}  T {p['T']:g}  "
+          f"monetary_value {p['monetary_value']:.2f}")
+    rhythm = p["median_interpurchase_days"]
+    print(f"  rhythm       {'-' if rhythm is None else f'{rhythm:g} days between purchases'}")
+    top = "  (top 20% by revenue)" if p["top_revenue_20"] else ""
+    print(f"  RFM segment  {p['rfm_segment']}{top}")
+    print(f"  reach        preferred {p['preferred_channel'] or '-'}; reachable "
+          f"{', '.join(p['reachable_channels']) or 'none'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     p.add_argument("--mapping", help="CSV column mapping (YAML: columns:, defaults:)")
     p.add_argument("--until", help="then move event time on to this RFC 3339 instant")
+    p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
+    p.add_argument("customer_id")
+    p.add_argument("--json", action="store_true", help="the profile row as JSON")
     p = add("wait", cmd_wait,
             "return when every stage has consumed everything and ClickHouse holds the results")
     p.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")

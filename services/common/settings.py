@@ -285,6 +285,31 @@ class SessionizerSettings:
                               f"got {self.store!r}")
 
 
+@dataclass(frozen=True)
+class ScorerSettings:
+    """The engagement scorer: score, RFM and BTYD per customer."""
+
+    common: Settings
+    port: int = setting(
+        "KIZUNA_SCORER_PORT", "8091", "Engagement scorer HTTP port: readyz and metrics.")
+    weights_file: str = setting(
+        "KIZUNA_WEIGHTS_FILE", "",
+        "Engagement weights, half-life and tiers (YAML); empty: the shipped "
+        "services/engagement_scorer/weights.yaml. Validated at start.")
+    batch_size: int = setting(
+        "KIZUNA_SCORER_BATCH", "2000", "Most Kafka messages the scorer processes as one batch.")
+    store: str = setting(
+        "KIZUNA_SCORER_STORE", "memory://",
+        "faust table store of the scorer: `memory://` or `rocksdb://`.")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        _check_port("KIZUNA_SCORER_PORT", self.port)
+        if self.store.split("://")[0] not in ("memory", "rocksdb"):
+            raise ConfigError(f"KIZUNA_SCORER_STORE: expected memory:// or rocksdb://, "
+                              f"got {self.store!r}")
+
+
 #: Every settings object, in the order `kizuna config` prints them.
 ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, SessionizerSettings,
-                                  WarehouseSettings)
+                                  ScorerSettings, WarehouseSettings)

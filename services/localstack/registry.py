@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from services.common.errors import UnreachableError
 from services.common.kafka import check_reachable
-from services.common.settings import IngestSettings, SessionizerSettings, Settings, load
+from services.common.settings import (
+    IngestSettings,
+    ScorerSettings,
+    SessionizerSettings,
+    Settings,
+    load,
+)
 from services.ingest.keys import ensure_local_key
 from services.localstack import kafka
 
@@ -60,6 +66,10 @@ def sessionizer_port(settings: Settings) -> int:
     return load(SessionizerSettings).port
 
 
+def scorer_port(settings: Settings) -> int:
+    return load(ScorerSettings).port
+
+
 def ingest_command(settings: Settings) -> list[str]:
     ensure_local_key(load(IngestSettings))
     return python_module("services.ingest")(settings)
@@ -78,14 +88,19 @@ SESSIONIZER = Program(
     "sessionizer", python_module("services.sessionizer"), ready=http_ready(sessionizer_port),
     needs_topics=True, stop_wait_seconds=30)
 
-PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST, SESSIONIZER)
+SCORER = Program(
+    "engagement_scorer", python_module("services.engagement_scorer"),
+    ready=http_ready(scorer_port), needs_topics=True, stop_wait_seconds=30)
+
+PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST, SESSIONIZER, SCORER)
 
 
 def ports(settings: Settings) -> dict[str, int]:
     """Ports the enabled programs listen on, by environment variable (checked before start)."""
     found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port,
              "KIZUNA_INGEST_PORT": ingest_port(settings),
-             "KIZUNA_SESSIONIZER_PORT": sessionizer_port(settings)}
+             "KIZUNA_SESSIONIZER_PORT": sessionizer_port(settings),
+             "KIZUNA_SCORER_PORT": scorer_port(settings)}
     if settings.local_kafka:
         found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
         found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port

@@ -70,6 +70,8 @@ class DeadLetter:
 class Outputs:
     sessions: list[dict] = field(default_factory=list)
     handoffs: list[tuple[str, dict]] = field(default_factory=list)  # (profile key, message)
+    #: Touches that belong to a customer, for the scorer (at-least-once: it deduplicates).
+    attributed: dict[str, list[list]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
@@ -174,6 +176,9 @@ class _Batch:
         t = record["event_time"]
         self.out.counts["events"] += 1
         customer, device = record.get("customer_id"), record.get("anonymous_id")
+        touch = touch_of(record)
+        if customer:  # scores count every touch of a customer, sessions or not
+            self.out.attributed.setdefault(customer, []).append(touch)
         if self.rules.too_late(t, self.stream_time):
             key = CUSTOMER + customer if customer else DEVICE + device
             if s.contains(self.state(key)["runs"], t, record["event_id"]):
@@ -192,7 +197,6 @@ class _Batch:
         if t < self.stream_time:
             self.out.counts["late"] += 1
         self.stream_time = max(self.stream_time, t)
-        touch = touch_of(record)
         if customer:
             key = CUSTOMER + customer
             state = self.touched(key)
@@ -230,6 +234,7 @@ class _Batch:
         elif kind == "forward":
             key = CUSTOMER + message["customer_id"]
             self.add(key, self.touched(key), message["touch"])
+            self.out.attributed.setdefault(message["customer_id"], []).append(message["touch"])
 
     def link(self, message: dict) -> None:
         device, customer = message["anonymous_id"], message["customer_id"]
@@ -267,6 +272,9 @@ class _Batch:
         key = CUSTOMER + customer
         state = self.touched(key)
         s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
+        if message["runs"]:  # the device's touches now count for the customer
+            self.out.attributed.setdefault(customer, []).extend(
+                touch for run in message["runs"] for touch in run)
         pending = state.get("pending", [])
         if message["anonymous_id"] in pending:
             pending.remove(message["anonymous_id"])

@@ -17,9 +17,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import Counter
 
 from services.common.kafka import client_config
-from services.common.serde import DEAD_LETTER, SESSION, TOUCHPOINT, DecodeError, default_serde
+from services.common.serde import (
+    DEAD_LETTER,
+    ENGAGEMENT_PROFILE,
+    SESSION,
+    TOUCHPOINT,
+    DecodeError,
+    default_serde,
+)
 from services.common.settings import Settings
-from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+from services.common.topics import ENGAGEMENT_SCORES, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 
 log = logging.getLogger("kizuna.warehouse.loader")
 
@@ -78,11 +85,30 @@ DEAD_LETTER_COLUMNS = [
     "origin_topic", "origin_partition", "origin_offset",
 ]
 
+def profile_row(r: dict) -> list:
+    return [
+        r["customer_id"], r["engagement_score"], r["tier"], r["channel_scores"],
+        r["last_event_at"], r["purchase_count"], r["total_revenue"], r["first_purchase_at"],
+        r["last_purchase_at"], r["frequency"], r["recency"], r["T"], r["monetary_value"],
+        r["rfm_segment"], r["top_revenue_20"], r["preferred_channel"],
+        r["reachable_channels"], r["median_interpurchase_days"], r["as_of"], r["version"],
+    ]
+
+
+PROFILE_COLUMNS = [
+    "customer_id", "engagement_score", "tier", "channel_scores", "last_event_at",
+    "purchase_count", "total_revenue", "first_purchase_at", "last_purchase_at", "frequency",
+    "recency", "T", "monetary_value", "rfm_segment", "top_revenue_20", "preferred_channel",
+    "reachable_channels", "median_interpurchase_days", "updated_at", "version",
+]
+
 #: topic suffix -> (schema, table, row builder, columns)
 LOADS = {
     TOUCHPOINTS_RAW.suffix: (TOUCHPOINT, "touchpoints", touchpoint_row, TOUCHPOINT_COLUMNS),
     SESSIONS.suffix: (SESSION, "sessions_by_id", session_row, SESSION_COLUMNS),
     TOUCHPOINTS_DLQ.suffix: (DEAD_LETTER, "dead_letters", dead_letter_row, DEAD_LETTER_COLUMNS),
+    ENGAGEMENT_SCORES.suffix: (ENGAGEMENT_PROFILE, "customer_profiles", profile_row,
+                               PROFILE_COLUMNS),
 }
 
 

@@ -47,6 +47,7 @@ class Pipeline:
         self.sessions: list[dict] = []
         self.dead_letters = []
         self.counts = {}
+        self.attributed: dict[str, list[str]] = {}  # customer -> event ids sent to the scorer
 
     def send(self, *records: dict) -> Pipeline:
         for record in records:
@@ -70,6 +71,9 @@ class Pipeline:
                 out = self.proc.process(p, items)
                 self.sessions += out.sessions
                 self.dead_letters += out.dead_letters
+                for customer, touches in out.attributed.items():
+                    assert partition_of(customer, self.n) == p  # co-partitioned output
+                    self.attributed.setdefault(customer, []).extend(x[s.EVENT_ID] for x in touches)
                 for k, v in out.counts.items():
                     self.counts[k] = self.counts.get(k, 0) + v
                 for key, message in out.handoffs:
@@ -189,6 +193,13 @@ def test_anonymous_browsing_then_login_attributes_the_earlier_sessions() -> None
     assert rows[1]["channels"] == ["app", "web"]
     assert p.counts["identity_links"] == 1
     assert p.store["a:dev-1"]["linked_to"] == "C9"
+    # The scorer gets every touch of the customer, the device's earlier ones included.
+    assert sorted(set(p.attributed["C9"])) == ["login", "w1", "w2", "w3", "w4"]
+
+
+def test_touches_of_devices_that_never_identify_are_not_scored() -> None:
+    p = Pipeline(partitions=4).send(tp("x1", 0, device="ghost"), tp("x2", 1, "C1")).close_all()
+    assert p.attributed == {"C1": ["x2"]}
 
 
 def test_two_known_customers_are_never_merged() -> None:

@@ -1,0 +1,102 @@
+"""The scorer's faust adapter: attributed touches in, one profile update per customer per batch.
+
+It reads the sessionizer's `attributed` topic (one message per sessionizer partition and
+batch, a map of customer -> touches; co-partitioned, so a customer's state lives on the
+partition its touches arrive on), applies the pure `profile` functions, writes each changed
+customer's state once, and produces each changed customer's profile once to
+`kizuna.engagement.scores`, flushed before the batch is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import faust
+import orjson
+from prometheus_client import Counter
+
+from services.common import faust_stage, logs
+from services.common.errors import KizunaError
+from services.common.kafka import admin_client, ensure_topics
+from services.common.serde import ENGAGEMENT_PROFILE, default_serde
+from services.common.settings import ScorerSettings, load
+from services.common.topics import ENGAGEMENT_SCORES
+from services.engagement_scorer.profile import apply, new_state, snapshot
+from services.engagement_scorer.weights import Weights, load_weights
+from services.sessionizer.app import ATTRIBUTED
+
+log = logging.getLogger("kizuna.engagement_scorer")
+STAGE = "engagement_scorer"
+
+TOUCHES = Counter("kizuna_engagement_scorer_touches", "Touches by outcome", ["outcome"])
+PROFILES = Counter("kizuna_engagement_scorer_profiles", "Profile updates emitted")
+
+
+def score_batch(store, weights: Weights, batches: list[dict]) -> tuple[list[dict], int, int]:
+    """Apply a partition's attributed touches; (changed profiles, applied, duplicates)."""
+    changed: dict[str, dict] = {}
+    applied = duplicates = 0
+    for batch in batches:
+        for customer, touches in batch.items():
+            state = changed.get(customer) or store.get(customer) or new_state()
+            for touch in touches:
+                if apply(state, touch, weights):
+                    applied += 1
+                else:
+                    duplicates += 1
+            changed[customer] = state
+    profiles = []
+    for customer, state in changed.items():
+        store[customer] = state
+        profiles.append(snapshot(state, customer, weights))
+    return profiles, applied, duplicates
+
+
+def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
+    common = settings.common
+    prefix = common.topic_prefix
+    ensure_topics(common, (ATTRIBUTED,))
+    source_name = ATTRIBUTED.name(prefix)
+    partitions = len(admin_client(common).list_topics(timeout=30).topics[source_name].partitions)
+    app = faust_stage.create_app(STAGE, common, port=settings.port, store=settings.store,
+                                 partitions=partitions, batch_size=settings.batch_size)
+    source = app.topic(source_name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+    table = app.Table("customers", default=None, partitions=partitions)
+    outbox = faust_stage.Outbox(common)
+    store = faust_stage.state_store(table, settings.store, outbox)
+    scores_name = ENGAGEMENT_SCORES.name(prefix)
+    serde = default_serde()
+
+    @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
+    async def score(stream: faust.Stream) -> None:
+        async for events in stream.take_events(settings.batch_size, within=1.0):
+            for group in faust_stage.by_partition(events).values():
+                faust_stage.enter_partition(store, group[-1])
+                batches = [orjson.loads(event.message.value) for event in group]
+                profiles, applied, duplicates = score_batch(store, weights, batches)
+                for profile in profiles:
+                    outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
+                                   profile["customer_id"].encode())
+                TOUCHES.labels("applied").inc(applied)
+                TOUCHES.labels("duplicate").inc(duplicates)
+                PROFILES.inc(len(profiles))
+            await outbox.flush_async()
+
+    return app
+
+
+def main() -> None:
+    settings = load(ScorerSettings)
+    logs.configure(settings.common.log_level, settings.common.log_format)
+    try:
+        weights = load_weights(Path(settings.weights_file) if settings.weights_file else None)
+    except KizunaError as exc:
+        print(f"engagement_scorer: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = create_app(settings, weights)
+    worker = faust.Worker(app, loglevel=settings.common.log_level.lower(),
+                          redirect_stdouts=False, override_logging=False)
+    worker.execute_from_commandline()
