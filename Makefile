@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest bench-sessionizer
+.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer
 
 setup: $(VENV)/.installed
 
@@ -41,5 +41,8 @@ clean: down
 bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 	$(BIN)/python -m benchmarks.ingest
 
-bench-sessionizer: setup  ## the sessionizer's pure path, events/s (no Kafka)
-	$(BIN)/python -m benchmarks.sessionizer
+bench-sessionizer: setup  ## the sessionizer alone: pure, then one worker on Kafka (own stack)
+	$(BIN)/python -m benchmarks.stages sessionizer
+
+bench-scorer: setup  ## the engagement scorer alone: pure, then one worker on Kafka (own stack)
+	$(BIN)/python -m benchmarks.stages engagement_scorer

@@ -1,0 +1,205 @@
+"""`make bench-sessionizer` / `make bench-scorer`: one stage's throughput, pure and on Kafka.
+
+1. pure: the stage's pure logic in batches as its faust adapter calls it (no Kafka);
+2. kafka: the stage's input topic is filled first, then one worker process starts on it;
+   events/s from its first consumed message to consumer lag 0, and its CPU per event. Starts
+   its own stack (temporary KIZUNA_HOME, free ports) and stops it.
+
+   sessionizer: Avro touchpoints on the raw topic, one per message (as the collector writes);
+   engagement_scorer: attributed touches, one message per partition and 500 touches (as the
+   sessionizer writes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from services.sessionizer.processor import PartitionProcessor, Touchpoint, Watermark
+from services.sessionizer.sessions import MINUTE_MS, SessionRules
+
+
+def records(n: int, profiles: int, seed: int = 1) -> list[dict]:
+    rnd = random.Random(seed)
+    t = 1_710_000_000_000
+    out = []
+    for i in range(n):
+        t += rnd.randint(0, 2) * 1000
+        who = rnd.randrange(profiles)
+        out.append({"event_id": f"e{i}", "event_type": rnd.choice(["page_view", "cart_add",
+                    "purchase"]), "channel": "web", "event_time": t,
+                    "customer_id": f"C{who}" if who % 2 else None, "anonymous_id": f"d{who}",
+                    "commerce": {"value": 10.0}})
+    return out
+
+
+def pure(n: int, profiles: int) -> None:
+    data = records(n, profiles)
+    proc = PartitionProcessor(SessionRules(), {})
+    parts = 4
+    by_part = [[Touchpoint(r) for r in data if hash(r["customer_id"] or r["anonymous_id"])
+                % parts == p] for p in range(parts)]
+    start = time.perf_counter()
+    cpu = time.process_time()
+    emitted = 0
+    for p, items in enumerate(by_part):
+        for i in range(0, len(items), 2000):
+            emitted += len(proc.process(p, items[i:i + 2000]).sessions)
+        emitted += len(proc.process(p, [Watermark(data[-1]["event_time"] + 60 * MINUTE_MS)])
+                       .sessions)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"pure sessionizer: {n} events, {profiles} profiles: {n / wall:,.0f} events/s "
+          f"({cpu / n * 1e6:.1f} us CPU/event), {emitted} session updates")
+
+
+def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = None) -> None:
+    from aiokafka.partitioner import murmur2
+    from confluent_kafka import Producer
+
+    from services.common.kafka import ensure_topics, group_lag
+    from services.common.serde import TOUCHPOINT, default_serde
+    from services.common.settings import Settings, load
+    from services.common.topics import PUBLIC_TOPICS, TOUCHPOINTS_RAW
+    from services.sessionizer.app import ATTRIBUTED
+    from services.sessionizer.processor import touch_of
+    from tests.conftest import free_ports, kizuna, stack_env
+
+    home = Path(tempfile.mkdtemp(prefix="kz-", dir="/tmp"))
+    env = stack_env(home)
+    try:
+        kizuna(env, "up")
+        port = str(free_ports(1)[0])
+        bench = {**env, "KIZUNA_TOPIC_PREFIX": "bench.", "KIZUNA_SESSIONIZER_PORT": port,
+                 "KIZUNA_SCORER_PORT": port}
+        settings = load(Settings, bench)
+        ensure_topics(settings, (*PUBLIC_TOPICS, ATTRIBUTED))
+        serde = default_serde()
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                             "partitioner": "murmur2_random", "linger.ms": 20,
+                             "compression.type": "lz4", "queue.buffering.max.messages": 1000000})
+
+        def produce(topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition)
+                    return
+                except BufferError:
+                    producer.poll(0.1)
+
+        data = records(n, profiles)
+        if stage == "sessionizer":
+            source = TOUCHPOINTS_RAW.name("bench.")
+            for r in data:
+                r.update(occurred_at=r["event_time"], sent_at=None, received_at=r["event_time"],
+                         source="bench", properties={}, context={},
+                         commerce={"cart_id": None, "order_id": None, "product_id": None,
+                                   "quantity": None, "unit_price": None, "value": 10.0,
+                                   "currency": None})
+                produce(source, serde.encode(TOUCHPOINT, r),
+                        (r["customer_id"] or r["anonymous_id"]).encode())
+        else:
+            source = ATTRIBUTED.name("bench.")
+            chunks: list[dict] = [{} for _ in range(settings.partitions)]
+            sizes = [0] * settings.partitions
+            for r in data:
+                customer = r["customer_id"] or r["anonymous_id"]
+                p = (murmur2(customer.encode()) & 0x7FFFFFFF) % settings.partitions
+                chunks[p].setdefault(customer, []).append(touch_of(r))
+                sizes[p] += 1
+                if sizes[p] == 500:
+                    produce(source, json.dumps(chunks[p]).encode(), None, p)
+                    chunks[p], sizes[p] = {}, 0
+            for p, chunk in enumerate(chunks):
+                if chunk:
+                    produce(source, json.dumps(chunk).encode(), None, p)
+        producer.flush(60)
+        messages = sum(high for _, high in _watermarks(settings, source))
+        profile = ["-m", "cProfile", "-o", profile_to] if profile_to else []
+        worker = subprocess.Popen([sys.executable, *profile, "-m", f"services.{stage}"],
+                                  env=bench,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = psutil.Process(worker.pid)
+        first = cpu0 = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            lag = group_lag(settings, f"bench.{stage}", [source])
+            now = time.monotonic()
+            if first is None and lag < messages:
+                first, cpu0 = now, sum(proc.cpu_times()[:2])
+            if lag == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise SystemExit(f"{stage} did not catch up: lag {lag}")
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        rss = proc.memory_info().rss / 2**20
+        worker.terminate()
+        worker.wait(30)
+        wall = now - first
+        print(f"kafka {stage}: {n} events in {messages} messages, {profiles} profiles, "
+              f"{settings.partitions} partitions, one worker: {n / wall:,.0f} events/s, "
+              f"{cpu / n * 1e6:.0f} us CPU/event, RSS {rss:.0f} MiB")
+    finally:
+        kizuna(env, "down", check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in parts]
+    finally:
+        consumer.close()
+
+
+def pure_scorer(n: int, profiles: int) -> None:
+    from services.engagement_scorer.app import score_batch
+    from services.engagement_scorer.weights import load_weights
+    from services.sessionizer.processor import touch_of
+
+    weights = load_weights()
+    chunks, chunk = [], {}
+    for i, r in enumerate(records(n, profiles)):
+        chunk.setdefault(r["customer_id"] or r["anonymous_id"], []).append(touch_of(r))
+        if i % 500 == 499:
+            chunks.append(chunk)
+            chunk = {}
+    chunks.append(chunk)
+    store: dict = {}
+    start, cpu = time.perf_counter(), time.process_time()
+    updates = 0
+    for i in range(0, len(chunks), 4):  # a faust batch: a few attributed messages
+        updates += len(score_batch(store, weights, chunks[i:i + 4])[0])
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"pure engagement_scorer: {n} touches, {profiles} customers: {n / wall:,.0f} "
+          f"events/s ({cpu / n * 1e6:.1f} us CPU/event), {updates} profile updates")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["sessionizer", "engagement_scorer"])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument("--only", choices=["pure", "kafka"])
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
+    args = parser.parse_args()
+    if args.only != "kafka":
+        (pure if args.stage == "sessionizer" else pure_scorer)(args.events, args.profiles)
+    if args.only != "pure":
+        through_kafka(args.stage, args.events, args.profiles, args.profile)
+
+
+if __name__ == "__main__":
+    main()
