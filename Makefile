@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 up: setup          ## start the local stack (Kafka, warehouse with embedded ClickHouse)
 	$(BIN)/kizuna up
+
+demo: setup        ## the whole pipeline on 2,000 generated customers over 30 days, with a report
+	$(BIN)/kizuna demo
 
 down:              ## stop everything the local stack runs
 	@if [ -x $(BIN)/kizuna ]; then $(BIN)/kizuna down; else echo "nothing installed"; fi

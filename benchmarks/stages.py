@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -127,14 +128,16 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                                   env=bench,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         proc = psutil.Process(worker.pid)
-        first = cpu0 = None
         deadline = time.monotonic() + 600
+        while not _ready(port):  # started, partitions assigned, state recovered
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit(f"{stage} did not become ready")
+            time.sleep(0.05)
+        first, cpu0 = time.monotonic(), sum(proc.cpu_times()[:2])
         while time.monotonic() < deadline:
             lag = group_lag(settings, f"bench.{stage}", [source])
             now = time.monotonic()
-            if first is None and lag < messages:
-                first, cpu0 = now, sum(proc.cpu_times()[:2])
-            if lag == 0:
+            if lag == 0:  # committed offsets lag processing by up to 1 s (commit interval)
                 break
             time.sleep(0.2)
         else:
@@ -150,6 +153,14 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
     finally:
         kizuna(env, "down", check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _ready(port: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def _watermarks(settings, topic: str) -> list[tuple[int, int]]:

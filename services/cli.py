@@ -139,33 +139,26 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    import time
+    from services.localstack.pipeline import wait_caught_up
 
-    from services.common.kafka import check_reachable, group_lag
-    from services.common.topics import ENGAGEMENT_SCORES, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
-    from services.sessionizer.app import ATTRIBUTED, HANDOFF
+    lags = wait_caught_up(settings, args.timeout)
+    print("caught up: " + ", ".join(f"{group} lag 0" for group in lags))
+    return 0
 
-    check_reachable(settings)
-    prefix = settings.topic_prefix
-    stages = {  # consumer group -> what it reads
-        f"{prefix}sessionizer": [TOUCHPOINTS_RAW.name(prefix), HANDOFF.name(prefix)],
-        f"{prefix}engagement_scorer": [ATTRIBUTED.name(prefix)],
-        f"{prefix}warehouse": [TOUCHPOINTS_RAW.name(prefix), SESSIONS.name(prefix),
-                               TOUCHPOINTS_DLQ.name(prefix), ENGAGEMENT_SCORES.name(prefix)],
-    }
-    deadline = time.monotonic() + args.timeout
-    settled = 0
-    while True:
-        lags = {group: group_lag(settings, group, topics) for group, topics in stages.items()}
-        # Caught up twice in a row: a stage's last batch may still have been producing.
-        settled = settled + 1 if not any(lags.values()) else 0
-        if settled >= 2:
-            print("caught up: " + ", ".join(f"{g} lag 0" for g in lags))
-            return 0
-        if time.monotonic() > deadline:
-            raise KizunaError("not caught up after {:g} s: {}".format(args.timeout, ", ".join(
-                f"{g} lag {n}" for g, n in lags.items())))
-        time.sleep(1.0)
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from services.generator.cli import write
+
+    write(args.customers, args.days, args.seed, Path(args.out), args.start)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from services.demo import run
+
+    run(settings, customers=args.customers, days=args.days, seed=args.seed,
+        out_dir=Path(args.out))
+    return 0
 
 
 def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
     p.add_argument("customer_id")
     p.add_argument("--json", action="store_true", help="the profile row as JSON")
+    p = add("generate", cmd_generate,
+            "write realistic omnichannel customers' touchpoints (JSONL) and their ground truth")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start", default="2026-01-05T00:00:00Z", help="first day (RFC 3339)")
+    p.add_argument("--out", default="out/events.jsonl",
+                   help="events file; the truth goes beside it (.truth.json)")
+    p = add("demo", cmd_demo, "the whole pipeline on generated customers, with a report")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default="out/demo", help="directory for events and reports")
     p = add("wait", cmd_wait,
             "return when every stage has consumed everything and ClickHouse holds the results")
     p.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
