@@ -83,8 +83,11 @@ def test_bad_signals_weigh_negative_and_set_the_tier() -> None:
 
 
 def test_tiers_follow_the_thresholds() -> None:
-    assert [W.tier(s) for s in (100, 40, 39.9, 15, 3, 0, -0.1)] == [
-        "champion", "champion", "engaged", "engaged", "active", "dormant", "negative"]
+    names = [name for name, _ in W.tiers]
+    assert names == ["champion", "engaged", "active", "dormant"]
+    for (name, minimum), below in zip(W.tiers, [*names[1:], "negative"], strict=True):
+        assert W.tier(minimum) == name and W.tier(minimum - 0.01) == below
+    assert W.tier(1e9) == "champion"
 
 
 # -- RFM and BTYD ----------------------------------------------------------------------------
