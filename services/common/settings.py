@@ -109,6 +109,11 @@ def _check_port(env: str, port: int) -> None:
         raise ConfigError(f"{env}: {port} is not a TCP port (1-65535)")
 
 
+def _check_store(env: str, url: str) -> None:
+    if url.split("://")[0] not in ("memory", "rocksdb"):
+        raise ConfigError(f"{env}: expected memory:// or rocksdb://, got {url!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every stage and the `kizuna` command share."""
@@ -280,9 +285,7 @@ class SessionizerSettings:
         if self.gap_minutes <= 0 or self.max_length_hours <= 0 or self.lateness_minutes < 0:
             raise ConfigError("KIZUNA_SESSION_GAP_MINUTES and KIZUNA_SESSION_MAX_HOURS must be "
                               "> 0, KIZUNA_ALLOWED_LATENESS_MINUTES >= 0")
-        if self.store.split("://")[0] not in ("memory", "rocksdb"):
-            raise ConfigError(f"KIZUNA_SESSIONIZER_STORE: expected memory:// or rocksdb://, "
-                              f"got {self.store!r}")
+        _check_store("KIZUNA_SESSIONIZER_STORE", self.store)
 
 
 @dataclass(frozen=True)
@@ -305,9 +308,7 @@ class ScorerSettings:
 
     def validate(self) -> None:
         _check_port("KIZUNA_SCORER_PORT", self.port)
-        if self.store.split("://")[0] not in ("memory", "rocksdb"):
-            raise ConfigError(f"KIZUNA_SCORER_STORE: expected memory:// or rocksdb://, "
-                              f"got {self.store!r}")
+        _check_store("KIZUNA_SCORER_STORE", self.store)
 
 
 #: Every settings object, in the order `kizuna config` prints them.

@@ -151,7 +151,7 @@ class _Batch:
         self.heap = proc.deadlines(partition)
         self.start_time = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         self.stream_time = self.start_time
-        self.states: dict[str, dict | None] = {}  # key -> state this batch (None: deleted)
+        self.states: dict[str, dict] = {}  # key -> its state, read once per batch
         self.changed: set[str] = set()
         self.reemit: set[str] = set()  # profiles to re-emit whole (after a redelivery)
         self.out = Outputs()
