@@ -61,7 +61,8 @@ def pure(n: int, profiles: int) -> None:
           f"({cpu / n * 1e6:.1f} us CPU/event), {emitted} session updates")
 
 
-def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = None) -> None:
+def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = None,
+                  batch: int = 1) -> None:
     from aiokafka.partitioner import murmur2
     from confluent_kafka import Producer
 
@@ -69,6 +70,7 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
     from services.common.serde import TOUCHPOINT, default_serde
     from services.common.settings import Settings, load
     from services.common.topics import PUBLIC_TOPICS, TOUCHPOINTS_RAW
+    from services.ingest.importer import PartitionBatcher
     from services.sessionizer.app import ATTRIBUTED
     from services.sessionizer.processor import touch_of
     from tests.conftest import free_ports, kizuna, stack_env
@@ -87,10 +89,11 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                              "partitioner": "murmur2_random", "linger.ms": 20,
                              "compression.type": "lz4", "queue.buffering.max.messages": 1000000})
 
-        def produce(topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+        def produce(topic: str, value: bytes, key: bytes | None, partition: int = -1,
+                    headers: dict | None = None) -> None:
             while True:
                 try:
-                    producer.produce(topic, value, key, partition)
+                    producer.produce(topic, value, key, partition, headers=headers)
                     return
                 except BufferError:
                     producer.poll(0.1)
@@ -98,14 +101,22 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
         data = records(n, profiles)
         if stage == "sessionizer":
             source = TOUCHPOINTS_RAW.name("bench.")
+            batcher = PartitionBatcher(
+                source, settings.partitions,
+                lambda topic, value, key, _n, partition=-1, headers=None: produce(
+                    topic, value, key, partition, headers), size=batch)
             for r in data:
                 r.update(occurred_at=r["event_time"], sent_at=None, received_at=r["event_time"],
                          source="bench", properties={}, context={},
                          commerce={"cart_id": None, "order_id": None, "product_id": None,
                                    "quantity": None, "unit_price": None, "value": 10.0,
                                    "currency": None})
-                produce(source, serde.encode(TOUCHPOINT, r),
-                        (r["customer_id"] or r["anonymous_id"]).encode())
+                if batch > 1:  # as `kizuna import` writes
+                    batcher.add(r)
+                else:  # as the HTTP collector writes
+                    produce(source, serde.encode(TOUCHPOINT, r),
+                            (r["customer_id"] or r["anonymous_id"]).encode())
+            batcher.flush()
         else:
             source = ATTRIBUTED.name("bench.")
             chunks: list[dict] = [{} for _ in range(settings.partitions)]
@@ -205,11 +216,14 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--only", choices=["pure", "kafka"])
     parser.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="sessionizer: touchpoints per raw message (1: as the collector "
+                             "writes; 500: as kizuna import writes)")
     args = parser.parse_args()
     if args.only != "kafka":
         (pure if args.stage == "sessionizer" else pure_scorer)(args.events, args.profiles)
     if args.only != "pure":
-        through_kafka(args.stage, args.events, args.profiles, args.profile)
+        through_kafka(args.stage, args.events, args.profiles, args.profile, args.batch)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,31 @@ class Schema:
         return cls(name, parsed, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
 
 
+TOUCHPOINT_BATCH = "touchpoint_batch"
+
+
 def read_schema_files(directory: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.avsc"))}
+    schemas = {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.avsc"))}
+    by_name = {f"{s['namespace']}.{s['name']}": s for s in schemas.values()}
+    return {stem: _inline(schema, by_name, set()) for stem, schema in schemas.items()}
+
+
+def _inline(node: Any, by_name: dict[str, dict], defined: set[str]) -> Any:
+    """Replace a reference to another file's record by its definition (at its first use, as
+    Avro's parsing canonical form does), so that each schema stands alone."""
+    if isinstance(node, str):
+        if node in by_name and node not in defined:
+            defined.add(node)
+            return _inline(by_name[node], by_name, defined)
+        return node
+    if isinstance(node, list):
+        return [_inline(x, by_name, defined) for x in node]
+    if isinstance(node, dict):
+        if node.get("type") == "record" and "namespace" in node:
+            defined.add(f"{node['namespace']}.{node['name']}")
+        return {k: v if k in ("name", "namespace", "doc") else _inline(v, by_name, defined)
+                for k, v in node.items()}
+    return node
 
 
 class AvroSerde:

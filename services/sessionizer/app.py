@@ -22,7 +22,14 @@ from prometheus_client import Counter, Gauge
 
 from services.common import faust_stage, logs
 from services.common.kafka import admin_client, ensure_topics
-from services.common.serde import DEAD_LETTER, SESSION, TOUCHPOINT, WATERMARK, default_serde
+from services.common.serde import (
+    DEAD_LETTER,
+    SESSION,
+    TOUCHPOINT,
+    TOUCHPOINT_BATCH,
+    WATERMARK,
+    default_serde,
+)
 from services.common.settings import SessionizerSettings, load
 from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW, TopicSpec
 from services.sessionizer.processor import (
@@ -79,9 +86,15 @@ class Decoder:
         try:
             if message.topic != self.raw_topic:
                 return Handoff(json.loads(value))
-            if _header(message, "kizuna-type") == WATERMARK.encode():
+            kind = _header(message, "kizuna-type")
+            if kind == WATERMARK.encode():
                 record = self.serde.decode(WATERMARK, value)
                 return Watermark(_ms(record["watermark_time"]))
+            if kind == TOUCHPOINT_BATCH.encode():
+                batch = self.serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"]
+                for record in batch:
+                    record["event_time"] = _ms(record["event_time"])
+                return [Touchpoint(record, None, origin) for record in batch]
             record = self.serde.decode(TOUCHPOINT, value)
         except ValueError as exc:  # DecodeError, JSONDecodeError
             reason = getattr(exc, "reason", "undecodable")
@@ -95,11 +108,14 @@ def _ms(value: object) -> int:
 
 
 def dead_letter_record(dead: DeadLetter) -> dict:
-    digest = hashlib.sha256(f"{STAGE}\0{dead.reason}\0".encode() + dead.payload).hexdigest()
+    payload = dead.payload
+    if payload is None:  # one touchpoint of a batch message: keep that touchpoint alone
+        payload = default_serde().encode(TOUCHPOINT, dead.record)
+    digest = hashlib.sha256(f"{STAGE}\0{dead.reason}\0".encode() + payload).hexdigest()
     topic, partition, offset = dead.origin or (None, None, None)
     return {
         "dead_letter_id": digest[:32], "reason": dead.reason, "detail": dead.detail,
-        "stage": STAGE, "source": None, "payload": dead.payload,
+        "stage": STAGE, "source": None, "payload": payload,
         "received_at": int(time.time() * 1000), "origin_topic": topic,
         "origin_partition": partition, "origin_offset": offset,
     }
@@ -152,6 +168,8 @@ def create_app(settings: SessionizerSettings) -> faust.App:
                     item = decoder.item(event.message)
                     if isinstance(item, DeadLetter):
                         dead.dead_letters.append(item)
+                    elif isinstance(item, list):  # a batch message's touchpoints
+                        items.extend(item)
                     else:
                         items.append(item)
                 publish(dead, partition)

@@ -43,8 +43,8 @@ DEVICE_HISTORY_MS = 30 * 24 * s.HOUR_MS
 
 @dataclass(frozen=True)
 class Touchpoint:
-    record: dict  # schemas/touchpoint.avsc, timestamps as epoch ms
-    payload: bytes = b""  # the raw Kafka value, for a dead letter
+    record: dict  # schemas/touchpoint.avsc, event_time as epoch ms
+    payload: bytes | None = None  # its own raw Kafka value (None inside a batch message)
     origin: tuple[str, int, int] | None = None  # topic, partition, offset
 
 
@@ -62,8 +62,9 @@ class Handoff:
 class DeadLetter:
     reason: str
     detail: str
-    payload: bytes
+    payload: bytes | None  # None: the touchpoint came in a batch; `record` is what to keep
     origin: tuple[str, int, int] | None
+    record: dict | None = None
 
 
 @dataclass
@@ -192,7 +193,7 @@ class _Batch:
                 f"event_time {t} is more than the allowed lateness "
                 f"({self.rules.lateness_ms} ms) behind its partition's event time "
                 f"{self.stream_time}; its session may be closed already",
-                tp.payload, tp.origin))
+                tp.payload, tp.origin, tp.record))
             return
         if t < self.stream_time:
             self.out.counts["late"] += 1

@@ -22,6 +22,7 @@ from services.common.serde import (
     ENGAGEMENT_PROFILE,
     SESSION,
     TOUCHPOINT,
+    TOUCHPOINT_BATCH,
     DecodeError,
     default_serde,
 )
@@ -148,11 +149,16 @@ class Loader:
             if m.error():
                 SKIPPED.labels("kafka_error").inc()
                 continue
-            if any(k == "kizuna-type" for k, _ in (m.headers() or ())):
+            kind = next((v for k, v in (m.headers() or ()) if k == "kizuna-type"), None)
+            if kind is not None and kind != TOUCHPOINT_BATCH.encode():
                 continue  # control records (watermarks)
             schema, table, build, _ = LOADS[m.topic()[len(self.prefix):]]
             try:
-                batches[table].append(build(self.serde.decode(schema, m.value())))
+                if kind is None:
+                    batches[table].append(build(self.serde.decode(schema, m.value())))
+                else:  # several touchpoints in one message (bulk imports)
+                    batches[table].extend(build(r) for r in self.serde.decode(
+                        TOUCHPOINT_BATCH, m.value())["touchpoints"])
             except DecodeError as exc:
                 # The raw topic's poison records reach the dead-letter table via the stages.
                 SKIPPED.labels(exc.reason).inc()

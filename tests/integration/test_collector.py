@@ -11,11 +11,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.serde import DEAD_LETTER, TOUCHPOINT, WATERMARK, default_serde
+from services.common.serde import (
+    DEAD_LETTER,
+    TOUCHPOINT,
+    TOUCHPOINT_BATCH,
+    WATERMARK,
+    default_serde,
+)
 from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.ingest.keys import sign
 from services.ingest.validation import pii_hash
@@ -60,18 +67,21 @@ def new_event(tag: str, i: int = 0, **overrides) -> dict:
     return event
 
 
-def read_topic(env, topic: str, match, expected: int, timeout: float = 30) -> list:
-    """Messages of `topic` whose decoded value satisfies `match`, until `expected` are seen."""
+def read_topic(env, topic: str, match, expected: int, timeout: float = 30,
+               weight=lambda msg: 1) -> list:
+    """Messages of `topic` whose decoded value satisfies `match`, until `expected` are seen
+    (each counting `weight(msg)`: a batch message counts its events)."""
     consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{env['KIZUNA_KAFKA_PORT']}",
                          "group.id": f"t-{uuid.uuid4()}", "auto.offset.reset": "earliest",
                          "enable.auto.commit": False, "log_level": 0})
     consumer.subscribe([topic])
-    found, deadline = [], time.monotonic() + timeout
+    found, seen, deadline = [], 0, time.monotonic() + timeout
     try:
-        while len(found) < expected and time.monotonic() < deadline:
+        while seen < expected and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=1):
                 if msg.error() is None and match(msg):
                     found.append(msg)
+                    seen += weight(msg)
         # Drain a little more: duplicates would show here.
         for msg in consumer.consume(1000, timeout=1):
             if msg.error() is None and match(msg):
@@ -84,17 +94,31 @@ def read_topic(env, topic: str, match, expected: int, timeout: float = 30) -> li
 RAW = TOUCHPOINTS_RAW.name("kizuna.")
 
 
+def touchpoints_of(serde, msg) -> list[dict]:
+    """A raw message's touchpoints: one, or several in a bulk import's batch message."""
+    if msg.headers() is None:
+        return [serde.decode(TOUCHPOINT, msg.value())]
+    if msg.headers() == [("kizuna-type", TOUCHPOINT_BATCH.encode())]:
+        return serde.decode(TOUCHPOINT_BATCH, msg.value())["touchpoints"]
+    return []
+
+
 def decoded_touchpoints(env, tag: str, expected: int) -> dict[str, dict]:
     serde = default_serde()
 
-    def mine(msg):
-        return msg.headers() is None and serde.decode(TOUCHPOINT, msg.value())[
-            "event_id"].startswith(tag + "-")
-    msgs = read_topic(env, RAW, mine, expected)
-    records = [serde.decode(TOUCHPOINT, m.value()) for m in msgs]
+    def ours(msg) -> int:
+        return sum(r["event_id"].startswith(tag + "-") for r in touchpoints_of(serde, msg))
+    msgs = read_topic(env, RAW, ours, expected, weight=ours)
+    records = []
+    for msg in msgs:
+        for record in touchpoints_of(serde, msg):
+            profile = (record["customer_id"] or record["anonymous_id"]).encode()
+            if msg.key() is not None:
+                assert msg.key() == profile
+            partitions = int(env["KIZUNA_PARTITIONS"])
+            assert msg.partition() == (murmur2(profile) & 0x7FFFFFFF) % partitions
+            records.append(record)
     assert len(records) == len({r["event_id"] for r in records}), "duplicates in Kafka"
-    for msg, record in zip(msgs, records, strict=True):
-        assert msg.key().decode() == (record["customer_id"] or record["anonymous_id"])
     return {r["event_id"]: r for r in records}
 
 

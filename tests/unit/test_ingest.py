@@ -199,3 +199,39 @@ def test_timestamps_are_utc_millis():
     ms = validate(event(occurred_at="2024-03-13T10:23:32.123456789Z"), ENRICH)["occurred_at"]
     assert dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat() == \
         "2024-03-13T10:23:32.123000+00:00"
+
+
+def test_bulk_imports_pack_each_partitions_touchpoints_in_order():
+    from aiokafka.partitioner import murmur2
+
+    from services.common.serde import TOUCHPOINT, TOUCHPOINT_BATCH, default_serde
+    from services.ingest.importer import PartitionBatcher
+
+    serde = default_serde()
+    sent = []
+    batcher = PartitionBatcher("raw", 4, lambda *args, **kw: sent.append((args, kw)), size=3)
+    records = [validate({"event_id": f"e{i}", "event_type": "page_view", "channel": "web",
+                         "occurred_at": 1_710_000_000_000 + i, "customer_id": f"C{i % 5}"},
+                        Enrichment("import", 1_710_000_000_000)) for i in range(20)]
+    for record in records:
+        batcher.add(record)
+    batcher.flush()
+    seen = []
+    for (topic, value, key, events), options in sent:
+        if key is not None:  # a lone touchpoint: an ordinary keyed message
+            batch = [serde.decode(TOUCHPOINT, value)]
+            assert key.decode() == batch[0]["customer_id"] and not options
+        else:
+            batch = serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"]
+            assert options["headers"] == {"kizuna-type": TOUCHPOINT_BATCH}
+            assert len(batch) <= 3
+            for r in batch:  # every touchpoint belongs to the message's partition
+                assert (murmur2(r["customer_id"].encode()) & 0x7FFFFFFF) % 4 == \
+                    options["partition"]
+        assert topic == "raw" and events == len(batch)
+        seen += [r["event_id"] for r in batch]
+    assert sorted(seen) == sorted(r["event_id"] for r in records)
+    by_customer = {}
+    for event_id in seen:  # a customer's touchpoints keep the file's order
+        by_customer.setdefault(int(event_id[1:]) % 5, []).append(int(event_id[1:]))
+    assert all(ids == sorted(ids) for ids in by_customer.values())

@@ -13,6 +13,7 @@ from services.common.serde import (
     SCHEMAS_DIR,
     SESSION,
     TOUCHPOINT,
+    TOUCHPOINT_BATCH,
     WATERMARK,
     AvroSerde,
     DecodeError,
@@ -67,6 +68,7 @@ SAMPLES = {
         "recommended_action": "cart_reminder", "version": 1,
     },
     WATERMARK: {"watermark_time": T0, "source": "import", "issued_at": T0},
+    TOUCHPOINT_BATCH: {"touchpoints": [touchpoint(), touchpoint(event_id="e-2")]},
     DEAD_LETTER: {
         "dead_letter_id": "d-1", "reason": "invalid_channel", "detail": "channel: 'fax'",
         "stage": "ingest", "source": "shop", "payload": b'{"channel": "fax"}',
