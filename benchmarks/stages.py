@@ -28,6 +28,23 @@ from services.sessionizer.processor import PartitionProcessor, Touchpoint, Water
 from services.sessionizer.sessions import MINUTE_MS, SessionRules
 
 
+def generated_records(n: int, seed: int = 1) -> list[dict]:
+    """The demo generator's customers (realistic sessions), validated like an import, until
+    there are `n` events."""
+    from services.generator.personas import generate
+    from services.ingest.validation import Enrichment, Rejection, validate
+
+    customers, days = max(50, n // 125), 30
+    world = generate(customers, days, seed, 1_767_571_200_000)
+    enrich = Enrichment("bench", 1_767_571_200_000 + (days + 1) * 24 * 3600 * 1000)
+    out = []
+    for event in world.events:
+        record = validate(event, enrich)
+        if not isinstance(record, Rejection):
+            out.append(record)
+    return out[:n]
+
+
 def records(n: int, profiles: int, seed: int = 1) -> list[dict]:
     rnd = random.Random(seed)
     t = 1_710_000_000_000
@@ -62,7 +79,7 @@ def pure(n: int, profiles: int) -> None:
 
 
 def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = None,
-                  batch: int = 1) -> None:
+                  batch: int = 1, realistic: bool = False) -> None:
     from aiokafka.partitioner import murmur2
     from confluent_kafka import Producer
 
@@ -98,7 +115,8 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                 except BufferError:
                     producer.poll(0.1)
 
-        data = records(n, profiles)
+        data = generated_records(n) if realistic else records(n, profiles)
+        n = len(data)
         if stage == "sessionizer":
             source = TOUCHPOINTS_RAW.name("bench.")
             batcher = PartitionBatcher(
@@ -106,11 +124,13 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                 lambda topic, value, key, _n, partition=-1, headers=None: produce(
                     topic, value, key, partition, headers), size=batch)
             for r in data:
-                r.update(occurred_at=r["event_time"], sent_at=None, received_at=r["event_time"],
-                         source="bench", properties={}, context={},
-                         commerce={"cart_id": None, "order_id": None, "product_id": None,
-                                   "quantity": None, "unit_price": None, "value": 10.0,
-                                   "currency": None})
+                if not realistic:
+                    r.update(occurred_at=r["event_time"], sent_at=None,
+                             received_at=r["event_time"], source="bench", properties={},
+                             context={}, commerce={
+                                 "cart_id": None, "order_id": None, "product_id": None,
+                                 "quantity": None, "unit_price": None, "value": 10.0,
+                                 "currency": None})
                 if batch > 1:  # as `kizuna import` writes
                     batcher.add(r)
                 else:  # as the HTTP collector writes
@@ -137,7 +157,7 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
         profile = ["-m", "cProfile", "-o", profile_to] if profile_to else []
         worker = subprocess.Popen([sys.executable, *profile, "-m", f"services.{stage}"],
                                   env=bench,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=open("/tmp/worker.err", "w"))  # noqa: SIM115
         proc = psutil.Process(worker.pid)
         deadline = time.monotonic() + 600
         while not _ready(port):  # started, partitions assigned, state recovered
@@ -155,12 +175,17 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
             raise SystemExit(f"{stage} did not catch up: lag {lag}")
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         rss = proc.memory_info().rss / 2**20
-        worker.terminate()
-        worker.wait(30)
         wall = now - first
-        print(f"kafka {stage}: {n} events in {messages} messages, {profiles} profiles, "
+        print(f"kafka {stage}: {n} events in {messages} messages, "
+              f"{'generated customers' if realistic else f'{profiles} profiles'}, "
               f"{settings.partitions} partitions, one worker: {n / wall:,.0f} events/s, "
-              f"{cpu / n * 1e6:.0f} us CPU/event, RSS {rss:.0f} MiB")
+              f"{cpu / n * 1e6:.0f} us CPU/event, RSS {rss:.0f} MiB", flush=True)
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"note: {stage} took over 30 s to stop on SIGTERM; killed", flush=True)
+            worker.kill()
     finally:
         kizuna(env, "down", check=False)
         shutil.rmtree(home, ignore_errors=True)
@@ -216,6 +241,9 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--only", choices=["pure", "kafka"])
     parser.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
+    parser.add_argument("--generated", action="store_true",
+                        help="sessionizer: the demo generator's customers (realistic "
+                             "sessions) instead of uniform random touches")
     parser.add_argument("--batch", type=int, default=1,
                         help="sessionizer: touchpoints per raw message (1: as the collector "
                              "writes; 500: as kizuna import writes)")
@@ -223,7 +251,8 @@ def main() -> None:
     if args.only != "kafka":
         (pure if args.stage == "sessionizer" else pure_scorer)(args.events, args.profiles)
     if args.only != "pure":
-        through_kafka(args.stage, args.events, args.profiles, args.profile, args.batch)
+        through_kafka(args.stage, args.events, args.profiles, args.profile, args.batch,
+                      args.generated)
 
 
 if __name__ == "__main__":

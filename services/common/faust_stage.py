@@ -9,9 +9,12 @@ commits offsets only of events acknowledged after that, so processing is at-leas
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
+from typing import NoReturn
 
 import faust
 import orjson
@@ -21,6 +24,8 @@ from faust.streams import _current_event
 
 from services.common.kafka import client_config
 from services.common.settings import Settings
+
+log = logging.getLogger("kizuna.stage")
 
 
 def create_app(name: str, common: Settings, *, port: int, store: str, partitions: int,
@@ -56,6 +61,21 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
         return web.json({"stage": name, "status": "ok"})
 
     return app
+
+
+def fail_stop(stage: str, exc: BaseException) -> NoReturn:
+    """Stop the process now, because a batch failed.
+
+    faust's `take_events` acknowledges a batch in a `finally`, even when the agent raised,
+    and then restarts the agent. That would commit the offsets of events never processed: a
+    silent loss. Exiting before that `finally` runs leaves the batch unacknowledged. The
+    process runner (supervisord, Kubernetes) starts the stage again, and the batch is
+    redelivered.
+    """
+    log.critical("%s: a batch failed; stopping before it is acknowledged (it will be "
+                 "redelivered): %r", stage, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
 
 
 def by_partition(events: list[faust.types.EventT]) -> dict[int, list[faust.types.EventT]]:

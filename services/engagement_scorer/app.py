@@ -73,17 +73,20 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
     @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
     async def score(stream: faust.Stream) -> None:
         async for events in stream.take_events(settings.batch_size, within=1.0):
-            for group in faust_stage.by_partition(events).values():
-                faust_stage.enter_partition(store, group[-1])
-                batches = [orjson.loads(event.message.value) for event in group]
-                profiles, applied, duplicates = score_batch(store, weights, batches)
-                for profile in profiles:
-                    outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
-                                   profile["customer_id"].encode())
-                TOUCHES.labels("applied").inc(applied)
-                TOUCHES.labels("duplicate").inc(duplicates)
-                PROFILES.inc(len(profiles))
-            await outbox.flush_async()
+            try:
+                for group in faust_stage.by_partition(events).values():
+                    faust_stage.enter_partition(store, group[-1])
+                    batches = [orjson.loads(event.message.value) for event in group]
+                    profiles, applied, duplicates = score_batch(store, weights, batches)
+                    for profile in profiles:
+                        outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
+                                       profile["customer_id"].encode())
+                    TOUCHES.labels("applied").inc(applied)
+                    TOUCHES.labels("duplicate").inc(duplicates)
+                    PROFILES.inc(len(profiles))
+                await outbox.flush_async()
+            except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
+                faust_stage.fail_stop(STAGE, exc)
 
     return app
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 
 import faust
 import orjson
@@ -121,6 +122,21 @@ def dead_letter_record(dead: DeadLetter) -> dict:
     }
 
 
+def attributed_chunks(attributed: dict[str, list], limit: int = 2000) -> Iterator[dict]:
+    """Customers' touches in messages of about `limit` touches (a few hundred KB, well under
+    Kafka's default 1 MB message limit); a customer's touches stay in one message."""
+    chunk: dict[str, list] = {}
+    size = 0
+    for customer, touches in attributed.items():
+        if chunk and size + len(touches) > limit:
+            yield chunk
+            chunk, size = {}, 0
+        chunk[customer] = touches
+        size += len(touches)
+    if chunk:
+        yield chunk
+
+
 def create_app(settings: SessionizerSettings) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
@@ -150,8 +166,9 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             SESSIONS_OUT.labels(record["status"]).inc()
         for key, message in out.handoffs:
             produce(handoff_name, json.dumps(message).encode(), key.encode())
-        if out.attributed:  # the partition's customers are the same on the co-partitioned topic
-            produce(attributed_name, orjson.dumps(out.attributed), None, partition)
+        # The partition's customers are the same on the co-partitioned topic.
+        for chunk in attributed_chunks(out.attributed):
+            produce(attributed_name, orjson.dumps(chunk), None, partition)
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead)))
@@ -161,20 +178,23 @@ def create_app(settings: SessionizerSettings) -> faust.App:
     @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
     async def sessionize(stream: faust.Stream) -> None:
         async for events in stream.take_events(settings.batch_size, within=1.0):
-            for partition, group in faust_stage.by_partition(events).items():
-                faust_stage.enter_partition(store, group[-1])
-                items, dead = [], Outputs()
-                for event in group:
-                    item = decoder.item(event.message)
-                    if isinstance(item, DeadLetter):
-                        dead.dead_letters.append(item)
-                    elif isinstance(item, list):  # a batch message's touchpoints
-                        items.extend(item)
-                    else:
-                        items.append(item)
-                publish(dead, partition)
-                publish(processor.process(partition, items), partition)
-            await outbox.flush_async()
+            try:
+                for partition, group in faust_stage.by_partition(events).items():
+                    faust_stage.enter_partition(store, group[-1])
+                    items, dead = [], Outputs()
+                    for event in group:
+                        item = decoder.item(event.message)
+                        if isinstance(item, DeadLetter):
+                            dead.dead_letters.append(item)
+                        elif isinstance(item, list):  # a batch message's touchpoints
+                            items.extend(item)
+                        else:
+                            items.append(item)
+                    publish(dead, partition)
+                    publish(processor.process(partition, items), partition)
+                await outbox.flush_async()
+            except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
+                faust_stage.fail_stop(STAGE, exc)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:

@@ -39,6 +39,7 @@ NEVER = -(2**62)
 #: Closed sessions a device keeps so that identifying later still attributes them.
 DEVICE_HISTORY = 20
 DEVICE_HISTORY_MS = 30 * 24 * s.HOUR_MS
+DEVICE_HISTORY_TOUCHES = 2000
 
 
 @dataclass(frozen=True)
@@ -326,8 +327,10 @@ class _Batch:
         state["runs"] = keep
         if key.startswith(DEVICE) and state.get("closed"):
             horizon = now - DEVICE_HISTORY_MS
-            state["closed"] = [r for r in state["closed"] if r[-1][s.T] >= horizon][
-                -DEVICE_HISTORY:]
+            kept = [r for r in state["closed"] if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
+            while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
+                kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
+            state["closed"] = kept
 
     # -- output ------------------------------------------------------------------------------
 

@@ -279,3 +279,14 @@ def test_a_restart_from_the_stored_state_changes_nothing() -> None:
     # already, a documented limit) a too_late dead letter; never a second count.
     too_late = second.counts.get("too_late", 0)
     assert second.counts["duplicates"] + too_late == 20 and too_late <= 2
+
+
+def test_attributed_touches_go_out_in_bounded_messages() -> None:
+    from services.sessionizer.app import attributed_chunks
+
+    attributed = {f"C{i}": [[i, f"e{i}-{j}"] for j in range(i % 7 + 1)] for i in range(3000)}
+    chunks = list(attributed_chunks(attributed, limit=500))
+    assert all(sum(map(len, c.values())) <= 500 for c in chunks)
+    merged = {k: v for c in chunks for k, v in c.items()}
+    assert merged == attributed  # nothing lost, a customer never split
+    assert list(attributed_chunks({})) == []

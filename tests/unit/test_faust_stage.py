@@ -1,0 +1,52 @@
+"""The faust stage helpers that guard at-least-once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_a_failed_batch_stops_the_process_before_faust_can_acknowledge_it() -> None:
+    # faust acknowledges a take_events batch in a `finally`, even when the agent raised:
+    # fail_stop must end the process first, and a `finally` after it must never run.
+    script = """
+import logging, sys
+from services.common.faust_stage import fail_stop
+logging.basicConfig(stream=sys.stderr)
+try:
+    try:
+        raise RuntimeError("producing failed")
+    except RuntimeError as exc:
+        fail_stop("sessionizer", exc)
+finally:
+    print("ACKED")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 70
+    assert "ACKED" not in result.stdout
+    assert "stopping before it is acknowledged" in result.stderr
+    assert "producing failed" in result.stderr
+
+
+def test_the_changelog_store_writes_what_faust_recovers() -> None:
+    import orjson
+
+    from services.common.faust_stage import ChangelogStore
+
+    class Table:  # the two attributes ChangelogStore uses
+        data: dict = {}
+
+        class changelog_topic:  # noqa: N801
+            @staticmethod
+            def get_topic_name() -> str:
+                return "app-profiles-changelog"
+
+    sent = []
+    store = ChangelogStore(Table(), lambda *args: sent.append(args))
+    store.partition = 3
+    store["c:C1"] = {"runs": []}
+    del store["c:C1"]
+    assert sent == [("app-profiles-changelog", orjson.dumps({"runs": []}), b'"c:C1"', 3),
+                    ("app-profiles-changelog", None, b'"c:C1"', 3)]
+    assert "c:C1" not in store
