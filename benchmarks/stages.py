@@ -154,10 +154,12 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                     produce(source, json.dumps(chunk).encode(), None, p)
         producer.flush(60)
         messages = sum(high for _, high in _watermarks(settings, source))
+        worker_log = Path("out") / f"bench-{stage}-worker.log"  # kept for a look afterwards
+        worker_log.parent.mkdir(exist_ok=True)
         profile = ["-m", "cProfile", "-o", profile_to] if profile_to else []
         worker = subprocess.Popen([sys.executable, *profile, "-m", f"services.{stage}"],
                                   env=bench,
-                                  stdout=subprocess.DEVNULL, stderr=open("/tmp/worker.err", "w"))  # noqa: SIM115
+                                  stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))  # noqa: SIM115
         proc = psutil.Process(worker.pid)
         deadline = time.monotonic() + 600
         while not _ready(port):  # started, partitions assigned, state recovered
