@@ -130,7 +130,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.path)
     fmt = args.format or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
     report = import_file(load(IngestSettings), path, fmt,
-                         Path(args.mapping) if args.mapping else None, until_ms)
+                         Path(args.mapping) if args.mapping else None, until_ms,
+                         batch=args.batch)
     print(report.summary())
     if report.failed:
         raise KizunaError(f"{report.failed} event(s) were not acknowledged by Kafka; "
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     p.add_argument("--mapping", help="CSV column mapping (YAML: columns:, defaults:)")
     p.add_argument("--until", help="then move event time on to this RFC 3339 instant")
+    p.add_argument("--batch", type=int, default=500,
+                   help="touchpoints per Kafka message, per partition (default 500; 1: one "
+                        "touchpoint per message, for consumers that cannot read batches)")
     p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
     p.add_argument("customer_id")
     p.add_argument("--json", action="store_true", help="the profile row as JSON")

@@ -136,7 +136,7 @@ def _put(event: dict, path: str, value: object) -> None:
 
 
 def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Path | None,
-                until_ms: int | None, progress=sys.stderr) -> ImportReport:
+                until_ms: int | None, progress=sys.stderr, batch: int = 500) -> ImportReport:
     if not path.exists():
         raise KizunaError(f"{path}: no such file")
     check_reachable(settings.common)
@@ -165,7 +165,7 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
 
     raw = TOUCHPOINTS_RAW.name(settings.common.topic_prefix)
     partitions = len(producer.list_topics(raw, timeout=10).topics[raw].partitions)
-    batcher = PartitionBatcher(raw, partitions, send)
+    batcher = PartitionBatcher(raw, partitions, send, size=max(1, batch))
     last_shown = 0.0
     for count, (_, raw, parsed) in enumerate(rows, 1):
         received_at = int(time.time() * 1000)

@@ -139,7 +139,7 @@ class PartitionProcessor:
             return None  # waiting for a device's answer; its transfer reschedules
         if state["runs"]:
             return min(self.rules.close_at(run) for run in state["runs"])
-        if state.get("closed"):
+        if state.get("closed"):  # sorted by start; the last ends last
             return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
         return None
 
@@ -326,8 +326,11 @@ class _Batch:
                 state.setdefault("closed", []).append(run)
         state["runs"] = keep
         if key.startswith(DEVICE) and state.get("closed"):
-            horizon = now - DEVICE_HISTORY_MS
-            kept = [r for r in state["closed"] if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
+            # Measured from the device's own latest touch, not from the partition's event
+            # time at this moment, so what a later login claims depends on the events only.
+            history = sorted(state["closed"], key=lambda run: run[0][s.T])
+            horizon = max(run[-1][s.T] for run in history) - DEVICE_HISTORY_MS
+            kept = [r for r in history if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
             while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
                 kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
             state["closed"] = kept
