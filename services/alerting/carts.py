@@ -1,0 +1,157 @@
+"""Cart abandonment (contract section 2), pure: a customer's carts, purchases and alerts.
+
+A cart (its `cart_id`, or one implicit cart per customer) is abandoned when no purchase by
+the customer, on any channel, follows within the abandonment delay of its last cart activity
+(`cart_add`, `cart_view`, `checkout_start`). An episode ends with a purchase, an emptied cart
+or its alert; activity after an alert starts a new episode. At most one alert per customer per
+cap window (default 24 h): a capped episode is counted, not sent. A purchase after the alert
+resolves it (same `alert_id`, status `resolved`).
+
+Event time: a cart is judged only once its partition's event time is past its deadline plus
+the allowed lateness, so a purchase that arrives late, but within the lateness, still saves it.
+`detected_at` is the deadline itself, so replays give the same alerts.
+
+State is JSON-ready (the stage's changelog stores it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+CART_ACTIVITY = frozenset({"cart_add", "cart_view", "checkout_start"})
+IMPLICIT = "implicit"
+
+
+@dataclass(frozen=True)
+class CartRules:
+    delay_ms: int = 60 * MINUTE_MS
+    cap_ms: int = 24 * HOUR_MS
+    lateness_ms: int = 10 * MINUTE_MS
+    resolve_within_ms: int = 7 * 24 * HOUR_MS  # a purchase this long after an alert resolves it
+
+
+@dataclass(frozen=True)
+class CartTouch:
+    t: int
+    event_id: str
+    event_type: str
+    channel: str
+    cart_id: str | None = None
+    product_id: str | None = None
+    quantity: int | None = None
+    unit_price: float | None = None
+    currency: str | None = None
+
+
+def new_state() -> dict:
+    return {"carts": {}, "purchases": [], "alerts": [], "last_sent_at": None, "capped": 0}
+
+
+def alert_id(customer: str, cart: str, first_event_id: str) -> str:
+    digest = hashlib.sha256(f"cart\0{customer}\0{cart}\0{first_event_id}".encode()).hexdigest()
+    return "a-" + digest[:24]
+
+
+def add(state: dict, customer: str, touch: CartTouch, stream_time: int,
+        rules: CartRules) -> list[dict]:
+    """Record one touch, `stream_time` being the partition's event time with it. Carts due
+    before it are judged first (activity after a deadline starts a new episode). A touch too
+    late to change a decision already taken is ignored. Returns the alerts to emit."""
+    out = advance(state, customer, stream_time, rules)
+    if touch.t + rules.lateness_ms >= stream_time:
+        _add(state, touch)
+    return out
+
+
+def _add(state: dict, touch: CartTouch) -> None:
+    if touch.event_type == "purchase":
+        if touch.t not in state["purchases"]:
+            state["purchases"].append(touch.t)
+            state["purchases"].sort()
+        return
+    if touch.event_type not in CART_ACTIVITY and touch.event_type != "cart_remove":
+        return
+    cart_key = touch.cart_id or IMPLICIT
+    cart = state["carts"].get(cart_key)
+    if cart is None or cart.get("done"):
+        cart = {"items": {}, "had_items": False, "currency": None, "last_activity": None,
+                "first": touch.t, "first_event_id": touch.event_id, "evidence": [],
+                "done": False}
+        state["carts"][cart_key] = cart
+    if any(event_id == touch.event_id for _, event_id in cart["evidence"]):
+        return  # redelivered
+    cart["evidence"].append([touch.t, touch.event_id])
+    if touch.t < cart["first"]:
+        cart["first"], cart["first_event_id"] = touch.t, touch.event_id
+    if touch.product_id and touch.event_type in ("cart_add", "cart_remove"):
+        sign = 1 if touch.event_type == "cart_add" else -1
+        item = cart["items"].setdefault(touch.product_id, [0, touch.unit_price])
+        item[0] += sign * (touch.quantity or 1)
+        if touch.unit_price is not None:
+            item[1] = touch.unit_price
+        cart["had_items"] = True
+        if item[0] <= 0:
+            del cart["items"][touch.product_id]
+    cart["currency"] = touch.currency or cart["currency"]
+    if touch.event_type in CART_ACTIVITY:
+        last = cart["last_activity"]
+        cart["last_activity"] = touch.t if last is None else max(last, touch.t)
+
+
+def _bought(state: dict, after: int, until: int) -> int | None:
+    return next((t for t in state["purchases"] if after <= t <= until), None)
+
+
+def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> list[dict]:
+    """Judge the carts whose time has come; returns alert records (schemas/alert.avsc) to
+    emit: new alerts, and resolutions of earlier ones."""
+    out = []
+    for key, cart in sorted(state["carts"].items(), key=lambda kv: kv[1]["first"]):
+        last = cart["last_activity"]
+        if cart["done"] or last is None:
+            continue
+        deadline = last + rules.delay_ms
+        if stream_time <= deadline + rules.lateness_ms:
+            continue  # a purchase up to the deadline may still arrive
+        cart["done"] = True  # this episode ends here, whatever the outcome
+        if cart["had_items"] and not cart["items"]:
+            continue  # an emptied cart raises nothing
+        if _bought(state, last, deadline) is not None:
+            continue
+        sent = state["last_sent_at"]
+        if sent is not None and deadline - sent < rules.cap_ms:
+            state["capped"] += 1  # counted, not sent
+            continue
+        state["last_sent_at"] = deadline
+        record = {
+            "alert_id": alert_id(customer, key, cart["first_event_id"]), "status": "open",
+            "cart_id": key, "detected_at": deadline,
+            "evidence": [event_id for _, event_id in sorted(cart["evidence"])],
+            "items": [[p, q, price] for p, (q, price) in sorted(cart["items"].items())],
+            "value": round(sum(q * (price or 0.0) for q, price in cart["items"].values()), 2),
+            "currency": cart["currency"], "resolved": False,
+        }
+        state["alerts"].append(record)
+        out.append(record)
+    for alert in state["alerts"]:
+        if alert["resolved"]:
+            continue
+        bought = _bought(state, alert["detected_at"],
+                         alert["detected_at"] + rules.resolve_within_ms)
+        if bought is not None and bought + rules.lateness_ms < stream_time:
+            alert["resolved"] = True
+            out.append({**alert, "status": "resolved", "resolved_at": bought})
+    _forget(state, stream_time, rules)
+    return out
+
+
+def _forget(state: dict, stream_time: int, rules: CartRules) -> None:
+    """Drop what can no longer matter: judged carts, old purchases, settled alerts."""
+    horizon = stream_time - rules.resolve_within_ms - rules.lateness_ms
+    state["carts"] = {k: c for k, c in state["carts"].items() if not c["done"]}
+    state["purchases"] = [t for t in state["purchases"] if t >= horizon]
+    state["alerts"] = [a for a in state["alerts"]
+                       if not a["resolved"] and a["detected_at"] >= horizon]

@@ -1,0 +1,97 @@
+"""Cart abandonment rules, pure (contract section 2): plain times, no Kafka."""
+
+from __future__ import annotations
+
+import random
+
+from services.alerting.carts import CartRules, CartTouch, add, advance, new_state
+
+T0 = 1_710_000_000_000
+MIN = 60_000
+RULES = CartRules()
+
+
+def touch(i: int, minute: float, kind: str = "cart_add", cart: str | None = "K1",
+          channel: str = "web", product: str | None = "P1", qty: int = 1,
+          price: float = 10.0) -> CartTouch:
+    return CartTouch(T0 + int(minute * MIN), f"e{i}", kind, channel, cart, product, qty, price,
+                     "EUR")
+
+
+def run(touches: list[CartTouch], until_minute: float, step: float = 5) -> tuple[dict, list]:
+    """Feed touches in the given order while event time moves on, as the stage would."""
+    state, out, now = new_state(), [], T0 - MIN
+    for x in touches:
+        now = max(now, x.t)
+        out += add(state, "C1", x, now, RULES)
+    while now < T0 + until_minute * MIN:
+        now += int(step * MIN)
+        out += advance(state, "C1", now, RULES)
+    return state, out
+
+
+def test_a_cart_then_a_store_purchase_within_the_delay_raises_nothing() -> None:
+    _, out = run([touch(1, 0), touch(2, 50, "purchase", channel="pos", product=None)], 300)
+    assert out == []
+
+
+def test_a_cart_then_nothing_raises_exactly_one_alert_at_the_delay() -> None:
+    state, out = run([touch(1, 0), touch(2, 10, "cart_add", product="P2", price=5.0)], 600)
+    (alert,) = out
+    assert alert["status"] == "open" and alert["detected_at"] == T0 + 70 * MIN
+    assert alert["items"] == [["P1", 1, 10.0], ["P2", 1, 5.0]] and alert["value"] == 15.0
+    assert alert["evidence"] == ["e1", "e2"]
+    assert state["carts"] == {}  # the alert ended the episode
+
+
+def test_a_purchase_after_the_alert_resolves_the_same_alert() -> None:
+    _, out = run([touch(1, 0), touch(2, 200, "purchase", product=None)], 400)
+    opened, resolved = out
+    assert (opened["status"], resolved["status"]) == ("open", "resolved")
+    assert resolved["alert_id"] == opened["alert_id"]
+
+
+def test_a_late_purchase_within_the_lateness_still_saves_the_cart() -> None:
+    # Event time reaches 65 min (past the 60 min deadline) before the purchase at 58 min,
+    # which arrives 7 minutes late: within the 10 minutes allowed.
+    _, out = run([touch(1, 0), touch(2, 65, "page_view", cart=None),
+                  touch(3, 58, "purchase", product=None)], 300)
+    assert out == []
+
+
+def test_an_emptied_cart_raises_nothing() -> None:
+    _, out = run([touch(1, 0), touch(2, 5, "cart_remove")], 300)
+    assert out == []
+
+
+def test_one_alert_per_day_the_others_are_counted() -> None:
+    state, out = run([touch(1, 0, cart="K1"), touch(2, 120, cart="K2"),
+                      touch(3, 26 * 60, cart="K3")], 30 * 60)
+    assert [a["cart_id"] for a in out] == ["K1", "K3"]
+    assert state["capped"] == 1
+
+
+def test_activity_after_an_alert_starts_a_new_episode() -> None:
+    _, out = run([touch(1, 0), touch(2, 26 * 60, "cart_view")], 30 * 60)  # past the cap
+    first, second = out
+    assert first["cart_id"] == second["cart_id"] == "K1"
+    assert first["alert_id"] != second["alert_id"]
+
+
+def test_the_implicit_cart_and_its_deterministic_id() -> None:
+    _, a = run([touch(1, 0, cart=None)], 300)
+    _, b = run([touch(1, 0, cart=None)], 300)
+    assert a[0]["cart_id"] == "implicit" and a[0]["alert_id"] == b[0]["alert_id"]
+
+
+def test_any_order_within_the_lateness_gives_the_same_alerts() -> None:
+    rnd = random.Random(4)
+    for _ in range(200):
+        touches = []
+        for i in range(rnd.randint(1, 8)):
+            kind = rnd.choice(["cart_add", "cart_add", "cart_view", "purchase", "cart_remove"])
+            touches.append(touch(i, rnd.randint(0, 600), kind, cart=rnd.choice(["K1", "K2"]),
+                                 product=rnd.choice(["P1", "P2"])))
+        ordered = sorted(touches, key=lambda x: (x.t, x.event_id))
+        shuffled = sorted(touches, key=lambda x: x.t + rnd.uniform(0, RULES.lateness_ms * 0.9))
+        assert run(shuffled, 2000)[1] == run(ordered, 2000)[1]
