@@ -147,11 +147,13 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                 chunks[p].setdefault(customer, []).append(touch_of(r))
                 sizes[p] += 1
                 if sizes[p] == 500:
-                    produce(source, json.dumps(chunks[p]).encode(), None, p)
+                    produce(source, json.dumps({"t": r["event_time"], "c": chunks[p]}).encode(),
+                            None, p)
                     chunks[p], sizes[p] = {}, 0
             for p, chunk in enumerate(chunks):
                 if chunk:
-                    produce(source, json.dumps(chunk).encode(), None, p)
+                    produce(source, json.dumps({"t": data[-1]["event_time"], "c": chunk})
+                            .encode(), None, p)
         producer.flush(60)
         messages = sum(high for _, high in _watermarks(settings, source))
         worker_log = Path("out") / f"bench-{stage}-worker.log"  # kept for a look afterwards
@@ -223,9 +225,9 @@ def pure_scorer(n: int, profiles: int) -> None:
     for i, r in enumerate(records(n, profiles)):
         chunk.setdefault(r["customer_id"] or r["anonymous_id"], []).append(touch_of(r))
         if i % 500 == 499:
-            chunks.append(chunk)
+            chunks.append({"t": r["event_time"], "c": chunk})
             chunk = {}
-    chunks.append(chunk)
+    chunks.append({"t": 0, "c": chunk})
     store: dict = {}
     start, cpu = time.perf_counter(), time.process_time()
     updates = 0

@@ -44,7 +44,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(home: Path) -> dict[str, str]:
-    kafka, controller, warehouse, ingest, sessionizer, scorer = free_ports(6)
+    kafka, controller, warehouse, ingest, sessionizer, scorer, alerting = free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
     env.update(
         KIZUNA_HOME=str(home),
@@ -54,6 +54,7 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_INGEST_PORT=str(ingest),
         KIZUNA_SESSIONIZER_PORT=str(sessionizer),
         KIZUNA_SCORER_PORT=str(scorer),
+        KIZUNA_ALERTING_PORT=str(alerting),
         KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
         KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET}",
         KIZUNA_INGEST_RATE=str(INGEST_RATE),

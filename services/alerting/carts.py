@@ -58,11 +58,12 @@ def alert_id(customer: str, cart: str, first_event_id: str) -> str:
 def add(state: dict, customer: str, touch: CartTouch, stream_time: int,
         rules: CartRules) -> list[dict]:
     """Record one touch, `stream_time` being the partition's event time with it. Carts due
-    before it are judged first (activity after a deadline starts a new episode). A touch too
-    late to change a decision already taken is ignored. Returns the alerts to emit."""
+    before it are judged first (activity after a deadline starts a new episode). Touches too
+    late for decisions already taken never come here: the sessionizer keeps them apart; a
+    device's cart moved to its customer at login does, and is judged at once if due.
+    Returns the alerts to emit."""
     out = advance(state, customer, stream_time, rules)
-    if touch.t + rules.lateness_ms >= stream_time:
-        _add(state, touch)
+    _add(state, touch)
     return out
 
 
@@ -146,6 +147,19 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
             out.append({**alert, "status": "resolved", "resolved_at": bought})
     _forget(state, stream_time, rules)
     return out
+
+
+def due_at(state: dict, rules: CartRules) -> int | None:
+    """The event time after which `advance` has something to decide without new touches."""
+    times = [c["last_activity"] + rules.delay_ms + rules.lateness_ms
+             for c in state["carts"].values() if not c["done"] and c["last_activity"]]
+    for alert in state["alerts"]:
+        if not alert["resolved"]:
+            bought = _bought(state, alert["detected_at"],
+                             alert["detected_at"] + rules.resolve_within_ms)
+            if bought is not None:
+                times.append(bought + rules.lateness_ms)
+    return min(times) if times else None
 
 
 def _forget(state: dict, stream_time: int, rules: CartRules) -> None:

@@ -311,6 +311,33 @@ class ScorerSettings:
         _check_store("KIZUNA_SCORER_STORE", self.store)
 
 
+@dataclass(frozen=True)
+class AlertingSettings:
+    """The alerting stage: cart abandonment (churn risk to come)."""
+
+    common: Settings
+    port: int = setting("KIZUNA_ALERTING_PORT", "8092", "Alerting HTTP port: readyz, metrics.")
+    abandonment_minutes: float = setting(
+        "KIZUNA_CART_ABANDONMENT_MINUTES", "60",
+        "A cart with no purchase this long after its last activity is abandoned.")
+    cart_cap_hours: float = setting(
+        "KIZUNA_CART_ALERT_CAP_HOURS", "24",
+        "At most one cart alert per customer in this window; the others are counted.")
+    batch_size: int = setting(
+        "KIZUNA_ALERTING_BATCH", "2000", "Most Kafka messages alerting processes as one batch.")
+    store: str = setting(
+        "KIZUNA_ALERTING_STORE", "memory://",
+        "faust table store of alerting: `memory://` or `rocksdb://`.")
+    explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        _check_port("KIZUNA_ALERTING_PORT", self.port)
+        if self.abandonment_minutes <= 0 or self.cart_cap_hours < 0:
+            raise ConfigError("KIZUNA_CART_ABANDONMENT_MINUTES must be > 0 and "
+                              "KIZUNA_CART_ALERT_CAP_HOURS >= 0")
+        _check_store("KIZUNA_ALERTING_STORE", self.store)
+
+
 #: Every settings object, in the order `kizuna config` prints them.
 ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, SessionizerSettings,
-                                  ScorerSettings, WarehouseSettings)
+                                  ScorerSettings, AlertingSettings, WarehouseSettings)

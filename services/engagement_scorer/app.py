@@ -38,15 +38,17 @@ def score_batch(store, weights: Weights, batches: list[dict]) -> tuple[list[dict
     """Apply a partition's attributed touches; (changed profiles, applied, duplicates)."""
     changed: dict[str, dict] = {}
     applied = duplicates = 0
-    for batch in batches:
-        for customer, touches in batch.items():
-            state = changed.get(customer) or store.get(customer) or new_state()
-            for touch in touches:
-                if apply(state, touch, weights):
-                    applied += 1
-                else:
-                    duplicates += 1
-            changed[customer] = state
+    # {"t": partition event time, "c": {customer: touches}, "l": too late for sessions}
+    items = [(c, x) for batch in batches for part in ("c", "l")
+             for c, x in batch.get(part, {}).items()]
+    for customer, touches in items:
+        state = changed.get(customer) or store.get(customer) or new_state()
+        for touch in touches:
+            if apply(state, touch, weights):
+                applied += 1
+            else:
+                duplicates += 1
+        changed[customer] = state
     profiles = []
     for customer, state in changed.items():
         store[customer] = state

@@ -7,7 +7,14 @@ import time
 from services.common.errors import KizunaError
 from services.common.kafka import check_reachable, group_lag
 from services.common.settings import Settings
-from services.common.topics import ENGAGEMENT_SCORES, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+from services.common.topics import (
+    ALERTS_CART_ABANDONMENT,
+    ALERTS_CHURN_RISK,
+    ENGAGEMENT_SCORES,
+    SESSIONS,
+    TOUCHPOINTS_DLQ,
+    TOUCHPOINTS_RAW,
+)
 from services.sessionizer.app import ATTRIBUTED, HANDOFF
 
 
@@ -17,8 +24,11 @@ def stage_inputs(settings: Settings) -> dict[str, list[str]]:
     return {
         f"{prefix}sessionizer": [TOUCHPOINTS_RAW.name(prefix), HANDOFF.name(prefix)],
         f"{prefix}engagement_scorer": [ATTRIBUTED.name(prefix)],
+        f"{prefix}alerting": [ATTRIBUTED.name(prefix)],
         f"{prefix}warehouse": [TOUCHPOINTS_RAW.name(prefix), SESSIONS.name(prefix),
-                               TOUCHPOINTS_DLQ.name(prefix), ENGAGEMENT_SCORES.name(prefix)],
+                               TOUCHPOINTS_DLQ.name(prefix), ENGAGEMENT_SCORES.name(prefix),
+                               ALERTS_CART_ABANDONMENT.name(prefix),
+                               ALERTS_CHURN_RISK.name(prefix)],
     }
 
 

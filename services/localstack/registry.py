@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from services.common.errors import UnreachableError
 from services.common.kafka import check_reachable
 from services.common.settings import (
+    AlertingSettings,
     IngestSettings,
     ScorerSettings,
     SessionizerSettings,
@@ -70,6 +71,10 @@ def scorer_port(settings: Settings) -> int:
     return load(ScorerSettings).port
 
 
+def alerting_port(settings: Settings) -> int:
+    return load(AlertingSettings).port
+
+
 def ingest_command(settings: Settings) -> list[str]:
     ensure_local_key(load(IngestSettings))
     return python_module("services.ingest")(settings)
@@ -92,7 +97,11 @@ SCORER = Program(
     "engagement_scorer", python_module("services.engagement_scorer"),
     ready=http_ready(scorer_port), needs_topics=True, stop_wait_seconds=30)
 
-PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST, SESSIONIZER, SCORER)
+ALERTING = Program(
+    "alerting", python_module("services.alerting"), ready=http_ready(alerting_port),
+    needs_topics=True, stop_wait_seconds=30)
+
+PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST, SESSIONIZER, SCORER, ALERTING)
 
 
 def ports(settings: Settings) -> dict[str, int]:
@@ -100,7 +109,8 @@ def ports(settings: Settings) -> dict[str, int]:
     found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port,
              "KIZUNA_INGEST_PORT": ingest_port(settings),
              "KIZUNA_SESSIONIZER_PORT": sessionizer_port(settings),
-             "KIZUNA_SCORER_PORT": scorer_port(settings)}
+             "KIZUNA_SCORER_PORT": scorer_port(settings),
+             "KIZUNA_ALERTING_PORT": alerting_port(settings)}
     if settings.local_kafka:
         found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
         found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port

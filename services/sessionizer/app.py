@@ -49,8 +49,10 @@ HANDOFF = TopicSpec(
     "sessionizer.handoff", "identity links and device state on their way to the customer's "
     "partition (internal)", key="profile id", retention_ms=7 * 24 * HOUR_MS)
 ATTRIBUTED = TopicSpec(
-    "sessionizer.attributed", "touches attributed to customers, one message per partition "
-    "and batch (internal; the scorer's input)", key="none (partition of the customers)",
+    "sessionizer.attributed", "touches attributed to customers and the partition's event "
+    "time, {t, c: {customer: touches}, l: too-late ones} in JSON, a few messages per "
+    "partition and batch "
+    "(internal; the scorer's and alerting's input)", key="none (partition of the customers)",
     retention_ms=7 * 24 * HOUR_MS)
 
 EVENTS = Counter("kizuna_sessionizer_events", "Touchpoints and handoffs by outcome", ["outcome"])
@@ -166,9 +168,17 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             SESSIONS_OUT.labels(record["status"]).inc()
         for key, message in out.handoffs:
             produce(handoff_name, json.dumps(message).encode(), key.encode())
-        # The partition's customers are the same on the co-partitioned topic.
-        for chunk in attributed_chunks(out.attributed):
-            produce(attributed_name, orjson.dumps(chunk), None, partition)
+        # The partition's customers are the same on the co-partitioned topic. Each message
+        # carries the partition's event time, so downstream timers move even without touches.
+        # `c`: on time or moved by identity; `l`: too late for sessions (scores only).
+        if out.attributed or out.late or out.stream_time is not None:
+            stream_time = processor.stream_time(partition)
+            for chunk in attributed_chunks(out.attributed) if out.attributed else [{}]:
+                produce(attributed_name, orjson.dumps({"t": stream_time, "c": chunk}), None,
+                        partition)
+            for chunk in attributed_chunks(out.late):
+                produce(attributed_name, orjson.dumps({"t": stream_time, "c": {}, "l": chunk}),
+                        None, partition)
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead)))

@@ -35,6 +35,7 @@ from services.sessionizer import sessions as s
 from services.sessionizer.sessions import SessionRules
 
 CUSTOMER, DEVICE, STREAM_TIME = "c:", "a:", "t:"
+CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
 NEVER = -(2**62)
 #: Closed sessions a device keeps so that identifying later still attributes them.
 DEVICE_HISTORY = 20
@@ -72,8 +73,14 @@ class DeadLetter:
 class Outputs:
     sessions: list[dict] = field(default_factory=list)
     handoffs: list[tuple[str, dict]] = field(default_factory=list)  # (profile key, message)
-    #: Touches that belong to a customer, for the scorer (at-least-once: it deduplicates).
+    #: Touches that belong to a customer, on time or moved by an identity link, for the
+    #: scorer and alerting (at-least-once: they deduplicate).
     attributed: dict[str, list[list]] = field(default_factory=dict)
+    #: A customer's touches too late for sessions: they still count for the score, but may
+    #: not reopen decisions (alerts) already taken.
+    late: dict[str, list[list]] = field(default_factory=dict)
+    #: The partition's event time after the batch, when the batch moved it (else None).
+    stream_time: int | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
@@ -88,6 +95,10 @@ def touch_of(record: dict) -> list:
         extra = {"score": properties["score"]}
     elif kind in ("opt_in", "opt_out") and properties.get("channel"):
         extra = {"channel": str(properties["channel"])}
+    elif kind in CART_EVENTS and commerce:
+        extra = {"cart": commerce.get("cart_id"), "product": commerce.get("product_id"),
+                 "qty": commerce.get("quantity"), "price": commerce.get("unit_price"),
+                 "currency": commerce.get("currency")}
     return [record["event_time"], record["event_id"], kind, record["channel"], value,
             record.get("anonymous_id"), extra]
 
@@ -114,6 +125,9 @@ class PartitionProcessor:
         batch.close_due()
         batch.finish()
         return batch.out
+
+    def stream_time(self, partition: int) -> int:
+        return self.store.get(f"{STREAM_TIME}{partition}", NEVER)
 
     def forget_partition(self, partition: int) -> None:
         """After a rebalance took `partition` away; rebuilt from the store if it comes back."""
@@ -179,15 +193,17 @@ class _Batch:
         self.out.counts["events"] += 1
         customer, device = record.get("customer_id"), record.get("anonymous_id")
         touch = touch_of(record)
-        if customer:  # scores count every touch of a customer, sessions or not
-            self.out.attributed.setdefault(customer, []).append(touch)
         if self.rules.too_late(t, self.stream_time):
             key = CUSTOMER + customer if customer else DEVICE + device
             if s.contains(self.state(key)["runs"], t, record["event_id"]):
                 self.out.counts["duplicates"] += 1  # redelivered after a restart: not late
                 self.reemit.add(key)
                 self.changed.add(key)
+                if customer:
+                    self.out.attributed.setdefault(customer, []).append(touch)
                 return
+            if customer:  # scores count every touch of a customer, sessions or not
+                self.out.late.setdefault(customer, []).append(touch)
             self.out.counts["too_late"] += 1
             self.out.dead_letters.append(DeadLetter(
                 "too_late",
@@ -200,6 +216,7 @@ class _Batch:
             self.out.counts["late"] += 1
         self.stream_time = max(self.stream_time, t)
         if customer:
+            self.out.attributed.setdefault(customer, []).append(touch)
             key = CUSTOMER + customer
             state = self.touched(key)
             if device and device not in state.setdefault("devices", []):
@@ -376,6 +393,7 @@ class _Batch:
                 del self.store[key]
         if self.stream_time != self.start_time:
             self.store[f"{STREAM_TIME}{self.partition}"] = self.stream_time
+            self.out.stream_time = self.stream_time
 
 
 def _transfer(customer: str, device: str, runs: list | None = None,

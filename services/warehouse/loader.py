@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from services.common.kafka import client_config
 from services.common.serde import (
+    ALERT,
     DEAD_LETTER,
     ENGAGEMENT_PROFILE,
     SESSION,
@@ -27,7 +28,14 @@ from services.common.serde import (
     default_serde,
 )
 from services.common.settings import Settings
-from services.common.topics import ENGAGEMENT_SCORES, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+from services.common.topics import (
+    ALERTS_CART_ABANDONMENT,
+    ALERTS_CHURN_RISK,
+    ENGAGEMENT_SCORES,
+    SESSIONS,
+    TOUCHPOINTS_DLQ,
+    TOUCHPOINTS_RAW,
+)
 
 log = logging.getLogger("kizuna.warehouse.loader")
 
@@ -103,6 +111,23 @@ PROFILE_COLUMNS = [
     "reachable_channels", "median_interpurchase_days", "updated_at", "version",
 ]
 
+def alert_row(r: dict) -> list:
+    cart = r["cart"] or {}
+    return [
+        r["alert_id"], r["alert_type"], r["status"], r["customer_id"], r["anonymous_id"],
+        r["detected_at"], r["emitted_at"], r["reasons"], r["severity"],
+        r["evidence_event_ids"], cart.get("cart_id"), cart.get("value"),
+        [(i["product_id"], i["quantity"], i["unit_price"]) for i in cart.get("items", [])],
+        r["score_snapshot"], r["recommended_channel"], r["recommended_action"], r["version"],
+    ]
+
+
+ALERT_COLUMNS = [
+    "alert_id", "alert_type", "status", "customer_id", "anonymous_id", "detected_at",
+    "emitted_at", "reasons", "severity", "evidence_event_ids", "cart_id", "cart_value",
+    "cart_items", "score_snapshot", "recommended_channel", "recommended_action", "version",
+]
+
 #: topic suffix -> (schema, table, row builder, columns)
 LOADS = {
     TOUCHPOINTS_RAW.suffix: (TOUCHPOINT, "touchpoints", touchpoint_row, TOUCHPOINT_COLUMNS),
@@ -110,6 +135,8 @@ LOADS = {
     TOUCHPOINTS_DLQ.suffix: (DEAD_LETTER, "dead_letters", dead_letter_row, DEAD_LETTER_COLUMNS),
     ENGAGEMENT_SCORES.suffix: (ENGAGEMENT_PROFILE, "customer_profiles", profile_row,
                                PROFILE_COLUMNS),
+    ALERTS_CART_ABANDONMENT.suffix: (ALERT, "alerts", alert_row, ALERT_COLUMNS),
+    ALERTS_CHURN_RISK.suffix: (ALERT, "alerts", alert_row, ALERT_COLUMNS),
 }
 
 

@@ -30,7 +30,8 @@ def one_error_line(result) -> str:
 
 def test_up_twice_then_query_lists_the_contract_tables(stack):
     before = {p["name"]: p["pid"] for p in json.loads(kizuna(stack, "status", "--json").stdout)}
-    assert set(before) == {"kafka", "warehouse", "ingest", "sessionizer", "engagement_scorer"}
+    assert set(before) == {"kafka", "warehouse", "ingest", "sessionizer", "engagement_scorer",
+                           "alerting"}
     again = kizuna(stack, "up")
     assert "0 created" in again.stdout
     after = json.loads(kizuna(stack, "status", "--json").stdout)

@@ -71,9 +71,11 @@ class Pipeline:
                 out = self.proc.process(p, items)
                 self.sessions += out.sessions
                 self.dead_letters += out.dead_letters
-                for customer, touches in out.attributed.items():
-                    assert partition_of(customer, self.n) == p  # co-partitioned output
-                    self.attributed.setdefault(customer, []).extend(x[s.EVENT_ID] for x in touches)
+                for part in (out.attributed, out.late):
+                    for customer, touches in part.items():
+                        assert partition_of(customer, self.n) == p  # co-partitioned output
+                        self.attributed.setdefault(customer, []).extend(
+                            x[s.EVENT_ID] for x in touches)
                 for k, v in out.counts.items():
                     self.counts[k] = self.counts.get(k, 0) + v
                 for key, message in out.handoffs:

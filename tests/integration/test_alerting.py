@@ -1,0 +1,86 @@
+"""Cart alerts on the real stack: import -> sessionizer -> alerting -> Kafka and ClickHouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.common.clickhouse import query_rows
+from services.common.serde import ALERT, default_serde
+from services.common.settings import Settings, load
+from services.common.topics import ALERTS_CART_ABANDONMENT
+from tests.integration.test_collector import read_topic
+from tests.integration.test_sessionizer import Clock, event, run
+
+pytestmark = pytest.mark.integration
+MIN = dt.timedelta(minutes=1)
+
+
+def cart_add(event_id: str, at: dt.datetime, customer: str | None = None,
+             device: str | None = None, channel: str = "web", cart: str = "K1") -> dict:
+    return event(event_id, at, customer, device, "cart_add", channel,
+                 commerce={"cart_id": cart, "product_id": "P42", "quantity": 2,
+                           "unit_price": 30.0, "currency": "EUR"})
+
+
+def alerts(env: dict, where: str) -> list[dict]:
+    return query_rows(load(Settings, env), "SELECT alert_id, status, customer_id, cart_id, "
+                      "cart_value, recommended_channel, recommended_action, detected_at "
+                      f"FROM kizuna.alerts WHERE {where} ORDER BY detected_at")
+
+
+def test_cart_alerts_follow_the_contract(stack, tmp_path) -> None:
+    t0 = Clock.start()
+    events = [
+        # 1. cart, then a store purchase within the delay: no alert.
+        cart_add("ca-1", t0, "cart-saved"),
+        event("ca-2", t0 + 40 * MIN, "cart-saved", event_type="purchase", channel="pos",
+              commerce={"order_id": "O1", "value": 60.0}),
+        # 2. cart, then nothing: one alert, 60 minutes after the last activity.
+        cart_add("cb-1", t0, "cart-left"),
+        event("cb-0", t0 - 5 * MIN, "cart-left", event_type="email_click", channel="email"),
+        # 3. cart, alert, then a purchase: the same alert, resolved.
+        cart_add("cc-1", t0, "cart-late"),
+        event("cc-2", t0 + 3 * 60 * MIN, "cart-late", event_type="purchase",
+              commerce={"order_id": "O2", "value": 60.0}),
+        # 4. an anonymous cart, then a login within the delay: the alert names the customer.
+        cart_add("cd-1", t0, device="dev-cart", cart="K9"),
+        event("cd-2", t0 + 10 * MIN, "cart-anon", device="dev-cart", event_type="identify",
+              channel="app"),
+        # 5. unsubscribed from email: the recommendation is not email.
+        event("ce-0", t0 - 30 * MIN, "cart-unsub", event_type="email_click", channel="email"),
+        event("ce-1", t0 - 20 * MIN, "cart-unsub", event_type="email_unsubscribe",
+              channel="email"),
+        cart_add("ce-2", t0, "cart-unsub", channel="app"),
+    ]
+    events.sort(key=lambda e: e["occurred_at"])
+    until = t0 + dt.timedelta(days=1)
+    run(stack, events, until, tmp_path)
+
+    assert alerts(stack, "customer_id = 'cart-saved'") == []
+    (left,) = alerts(stack, "customer_id = 'cart-left'")
+    assert left["status"] == "open" and left["cart_value"] == 60.0
+    assert left["recommended_action"] == "cart_reminder"
+    assert left["detected_at"].startswith((t0 + 60 * MIN).strftime("%Y-%m-%d %H:%M"))
+    (late,) = alerts(stack, "customer_id = 'cart-late'")
+    assert late["status"] == "resolved"
+    (anon,) = alerts(stack, "cart_id = 'K9'")
+    assert anon["customer_id"] == "cart-anon"
+    (unsub,) = alerts(stack, "customer_id = 'cart-unsub'")
+    assert unsub["recommended_channel"] not in (None, "email")
+
+    # On Kafka: the resolved alert went out twice (open, then resolved) under one id.
+    serde = default_serde()
+    topic = ALERTS_CART_ABANDONMENT.name("kizuna.")
+    mine = read_topic(stack, topic, lambda m: m.key() == b"cart-late", 2)
+    statuses = [serde.decode(ALERT, m.value()) for m in mine]
+    assert [a["status"] for a in statuses] == ["open", "resolved"]
+    assert len({a["alert_id"] for a in statuses}) == 1
+
+    # Replayed: the same alert ids, and no duplicate in ClickHouse.
+    before = alerts(stack, "startsWith(customer_id, 'cart-')")
+    run(stack, events, until, tmp_path)
+    after = alerts(stack, "startsWith(customer_id, 'cart-')")
+    assert [(a["alert_id"], a["status"]) for a in after] == \
+        [(a["alert_id"], a["status"]) for a in before]
