@@ -72,7 +72,11 @@ class AlertProcessor:
         for message in messages:
             for customer, touches in message["c"].items():
                 state = state_of(customer)
-                now = stream_time
+                # The customer's own time, not the partition's: a device's history moved here
+                # at login is days old, and each of its carts must be judged with its own
+                # later touches (its purchase) already added. Nothing that could still save a
+                # cart lags the customer's latest touch by more than the allowed lateness.
+                now = NEVER
                 for touch in sorted(touches, key=lambda x: (x[T], x[EVENT_ID])):
                     now = max(now, touch[T])
                     profile.apply(state["profile"], touch, self.weights)

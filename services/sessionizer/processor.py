@@ -322,7 +322,7 @@ class _Batch:
             self.changed.add(key)
             self.close(key, state, now)
             due = self.proc.due_at(key, state)
-            if due is not None:
+            if due is not None and due >= now:  # never a past time: that would spin here
                 heapq.heappush(heap, (due, key))
 
     def close(self, key: str, state: dict, now: int) -> None:
@@ -346,8 +346,11 @@ class _Batch:
             # Measured from the device's own latest touch, not from the partition's event
             # time at this moment, so what a later login claims depends on the events only.
             history = sorted(state["closed"], key=lambda run: run[0][s.T])
-            horizon = max(run[-1][s.T] for run in history) - DEVICE_HISTORY_MS
+            latest = max(run[-1][s.T] for run in history)
+            horizon = latest - DEVICE_HISTORY_MS
             kept = [r for r in history if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
+            if now > latest + DEVICE_HISTORY_MS:
+                kept = []  # the device stayed anonymous for the whole window: forget it
             while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
                 kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
             state["closed"] = kept

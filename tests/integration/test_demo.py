@@ -49,6 +49,11 @@ def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> Non
         assert report["abandoned_carts_truth"] == len(truth["abandoned_carts"])
         funnel = dict(report["funnel"])
         assert funnel["product_view"] >= funnel["cart_add"] >= funnel["purchase"] > 0
+        quality = report["cart_alerts"]
+        alerted = query_rows(settings, "SELECT count() AS n FROM kizuna.alerts")[0]["n"]
+        assert quality["alerts"] == alerted
+        if truth["abandoned_carts"] and quality["alerts"]:
+            assert quality["precision"] >= 0.9  # every alert is a cart the rule abandons
         page = (out / "report.html").read_text()
         assert page.count("<svg") >= 4 and "Engagement score distribution" in page
     finally:

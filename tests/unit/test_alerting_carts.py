@@ -95,3 +95,21 @@ def test_any_order_within_the_lateness_gives_the_same_alerts() -> None:
         ordered = sorted(touches, key=lambda x: (x.t, x.event_id))
         shuffled = sorted(touches, key=lambda x: x.t + rnd.uniform(0, RULES.lateness_ms * 0.9))
         assert run(shuffled, 2000)[1] == run(ordered, 2000)[1]
+
+
+def test_a_moved_cart_history_is_judged_with_its_own_purchase() -> None:
+    # A device's cart and purchase arrive together at login, hours after they happened,
+    # when the partition's event time is far ahead: no alert.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+
+    proc = AlertProcessor(RULES, load_weights(), {})
+    t = T0
+    history = [[t, "d1", "cart_add", "web", 0.0, "dev", {"cart": "K1", "product": "P1",
+                                                         "qty": 1, "price": 9.0}],
+               [t + 5 * MIN, "d2", "purchase", "web", 9.0, "dev", None]]
+    assert proc.process(0, [{"t": t + 3 * 24 * 60 * MIN, "c": {"C1": history}}]) == []
+    abandoned = [[t, "d3", "cart_add", "web", 0.0, "dev", {"cart": "K2", "product": "P1",
+                                                           "qty": 1, "price": 9.0}]]
+    (alert,) = proc.process(0, [{"t": t + 3 * 24 * 60 * MIN + 1, "c": {"C2": abandoned}}])
+    assert alert[1]["cart_id"] == "K2" and alert[1]["detected_at"] == t + 60 * MIN

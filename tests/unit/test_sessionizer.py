@@ -292,3 +292,11 @@ def test_attributed_touches_go_out_in_bounded_messages() -> None:
     merged = {k: v for c in chunks for k, v in c.items()}
     assert merged == attributed  # nothing lost, a customer never split
     assert list(attributed_chunks({})) == []
+
+
+def test_an_anonymous_device_is_forgotten_after_its_window() -> None:
+    # Regression: the history's expiry time stayed in the past and closing spun forever.
+    p = Pipeline().send(tp("x1", 0, device="ghost"))
+    p.watermark(T0 + 40 * 24 * s.HOUR_MS).run()  # past the 30-day window, in one step
+    assert "a:ghost" not in p.store
+    assert [r["status"] for r in p.table().values()] == [s.CLOSED]
