@@ -162,6 +162,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from services.alerting.tail import TYPES, tail
+
+    types = [args.type] if args.type else list(TYPES)
+    tail(settings, types, args.from_beginning, args.json, args.max, args.idle_timeout)
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.clickhouse import query_rows
 
@@ -228,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=500,
                    help="touchpoints per Kafka message, per partition (default 500; 1: one "
                         "touchpoint per message, for consumers that cannot read batches)")
+    p = add("alerts", cmd_alerts, "alerts tail: print alerts from the alert topics as they come")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("--type", choices=["cart_abandonment", "churn_risk"],
+                   help="one alert type (default: both)")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="start with the oldest alert kept on the topics, not the next new one")
+    p.add_argument("--json", action="store_true", help="one JSON object per alert")
+    p.add_argument("--max", type=int, help="stop after this many alerts")
+    p.add_argument("--idle-timeout", type=float,
+                   help="stop after this many seconds without a new alert")
     p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
     p.add_argument("customer_id")
     p.add_argument("--json", action="store_true", help="the profile row as JSON")

@@ -89,8 +89,15 @@ def collect(settings: Settings, truth: dict, sent: int, elapsed: float) -> dict:
         WHERE event_type IN ('cart_add', 'cart_view', 'checkout_start')""")[0]["carts"]
     alerts = rows(settings, "SELECT customer_id, cart_id, status FROM kizuna.alerts "
                             "WHERE alert_type = 'cart_abandonment'")
+    churn = rows(settings, "SELECT customer_id, status, reasons, "
+                           "toUnixTimestamp64Milli(detected_at) AS detected_ms "
+                           "FROM kizuna.alerts WHERE alert_type = 'churn_risk'")
     return {
         "cart_alerts": cart_alert_quality(alerts, truth["abandoned_carts"]),
+        "churn_alerts": churn_alert_quality(churn, truth),
+        "alerts_by_day": rows(settings, "SELECT toString(toDate(detected_at)) AS day, "
+                                        "alert_type, count() AS n FROM kizuna.alerts "
+                                        "GROUP BY day, alert_type ORDER BY day, alert_type"),
         "sent": sent, "elapsed_s": round(elapsed, 1),
         "events_per_s": round(sent / elapsed) if elapsed else None,
         "touchpoints": totals["touchpoints"], "customers": totals["customers"],
@@ -139,6 +146,40 @@ def cart_alert_quality(alerts: list[dict], truth: list[dict]) -> dict:
     }
 
 
+def churn_alert_quality(alerts: list[dict], truth: dict) -> dict:
+    """Churn alerts against the generator's truth. A customer is at risk when the generator
+    made them a churner (from their churn day) or had them give an explicit signal
+    (unsubscribe, complaint, NPS 0-6, abandoned credit application...). Precision: alerted
+    customers who were at risk; recall: churners alerted on or after their churn day, and
+    customers with an explicit signal alerted; lead: days from the churn day to the first
+    alert."""
+    churners = truth["churners"]
+    risky = set(churners) | set(truth.get("explicit_risk", {}))
+    alerted = {a["customer_id"] for a in alerts}
+    first: dict[str, int] = {}
+    for a in alerts:
+        c = a["customer_id"]
+        if c in churners and a["detected_ms"] >= churners[c] - 86_400_000:
+            first[c] = min(first.get(c, a["detected_ms"]), a["detected_ms"])
+    lead = sorted((t - churners[c]) / 86_400_000 for c, t in first.items())
+    reasons: dict[str, int] = {}
+    for a in alerts:
+        for reason in a["reasons"]:
+            if reason != "purchased_after_alert":
+                reasons[reason] = reasons.get(reason, 0) + 1
+    explicit = set(truth.get("explicit_risk", {}))
+    return {
+        "alerts": len(alerts), "resolved": sum(a["status"] == "resolved" for a in alerts),
+        "customers": len(alerted),
+        "precision": round(len(alerted & risky) / len(alerted), 3) if alerted else None,
+        "recall_churners": round(len(first) / len(churners), 3) if churners else None,
+        "recall_explicit": round(len(alerted & explicit) / len(explicit), 3)
+        if explicit else None,
+        "median_lead_days": round(lead[len(lead) // 2], 1) if lead else None,
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+    }
+
+
 def render_text(r: dict) -> str:
     lines = [
         "", "Kizuna demo report", "==================",
@@ -172,8 +213,15 @@ def render_text(r: dict) -> str:
         f"truth: precision {r['cart_alerts']['precision']}, recall {r['cart_alerts']['recall']}"
         f" of carts (the 24 h cap sends one a day per customer), "
         f"{r['cart_alerts']['recall_customers']} of customers",
-        f"Churners (ground truth): {r['churners_truth']}; churn-risk alerts are still being "
-        "built.", "",
+        f"Churn-risk alerts: {r['churn_alerts']['alerts']} for "
+        f"{r['churn_alerts']['customers']} customers ({r['churn_alerts']['resolved']} "
+        f"resolved by a later purchase); reasons: "
+        + ", ".join(f"{k} {v}" for k, v in r["churn_alerts"]["reasons"].items()),
+        f"  against the ground truth ({r['churners_truth']} churners): precision "
+        f"{r['churn_alerts']['precision']}, recall {r['churn_alerts']['recall_churners']} "
+        f"of churners (median {r['churn_alerts']['median_lead_days']} days after the churn "
+        f"day), {r['churn_alerts']['recall_explicit']} of customers who gave an explicit "
+        "signal", "",
     ]
     return "\n".join(lines)
 
@@ -216,6 +264,10 @@ def render_html(r: dict) -> str:
                                             for x in r["rejected"]]),
         _bars("Cart alerts", [("sent", r["cart_alerts"]["alerts"]),
                               ("recovered", r["cart_alerts"]["resolved"])]),
+        _bars("Churn-risk alerts by reason", list(r["churn_alerts"]["reasons"].items())),
+        _bars("Alerts over time (by day of detection)",
+              [(f"{x['day']} {x['alert_type'].split('_')[0]}", x["n"])
+               for x in r["alerts_by_day"]]),
         "<h2>Text report</h2><pre>", html.escape(render_text(r)), "</pre></body>",
     ]
     return "\n".join(body)

@@ -1,4 +1,4 @@
-"""Alerting's faust adapter: attributed touches in, cart alerts out (kizuna.alerts.*).
+"""Alerting's faust adapter: attributed touches in, cart and churn alerts out (kizuna.alerts.*).
 
 It reads the sessionizer's attributed topic with its own consumer group, hands each
 partition's messages to the pure `AlertProcessor`, writes each changed customer's state once,
@@ -17,14 +17,15 @@ import orjson
 from prometheus_client import Counter
 
 from services.alerting.carts import HOUR_MS, MINUTE_MS, CartRules
-from services.alerting.processor import AlertProcessor, alert_record
+from services.alerting.churn import ChurnRules
+from services.alerting.processor import CART, CHURN, AlertProcessor, alert_record, churn_record
 from services.common import faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import admin_client, ensure_topics
 from services.common.serde import ALERT, default_serde
 from services.common.settings import AlertingSettings, ScorerSettings, SessionizerSettings, load
-from services.common.topics import ALERTS_CART_ABANDONMENT
-from services.engagement_scorer.weights import Weights, load_weights
+from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK
+from services.engagement_scorer.weights import DAY_MS, Weights, load_weights
 from services.sessionizer.app import ATTRIBUTED
 
 log = logging.getLogger("kizuna.alerting")
@@ -37,6 +38,15 @@ def rules_of(settings: AlertingSettings) -> CartRules:
     return CartRules(delay_ms=int(settings.abandonment_minutes * MINUTE_MS),
                      cap_ms=int(settings.cart_cap_hours * HOUR_MS),
                      lateness_ms=int(lateness * MINUTE_MS))
+
+
+def churn_rules_of(settings: AlertingSettings) -> ChurnRules:
+    return ChurnRules(engagement_fraction=settings.churn_engagement_fraction,
+                      min_peak=settings.churn_min_peak,
+                      silence_factor=settings.churn_silence_factor,
+                      silence_min_ms=int(settings.churn_silence_min_days * DAY_MS),
+                      dormancy_ms=int(settings.churn_dormancy_days * DAY_MS),
+                      cooldown_ms=int(settings.churn_cooldown_days * DAY_MS))
 
 
 def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
@@ -53,8 +63,8 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     outbox = faust_stage.Outbox(common)
     store = faust_stage.state_store(table, settings.store, outbox)
     rules = rules_of(settings)
-    processor = AlertProcessor(rules, weights, store)
-    topic = ALERTS_CART_ABANDONMENT.name(prefix)
+    processor = AlertProcessor(rules, weights, store, churn_rules_of(settings))
+    topics = {CART: ALERTS_CART_ABANDONMENT.name(prefix), CHURN: ALERTS_CHURN_RISK.name(prefix)}
     serde = default_serde()
 
     @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
@@ -65,10 +75,12 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
                     faust_stage.enter_partition(store, group[-1])
                     messages = [orjson.loads(event.message.value) for event in group]
                     now = int(time.time() * 1000)
-                    for customer, cart_alert, snapshot in processor.process(
+                    for customer, kind, found, snapshot in processor.process(
                             group[-1].message.partition, messages):
-                        record = alert_record(customer, cart_alert, snapshot, now, rules)
-                        outbox.produce(topic, serde.encode(ALERT, record), customer.encode())
+                        record = (alert_record(customer, found, snapshot, now, rules)
+                                  if kind == CART else churn_record(customer, found, snapshot, now))
+                        outbox.produce(topics[kind], serde.encode(ALERT, record),
+                                       customer.encode())
                         ALERTS.labels(record["alert_type"], record["status"]).inc()
                 await outbox.flush_async()
             except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked

@@ -1,10 +1,16 @@
 """Alerting's work on one partition's batch of attributed touches, pure (no Kafka).
 
 Input: the sessionizer's attributed messages `{"t": partition event time, "c": {customer:
-touches}}`. A customer's state holds their carts (`carts`) and the consent and engagement
-that choose the channel (`profile`, the scorer's own functions). Carts are judged when the
-partition's event time passes their deadline plus the allowed lateness, through a per
-partition index of due times (rebuilt from the store after a restart).
+touches}, "l": {customer: touches too late for sessions}}`. A customer's state holds their
+carts (`cart`), their engagement, purchases and consent (`profile`, the scorer's own
+functions), their churn-risk state (`churn`) and the touches not yet final (`pending`).
+
+Carts are judged when the partition's event time passes their deadline plus the allowed
+lateness. Touches are held until the partition's event time is more than the allowed lateness
+past them, then applied to the profile and the churn rules in event-time order, with the churn
+deadlines (dormancy, silence, engagement drop) fired in between at their exact event time. A
+per-partition index of due times (rebuilt from the store after a restart) finds the customers
+with something to decide.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import MutableMapping
 
-from services.alerting import carts
+from services.alerting import carts, churn
 from services.alerting.carts import CartRules, CartTouch
+from services.alerting.churn import ChurnRules
 from services.engagement_scorer import profile
 from services.engagement_scorer.weights import Weights
 from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, T
@@ -21,6 +28,7 @@ from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, 
 STREAM_TIME = "t:"
 NEVER = -(2**62)
 CART_TYPES = carts.CART_ACTIVITY | {"cart_remove", "purchase"}
+CART, CHURN = "cart_abandonment", "churn_risk"
 
 
 def cart_touch(touch: list) -> CartTouch | None:
@@ -33,8 +41,10 @@ def cart_touch(touch: list) -> CartTouch | None:
 
 
 class AlertProcessor:
-    def __init__(self, rules: CartRules, weights: Weights, store: MutableMapping) -> None:
+    def __init__(self, rules: CartRules, weights: Weights, store: MutableMapping,
+                 churn_rules: ChurnRules | None = None) -> None:
         self.rules = rules
+        self.churn_rules = churn_rules or ChurnRules()
         self.weights = weights
         self.store = store
         self._heaps: dict[int, list[tuple[int, str]]] = {}
@@ -42,21 +52,32 @@ class AlertProcessor:
     def forget_partition(self, partition: int) -> None:
         self._heaps.pop(partition, None)
 
+    def due_at(self, state: dict) -> int | None:
+        """The partition event time after which this customer has something to decide."""
+        times = [carts.due_at(state["cart"], self.rules)]
+        if state["pending"]:
+            times.append(min(touch[T] for touch in state["pending"]) + self.rules.lateness_ms)
+        due = churn.due_at(state["churn"], state["profile"], self.churn_rules, self.weights)
+        if due is not None:
+            times.append(due + self.rules.lateness_ms)
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
     def _heap(self, partition: int) -> list[tuple[int, str]]:
         heap = self._heaps.get(partition)
         if heap is None:  # first batch of this partition here: index the store
             heap = []
             for key, state in list(self.store.items()):
                 if not key.startswith(STREAM_TIME) and state.get("p") == partition:
-                    due = carts.due_at(state["cart"], self.rules)
+                    due = self.due_at(state)
                     if due is not None:
                         heap.append((due, key))
             heapq.heapify(heap)
             self._heaps[partition] = heap
         return heap
 
-    def process(self, partition: int, messages: list[dict]) -> list[tuple[str, dict, dict]]:
-        """(customer, cart alert record, profile snapshot) for every alert to emit."""
+    def process(self, partition: int, messages: list[dict]) -> list[tuple[str, str, dict, dict]]:
+        """(customer, alert type, alert, profile snapshot) for every alert to emit."""
         heap = self._heap(partition)
         before = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         stream_time = before
@@ -66,7 +87,8 @@ class AlertProcessor:
         def state_of(customer: str) -> dict:
             if customer not in states:
                 states[customer] = self.store.get(customer) or {
-                    "p": partition, "cart": carts.new_state(), "profile": profile.new_state()}
+                    "p": partition, "cart": carts.new_state(), "profile": profile.new_state(),
+                    "churn": churn.new_state(), "pending": []}
             return states[customer]
 
         for message in messages:
@@ -79,32 +101,61 @@ class AlertProcessor:
                 now = NEVER
                 for touch in sorted(touches, key=lambda x: (x[T], x[EVENT_ID])):
                     now = max(now, touch[T])
-                    profile.apply(state["profile"], touch, self.weights)
                     ct = cart_touch(touch)
                     if ct is not None:
-                        out += [(customer, a) for a in
+                        out += [(customer, CART, a) for a in
                                 carts.add(state["cart"], customer, ct, now, self.rules)]
-                due = carts.due_at(state["cart"], self.rules)
-                if due is not None:
-                    heapq.heappush(heap, (due, customer))
+                self._hold(heap, customer, state, touches)
+            for customer, touches in message.get("l", {}).items():  # too late for sessions
+                self._hold(heap, customer, state_of(customer), touches)
             stream_time = max(stream_time, message["t"])
+        final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         while heap and heap[0][0] < stream_time:
             _, customer = heapq.heappop(heap)
             state = state_of(customer) if customer in states or customer in self.store else None
             if state is None:
                 continue
-            out += [(customer, a) for a in
+            out += self._release(customer, state, final)
+            out += [(customer, CART, a) for a in
                     carts.advance(state["cart"], customer, stream_time, self.rules)]
-            due = carts.due_at(state["cart"], self.rules)
+            due = self.due_at(state)
             if due is not None and due >= stream_time:
                 heapq.heappush(heap, (due, customer))
         for customer, state in states.items():
             self.store[customer] = state
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
-        return [(customer, alert, profile.snapshot(states[customer]["profile"], customer,
-                                                   self.weights))
-                for customer, alert in out]
+        return [(customer, kind, alert,
+                 profile.snapshot(states[customer]["profile"], customer, self.weights))
+                for customer, kind, alert in out]
+
+    def _hold(self, heap: list, customer: str, state: dict, touches: list[list]) -> None:
+        if touches:
+            state["pending"].extend(touches)
+            heapq.heappush(heap, (self.due_at(state), customer))
+
+    def _release(self, customer: str, state: dict, final: int) -> list[tuple[str, str, dict]]:
+        """Apply the customer's pending touches up to `final` in event-time order to the
+        profile and the churn rules, firing churn deadlines that fall between them."""
+        rules, weights = self.churn_rules, self.weights
+        prof, risk = state["profile"], state["churn"]
+        pending = sorted(state["pending"], key=lambda x: (x[T], x[EVENT_ID]))
+        out: list[dict] = []
+        i = 0
+        due = churn.due_at(risk, prof, rules, weights)
+        while True:
+            touch = pending[i] if i < len(pending) and pending[i][T] <= final else None
+            if due is not None and due <= final and (touch is None or due < touch[T]):
+                out += churn.check(risk, prof, customer, due, rules, weights)
+            elif touch is None:
+                break
+            else:
+                i += 1
+                if profile.apply(prof, touch, weights):
+                    out += churn.observe(risk, prof, touch, customer, rules, weights)
+            due = churn.due_at(risk, prof, rules, weights)
+        state["pending"] = pending[i:]
+        return [(customer, CHURN, alert) for alert in out]
 
 
 def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,
@@ -129,5 +180,20 @@ def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,
         # still be reached on: never email after an unsubscribe.
         "recommended_channel": snapshot["preferred_channel"],
         "recommended_action": "none" if resolved else "cart_reminder",
+        "version": 2 if resolved else 1,
+    }
+
+
+def churn_record(customer: str, alert: dict, snapshot: dict, emitted_at: int) -> dict:
+    """The Alert (schemas/alert.avsc) of a churn-risk alert or its resolution."""
+    resolved = alert["status"] == "resolved"
+    return {
+        "alert_id": alert["alert_id"], "alert_type": CHURN, "status": alert["status"],
+        "customer_id": customer, "anonymous_id": None, "detected_at": alert["detected_at"],
+        "emitted_at": emitted_at, "reasons": alert["reasons"], "severity": alert["severity"],
+        "evidence_event_ids": alert["evidence"], "cart": None,
+        "score_snapshot": alert["score"],
+        "recommended_channel": snapshot["preferred_channel"],
+        "recommended_action": "none" if resolved else alert["action"],
         "version": 2 if resolved else 1,
     }

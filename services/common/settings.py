@@ -313,7 +313,7 @@ class ScorerSettings:
 
 @dataclass(frozen=True)
 class AlertingSettings:
-    """The alerting stage: cart abandonment (churn risk to come)."""
+    """The alerting stage: cart abandonment and churn risk."""
 
     common: Settings
     port: int = setting("KIZUNA_ALERTING_PORT", "8092", "Alerting HTTP port: readyz, metrics.")
@@ -323,6 +323,25 @@ class AlertingSettings:
     cart_cap_hours: float = setting(
         "KIZUNA_CART_ALERT_CAP_HOURS", "24",
         "At most one cart alert per customer in this window; the others are counted.")
+    churn_engagement_fraction: float = setting(
+        "KIZUNA_CHURN_ENGAGEMENT_FRACTION", "0.25",
+        "Churn risk when the engagement score decays below this fraction of the customer's "
+        "90-day peak.")
+    churn_min_peak: float = setting(
+        "KIZUNA_CHURN_MIN_PEAK", "10",
+        "Peaks below this score are too small for an engagement-drop alert.")
+    churn_silence_factor: float = setting(
+        "KIZUNA_CHURN_SILENCE_FACTOR", "3",
+        "Churn risk when no purchase comes for this many times the customer's median "
+        "interval between purchase days (customers with purchases on 2 days or more).")
+    churn_silence_min_days: float = setting(
+        "KIZUNA_CHURN_SILENCE_MIN_DAYS", "14", "The purchase silence is at least this long.")
+    churn_dormancy_days: float = setting(
+        "KIZUNA_CHURN_DORMANCY_DAYS", "21",
+        "Churn risk after this many days without a touchpoint of the customer's own doing.")
+    churn_cooldown_days: float = setting(
+        "KIZUNA_CHURN_COOLDOWN_DAYS", "7",
+        "After a churn alert, no other for this long unless the severity rises (counted).")
     batch_size: int = setting(
         "KIZUNA_ALERTING_BATCH", "2000", "Most Kafka messages alerting processes as one batch.")
     store: str = setting(
@@ -335,6 +354,14 @@ class AlertingSettings:
         if self.abandonment_minutes <= 0 or self.cart_cap_hours < 0:
             raise ConfigError("KIZUNA_CART_ABANDONMENT_MINUTES must be > 0 and "
                               "KIZUNA_CART_ALERT_CAP_HOURS >= 0")
+        if not 0 < self.churn_engagement_fraction < 1:
+            raise ConfigError("KIZUNA_CHURN_ENGAGEMENT_FRACTION must be between 0 and 1")
+        if min(self.churn_silence_factor, self.churn_silence_min_days,
+               self.churn_dormancy_days) <= 0 or min(self.churn_cooldown_days,
+                                                     self.churn_min_peak) < 0:
+            raise ConfigError("KIZUNA_CHURN_SILENCE_FACTOR, KIZUNA_CHURN_SILENCE_MIN_DAYS and "
+                              "KIZUNA_CHURN_DORMANCY_DAYS must be > 0, "
+                              "KIZUNA_CHURN_COOLDOWN_DAYS and KIZUNA_CHURN_MIN_PEAK >= 0")
         _check_store("KIZUNA_ALERTING_STORE", self.store)
 
 

@@ -89,6 +89,7 @@ def generate(customers: int, days: int, seed: int, start_ms: int) -> Generated:
         "churners": {p.customer_id: start_ms + p.churn_day * DAY_MS
                      for p in people if p.churn_day is not None},
         "abandoned_carts": abandoned_carts(valid, start_ms + days * DAY_MS),
+        "explicit_risk": explicit_risk(valid),
         "customers": customers, "days": days, "seed": seed,
     }
     for e in events:
@@ -245,6 +246,29 @@ def _malformed(events: list[dict], rnd: random.Random) -> int:
             e.pop("customer_id", None)
             e.pop("anonymous_id", None)
     return count
+
+
+#: What a customer says or does to show they may leave (contract section 2, churn risk).
+RISK_SIGNALS = ("email_unsubscribe", "email_spam_report", "complaint",
+                "credit_application_abandoned", "subscription_cancel_request", "app_uninstall")
+
+
+def explicit_risk(events: list[dict]) -> dict[str, int]:
+    """Customer -> the time of their first explicit risk signal (an NPS of 0-6 included)."""
+    owner = {}
+    for e in events:
+        if e.get("customer_id") and e.get("anonymous_id"):
+            owner.setdefault(e["anonymous_id"], e["customer_id"])
+    out: dict[str, int] = {}
+    for e in events:
+        detractor = (e["event_type"] == "nps_response"
+                     and (e.get("properties") or {}).get("score", 10) <= 6)
+        if e["event_type"] not in RISK_SIGNALS and not detractor:
+            continue
+        customer = e.get("customer_id") or owner.get(e.get("anonymous_id"))
+        if customer is not None:
+            out[customer] = min(out.get(customer, e["occurred_at"]), e["occurred_at"])
+    return out
 
 
 def abandoned_carts(events: list[dict], end_ms: int) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -10,6 +11,7 @@ from services.common.clickhouse import query_rows
 from services.common.serde import ALERT, default_serde
 from services.common.settings import Settings, load
 from services.common.topics import ALERTS_CART_ABANDONMENT
+from tests.conftest import kizuna
 from tests.integration.test_collector import read_topic
 from tests.integration.test_sessionizer import Clock, event, run
 
@@ -27,7 +29,8 @@ def cart_add(event_id: str, at: dt.datetime, customer: str | None = None,
 def alerts(env: dict, where: str) -> list[dict]:
     return query_rows(load(Settings, env), "SELECT alert_id, status, customer_id, cart_id, "
                       "cart_value, recommended_channel, recommended_action, detected_at "
-                      f"FROM kizuna.alerts WHERE {where} ORDER BY detected_at")
+                      "FROM kizuna.alerts WHERE alert_type = 'cart_abandonment' AND "
+                      f"{where} ORDER BY detected_at")
 
 
 def test_cart_alerts_follow_the_contract(stack, tmp_path) -> None:
@@ -84,3 +87,70 @@ def test_cart_alerts_follow_the_contract(stack, tmp_path) -> None:
     after = alerts(stack, "startsWith(customer_id, 'cart-')")
     assert [(a["alert_id"], a["status"]) for a in after] == \
         [(a["alert_id"], a["status"]) for a in before]
+
+
+def churn_alerts(env: dict, where: str) -> list[dict]:
+    return query_rows(load(Settings, env), "SELECT alert_id, status, customer_id, reasons, "
+                      "severity, recommended_channel, recommended_action, detected_at, "
+                      "evidence_event_ids FROM kizuna.alerts "
+                      f"WHERE alert_type = 'churn_risk' AND {where} ORDER BY detected_at")
+
+
+def test_churn_risk_alerts_follow_the_contract(stack, tmp_path) -> None:
+    t0 = Clock.start(weeks=5)  # event time runs 30 days on here
+    day = dt.timedelta(days=1)
+    visits = [event(f"{who}-v{d}-{k}", t0 + d * day + k * MIN, who, event_type=kind,
+                    channel=channel)
+              for who in ("churn-unsub", "churn-nps", "churn-dormant", "churn-back")
+              for d in range(3)
+              for k, (kind, channel) in enumerate([("page_view", "web"), ("app_open", "app"),
+                                                   ("email_open", "email")])]
+    later = t0 + 3 * day
+    events = visits + [
+        # an explicit signal: an alert at its own time, and email is no longer recommended
+        event("cu-1", later, "churn-unsub", event_type="email_unsubscribe", channel="email"),
+        # a detractor: severity 3 (NPS 0-3), a service call
+        event("cn-1", later, "churn-nps", event_type="nps_response", channel="email",
+              properties={"score": 2}),
+        # a complaint, then a purchase two days later: the alert is resolved
+        event("cb-1", later, "churn-back", event_type="complaint", channel="support"),
+        event("cb-2", later + 2 * day, "churn-back", event_type="purchase", channel="pos",
+              commerce={"order_id": "O-back", "value": 45.0}),
+    ]
+    events.sort(key=lambda e: e["occurred_at"])
+    until = t0 + 30 * day
+    run(stack, events, until, tmp_path)
+
+    (unsub, *_) = churn_alerts(stack, "customer_id = 'churn-unsub'")
+    assert unsub["reasons"] == ["email_unsubscribe"] and unsub["evidence_event_ids"] == ["cu-1"]
+    assert unsub["recommended_channel"] in ("web", "app")
+    assert unsub["detected_at"].startswith(later.strftime("%Y-%m-%d %H:%M"))
+    (nps, *_) = churn_alerts(stack, "customer_id = 'churn-nps'")
+    assert (nps["reasons"], nps["severity"], nps["recommended_action"]) == \
+        (["nps_detractor"], 3, "service_call")
+    # no touch of their own for 21 days (the default): dormant, at that exact event time
+    dormant = churn_alerts(stack, "customer_id = 'churn-dormant'")
+    assert [a["reasons"] for a in dormant] == [["dormant"]]
+    last = t0 + 2 * day + 2 * MIN
+    assert dormant[0]["detected_at"].startswith((last + 21 * day).strftime("%Y-%m-%d %H:%M"))
+    (back, *_) = churn_alerts(stack, "customer_id = 'churn-back'")
+    assert back["reasons"][0] == "complaint" and back["status"] == "resolved"
+
+    # kizuna alerts tail prints them, decoded, from the topic
+    out = kizuna(stack, "alerts", "tail", "--type", "churn_risk", "--from-beginning", "--json",
+                 "--idle-timeout", "3").stdout
+    tailed = [json.loads(line) for line in out.splitlines()]
+    mine = {(a["alert_id"], a["status"]) for a in tailed
+            if a["customer_id"].startswith("churn-")}
+    stored = churn_alerts(stack, "startsWith(customer_id, 'churn-')")
+    assert {a["alert_id"] for a in stored} == {alert_id for alert_id, _ in mine}
+    assert (back["alert_id"], "open") in mine and (back["alert_id"], "resolved") in mine
+    text = kizuna(stack, "alerts", "tail", "--from-beginning", "--idle-timeout", "3").stdout
+    assert any("churn-nps" in line and "nps_detractor" in line and "service_call" in line
+               for line in text.splitlines())
+
+    # Replayed: the same alert ids, and no duplicate in ClickHouse.
+    run(stack, events, until, tmp_path)
+    again = churn_alerts(stack, "startsWith(customer_id, 'churn-')")
+    assert [(a["alert_id"], a["status"]) for a in again] == \
+        [(a["alert_id"], a["status"]) for a in stored]

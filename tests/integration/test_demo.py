@@ -51,11 +51,17 @@ def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> Non
         assert funnel["product_view"] >= funnel["cart_add"] >= funnel["purchase"] > 0
         quality = report["cart_alerts"]
         alerted = query_rows(settings, "SELECT count() AS n FROM kizuna.alerts")[0]["n"]
-        assert quality["alerts"] == alerted
+        churn = report["churn_alerts"]
+        assert quality["alerts"] + churn["alerts"] == alerted
+        risky = set(truth["churners"]) | set(truth["explicit_risk"])
+        assert churn["customers"] > 0 and churn["precision"] is not None
+        # every explicit signal in the log raises a churn alert for its customer
+        assert churn["recall_explicit"] == 1.0 or not truth["explicit_risk"]
+        assert 0 < churn["precision"] <= 1 and risky
         if truth["abandoned_carts"] and quality["alerts"]:
             assert quality["precision"] >= 0.9  # every alert is a cart the rule abandons
         page = (out / "report.html").read_text()
-        assert page.count("<svg") >= 4 and "Engagement score distribution" in page
+        assert page.count("<svg") >= 6 and "Engagement score distribution" in page
     finally:
         kizuna(env, "down", check=False)
         shutil.rmtree(home, ignore_errors=True)

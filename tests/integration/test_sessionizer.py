@@ -28,14 +28,15 @@ BASE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class Clock:
-    """Hands each test a week of event time after the previous test's."""
+    """Hands each test its own weeks of event time, after the previous test's."""
 
     week = 0
 
     @classmethod
-    def start(cls) -> dt.datetime:
-        cls.week += 1
-        return BASE + dt.timedelta(weeks=cls.week)
+    def start(cls, weeks: int = 1) -> dt.datetime:
+        start = BASE + dt.timedelta(weeks=cls.week + 1)
+        cls.week += weeks
+        return start
 
 
 def event(event_id: str, at: dt.datetime, customer: str | None = None,

@@ -112,4 +112,5 @@ def test_a_moved_cart_history_is_judged_with_its_own_purchase() -> None:
     abandoned = [[t, "d3", "cart_add", "web", 0.0, "dev", {"cart": "K2", "product": "P1",
                                                            "qty": 1, "price": 9.0}]]
     (alert,) = proc.process(0, [{"t": t + 3 * 24 * 60 * MIN + 1, "c": {"C2": abandoned}}])
-    assert alert[1]["cart_id"] == "K2" and alert[1]["detected_at"] == t + 60 * MIN
+    assert alert[1] == "cart_abandonment"
+    assert alert[2]["cart_id"] == "K2" and alert[2]["detected_at"] == t + 60 * MIN

@@ -8,7 +8,13 @@ from collections import defaultdict
 import pytest
 
 from services.generator.cli import truth_path, write
-from services.generator.personas import ABANDONMENT_MS, DAY_MS, abandoned_carts, generate
+from services.generator.personas import (
+    ABANDONMENT_MS,
+    DAY_MS,
+    abandoned_carts,
+    explicit_risk,
+    generate,
+)
 from services.ingest.validation import Enrichment, Rejection, validate
 
 START = 1_767_571_200_000  # 2026-01-05
@@ -125,3 +131,29 @@ def test_the_truth_file_names_every_persona(tmp_path) -> None:
     truth = json.loads(truth_path(path).read_text())
     assert len(truth["personas"]) == 200
     assert set(truth["personas"].values()) >= {"loyal", "store_only", "cart_abandoner"}
+
+
+def test_the_explicit_risk_truth_names_who_signalled_and_when() -> None:
+    t = 1_700_000_000_000
+    log = [
+        {"event_id": "1", "event_type": "nps_response", "occurred_at": t, "customer_id": "A",
+         "properties": {"score": 7}},  # passive: no risk
+        {"event_id": "2", "event_type": "nps_response", "occurred_at": t + 1, "customer_id": "B",
+         "properties": {"score": 6}},
+        {"event_id": "3", "event_type": "identify", "occurred_at": t + 2, "customer_id": "C",
+         "anonymous_id": "dev-c"},
+        {"event_id": "4", "event_type": "credit_application_abandoned", "occurred_at": t + 3,
+         "anonymous_id": "dev-c"},  # the device's customer
+        {"event_id": "5", "event_type": "complaint", "occurred_at": t + 4, "customer_id": "B"},
+    ]
+    assert explicit_risk(log) == {"B": t + 1, "C": t + 3}
+
+
+def test_detractors_and_credit_abandoners_signal_risk(world) -> None:
+    risky = world.truth["explicit_risk"]
+    personas = world.truth["personas"]
+    for persona in ("detractor", "credit_abandoner"):
+        theirs = [c for c, p in personas.items() if p == persona]
+        assert sum(c in risky for c in theirs) >= 0.8 * len(theirs)
+    loyal = [c for c, p in personas.items() if p == "loyal"]
+    assert sum(c in risky for c in loyal) <= 0.2 * len(loyal)
