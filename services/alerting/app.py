@@ -21,7 +21,7 @@ from services.alerting.churn import ChurnRules
 from services.alerting.processor import CART, CHURN, AlertProcessor, alert_record, churn_record
 from services.common import faust_stage, logs
 from services.common.errors import KizunaError
-from services.common.kafka import admin_client, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.serde import ALERT, default_serde
 from services.common.settings import AlertingSettings, ScorerSettings, SessionizerSettings, load
 from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK
@@ -53,45 +53,26 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
     ensure_topics(common, (ATTRIBUTED,))
-    source_name = ATTRIBUTED.name(prefix)
-    partitions = len(admin_client(common).list_topics(timeout=30).topics[source_name].partitions)
-    app = faust_stage.create_app(STAGE, common, port=settings.port, store=settings.store,
-                                 partitions=partitions, batch_size=settings.batch_size)
-    source = app.topic(source_name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw")
-    table = app.Table("customers", default=None, partitions=partitions)
-    outbox = faust_stage.Outbox(common)
-    store = faust_stage.state_store(table, settings.store, outbox)
+    parts = faust_stage.stage(STAGE, common, sources=(ATTRIBUTED.name(prefix),),
+                              table="customers", port=settings.port, store=settings.store,
+                              batch_size=settings.batch_size)
     rules = rules_of(settings)
-    processor = AlertProcessor(rules, weights, store, churn_rules_of(settings))
+    processor = AlertProcessor(rules, weights, parts.store, churn_rules_of(settings))
     topics = {CART: ALERTS_CART_ABANDONMENT.name(prefix), CHURN: ALERTS_CHURN_RISK.name(prefix)}
     serde = default_serde()
 
-    @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
-    async def alert(stream: faust.Stream) -> None:
-        async for events in stream.take_events(settings.batch_size, within=1.0):
-            try:
-                for group in faust_stage.by_partition(events).values():
-                    faust_stage.enter_partition(store, group[-1])
-                    messages = [orjson.loads(event.message.value) for event in group]
-                    now = int(time.time() * 1000)
-                    for customer, kind, found, snapshot in processor.process(
-                            group[-1].message.partition, messages):
-                        record = (alert_record(customer, found, snapshot, now, rules)
-                                  if kind == CART else churn_record(customer, found, snapshot, now))
-                        outbox.produce(topics[kind], serde.encode(ALERT, record),
-                                       customer.encode())
-                        ALERTS.labels(record["alert_type"], record["status"]).inc()
-                await outbox.flush_async()
-            except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
-                faust_stage.fail_stop(STAGE, exc)
+    def handle(partition: int, events: list) -> None:
+        messages = [orjson.loads(event.message.value) for event in events]
+        now = int(time.time() * 1000)
+        for customer, kind, found, snapshot in processor.process(partition, messages):
+            record = (alert_record(customer, found, snapshot, now, rules)
+                      if kind == CART else churn_record(customer, found, snapshot, now))
+            parts.outbox.produce(topics[kind], serde.encode(ALERT, record), customer.encode())
+            ALERTS.labels(record["alert_type"], record["status"]).inc()
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
-        for tp in revoked:
-            processor.forget_partition(tp.partition)
-
-    return app
+    parts.agent(handle)
+    parts.on_revoked(processor.forget_partition)
+    return parts.app
 
 
 def main() -> None:

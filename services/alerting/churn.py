@@ -97,12 +97,16 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
         state["open"] = [a for a in state["open"] if not a["detected_at"] < t]
     if kind not in NOT_ACTIVITY:
         state["last"] = _latest(state["last"], t, touch[EVENT_ID])
-    score = profile.decayed_value(prof["score"], t, weights.half_life_ms)
-    day = str(t // DAY_MS)
+    # The score just after this touch. A touch older than the latest one (a device's history
+    # moved at login) counts at the latest touch's time: valued at its own time, it would
+    # read the later score backwards and inflate the peak.
+    at = max(t, prof["score"][1])
+    score = profile.decayed_value(prof["score"], at, weights.half_life_ms)
+    day = str(at // DAY_MS)
     peaks = state["peaks"]
     if score > peaks.get(day, -math.inf):
         peaks[day] = score
-        first_day = (t - rules.peak_window_ms) // DAY_MS
+        first_day = (at - rules.peak_window_ms) // DAY_MS
         for old in [d for d in peaks if int(d) < first_day]:
             del peaks[old]
     signal = signal_of(touch)

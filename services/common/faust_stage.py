@@ -14,6 +14,7 @@ import os
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import NoReturn
 
 import faust
@@ -22,7 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
 
-from services.common.kafka import client_config
+from services.common.kafka import admin_client, client_config
 from services.common.settings import Settings
 
 log = logging.getLogger("kizuna.stage")
@@ -175,3 +176,61 @@ def enter_partition(store: MutableMapping, event: faust.types.EventT) -> None:
     if isinstance(store, ChangelogStore):
         store.partition = event.message.partition
 
+
+
+@dataclass
+class Stage:
+    """A stage's faust parts: the app, its source topic(s), its state and its outputs."""
+
+    name: str
+    app: faust.App
+    source: faust.TopicT
+    table: faust.Table
+    outbox: Outbox
+    store: MutableMapping
+    partitions: int
+    batch_size: int
+
+    def agent(self, handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
+        """Run `handle(partition, events)` for each partition's events of every batch, then
+        flush the outputs before the batch is acknowledged; any failure stops the worker
+        before faust can acknowledge the batch (`fail_stop`)."""
+        store, outbox = self.store, self.outbox
+
+        async def process(stream: faust.Stream) -> None:
+            async for events in stream.take_events(self.batch_size, within=1.0):
+                try:
+                    for partition, group in by_partition(events).items():
+                        enter_partition(store, group[-1])
+                        handle(partition, group)
+                    await outbox.flush_async()
+                except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
+                    fail_stop(self.name, exc)
+
+        process.__name__ = process.__qualname__ = self.name
+        # concurrency 1: more can commit past an in-flight message (faust #606)
+        self.app.agent(self.source, name=self.name, concurrency=1)(process)
+
+    def on_revoked(self, forget: Callable[[int], None]) -> None:
+        """`forget(partition)` for each partition this worker loses in a rebalance."""
+
+        async def revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
+            for tp in revoked:
+                forget(tp.partition)
+
+        self.app.on_partitions_revoked.connect(revoked)
+
+
+def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, port: int,
+          store: str, batch_size: int) -> Stage:
+    """Create a stage reading the raw bytes of `sources` (co-partitioned: the first one's
+    partition count is the stage's), with one JSON-valued table."""
+    partitions = len(admin_client(common).list_topics(timeout=30).topics[sources[0]].partitions)
+    app = create_app(name, common, port=port, store=store, partitions=partitions,
+                     batch_size=batch_size)
+    source = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+    state = app.Table(table, default=None, partitions=partitions)
+    outbox = Outbox(common)
+    return Stage(name, app, source, state, outbox, state_store(state, store, outbox),
+                 partitions, batch_size)

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from services.common import faust_stage, logs
 from services.common.errors import KizunaError
-from services.common.kafka import admin_client, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE, default_serde
 from services.common.settings import ScorerSettings, load
 from services.common.topics import ENGAGEMENT_SCORES
@@ -60,37 +60,24 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
     ensure_topics(common, (ATTRIBUTED,))
-    source_name = ATTRIBUTED.name(prefix)
-    partitions = len(admin_client(common).list_topics(timeout=30).topics[source_name].partitions)
-    app = faust_stage.create_app(STAGE, common, port=settings.port, store=settings.store,
-                                 partitions=partitions, batch_size=settings.batch_size)
-    source = app.topic(source_name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw")
-    table = app.Table("customers", default=None, partitions=partitions)
-    outbox = faust_stage.Outbox(common)
-    store = faust_stage.state_store(table, settings.store, outbox)
+    parts = faust_stage.stage(STAGE, common, sources=(ATTRIBUTED.name(prefix),),
+                              table="customers", port=settings.port, store=settings.store,
+                              batch_size=settings.batch_size)
     scores_name = ENGAGEMENT_SCORES.name(prefix)
     serde = default_serde()
 
-    @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
-    async def score(stream: faust.Stream) -> None:
-        async for events in stream.take_events(settings.batch_size, within=1.0):
-            try:
-                for group in faust_stage.by_partition(events).values():
-                    faust_stage.enter_partition(store, group[-1])
-                    batches = [orjson.loads(event.message.value) for event in group]
-                    profiles, applied, duplicates = score_batch(store, weights, batches)
-                    for profile in profiles:
-                        outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
-                                       profile["customer_id"].encode())
-                    TOUCHES.labels("applied").inc(applied)
-                    TOUCHES.labels("duplicate").inc(duplicates)
-                    PROFILES.inc(len(profiles))
-                await outbox.flush_async()
-            except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
-                faust_stage.fail_stop(STAGE, exc)
+    def handle(partition: int, events: list) -> None:
+        batches = [orjson.loads(event.message.value) for event in events]
+        profiles, applied, duplicates = score_batch(parts.store, weights, batches)
+        for profile in profiles:
+            parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
+                                 profile["customer_id"].encode())
+        TOUCHES.labels("applied").inc(applied)
+        TOUCHES.labels("duplicate").inc(duplicates)
+        PROFILES.inc(len(profiles))
 
-    return app
+    parts.agent(handle)
+    return parts.app
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from services.common import faust_stage, logs
-from services.common.kafka import admin_client, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.serde import (
     DEAD_LETTER,
     SESSION,
@@ -144,17 +144,13 @@ def create_app(settings: SessionizerSettings) -> faust.App:
     prefix = common.topic_prefix
     raw_name = TOUCHPOINTS_RAW.name(prefix)
     ensure_topics(common, (HANDOFF, ATTRIBUTED))
-    partitions = len(admin_client(common).list_topics(timeout=30).topics[raw_name].partitions)
-    app = faust_stage.create_app(STAGE, common, port=settings.port, store=settings.store,
-                                 partitions=partitions, batch_size=settings.batch_size)
-    source = app.topic(raw_name, HANDOFF.name(prefix), key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
     handoff_name, sessions_name = HANDOFF.name(prefix), SESSIONS.name(prefix)
     attributed_name, dlq_name = ATTRIBUTED.name(prefix), TOUCHPOINTS_DLQ.name(prefix)
-    table = app.Table("profiles", default=None, partitions=partitions)  # JSON values
-    outbox = faust_stage.Outbox(common)
-    store = faust_stage.state_store(table, settings.store, outbox)
-    processor = PartitionProcessor(rules_of(settings), store)
+    parts = faust_stage.stage(STAGE, common, sources=(raw_name, handoff_name),
+                              table="profiles", port=settings.port, store=settings.store,
+                              batch_size=settings.batch_size)
+    app, table, outbox, partitions = parts.app, parts.table, parts.outbox, parts.partitions
+    processor = PartitionProcessor(rules_of(settings), parts.store)
     # Computed when scraped: the live sessions held in this worker's state.
     OPEN_SESSIONS.set_function(lambda: sum(
         len(state["emitted"]) for key, state in list(table.items()) if key[:2] in ("c:", "a:")))
@@ -185,31 +181,21 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         for outcome, n in out.counts.items():
             EVENTS.labels(outcome).inc(n)
 
-    @app.agent(source, concurrency=1)  # >1 can commit past an in-flight message (faust #606)
-    async def sessionize(stream: faust.Stream) -> None:
-        async for events in stream.take_events(settings.batch_size, within=1.0):
-            try:
-                for partition, group in faust_stage.by_partition(events).items():
-                    faust_stage.enter_partition(store, group[-1])
-                    items, dead = [], Outputs()
-                    for event in group:
-                        item = decoder.item(event.message)
-                        if isinstance(item, DeadLetter):
-                            dead.dead_letters.append(item)
-                        elif isinstance(item, list):  # a batch message's touchpoints
-                            items.extend(item)
-                        else:
-                            items.append(item)
-                    publish(dead, partition)
-                    publish(processor.process(partition, items), partition)
-                await outbox.flush_async()
-            except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
-                faust_stage.fail_stop(STAGE, exc)
+    def handle(partition: int, events: list) -> None:
+        items, dead = [], Outputs()
+        for event in events:
+            item = decoder.item(event.message)
+            if isinstance(item, DeadLetter):
+                dead.dead_letters.append(item)
+            elif isinstance(item, list):  # a batch message's touchpoints
+                items.extend(item)
+            else:
+                items.append(item)
+        publish(dead, partition)
+        publish(processor.process(partition, items), partition)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
-        for tp in revoked:
-            processor.forget_partition(tp.partition)
+    parts.agent(handle)
+    parts.on_revoked(processor.forget_partition)
 
     if settings.tick_seconds > 0:
         lateness_ms = int(settings.lateness_minutes * MINUTE_MS)

@@ -199,3 +199,22 @@ def test_alerts_tail_prints_one_readable_line_per_alert() -> None:
             "cart": {"cart_id": "K1", "value": 60.0, "currency": "EUR", "items": []},
             "recommended_channel": "app", "recommended_action": "cart_reminder"}
     assert "cart K1 60.00 EUR  -> cart_reminder via app" in line(cart)
+
+
+def test_a_device_history_moved_at_login_does_not_inflate_the_peak() -> None:
+    # Browsing on a second device in the first two days arrives when it logs in, four weeks
+    # later: valued at their own old times, the current score would read as a past peak four
+    # times higher, and an engagement drop would fire at once.
+    device = [touch(50_000 + i, x[0], x[2], x[3]) for i, x in enumerate(daily_visits(2))]
+    own = daily_visits(26, start=T0 + 2 * DAY)
+    login = [touch(99_999, T0 + 28 * DAY, "identify", "app")]
+    rules = ChurnRules(dormancy_ms=200 * DAY)
+    proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
+    out = proc.process(0, [{"t": own[-1][0], "c": {"C1": own}}])
+    out += proc.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": login + device}}])
+    assert [a for _, k, a, _ in out if k == CHURN] == []
+    peak = max(proc.store["C1"]["churn"]["peaks"].values())
+    ordered = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
+    ordered.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": sorted(own + login + device)}}])
+    true_peak = max(ordered.store["C1"]["churn"]["peaks"].values())
+    assert true_peak * 0.9 <= peak <= true_peak * (1 + 1e-9)
