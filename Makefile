@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer bench-warehouse
 
 setup: $(VENV)/.installed
 
@@ -49,3 +49,6 @@ bench-sessionizer: setup  ## the sessionizer alone: pure, then one worker on Kaf
 
 bench-scorer: setup  ## the engagement scorer alone: pure, then one worker on Kafka (own stack)
 	$(BIN)/python -m benchmarks.stages engagement_scorer
+
+bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
+	$(BIN)/python -m benchmarks.warehouse

@@ -150,7 +150,16 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from services.generator.cli import write
 
-    write(args.customers, args.days, args.seed, Path(args.out), args.start)
+    generated = write(args.customers, args.days, args.seed, Path(args.out), args.start)
+    if args.live:
+        from services.generator.live import local_key, send_live
+
+        ingest = load(IngestSettings)
+        host = "127.0.0.1" if ingest.common.bind_host in ("0.0.0.0", "::") else \
+            ingest.common.bind_host
+        report = send_live(generated.events, args.rate, host=host, port=ingest.port,
+                           key=args.key or local_key(ingest), duration=args.duration)
+        print(report.summary())
     return 0
 
 
@@ -158,7 +167,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from services.demo import run
 
     run(settings, customers=args.customers, days=args.days, seed=args.seed,
-        out_dir=Path(args.out))
+        out_dir=Path(args.out), start=args.start)
     return 0
 
 
@@ -167,6 +176,27 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
 
     types = [args.type] if args.type else list(TYPES)
     tail(settings, types, args.from_beginning, args.json, args.max, args.idle_timeout)
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common import clickhouse
+    from services.localstack.pipeline import wait_caught_up
+    from services.warehouse.erase import erase_rows, send_erase
+
+    customer = args.customer
+    send_erase(settings, customer)
+    print(f"erase record sent; waiting for every stage to forget {customer!r}...")
+    wait_caught_up(settings, args.timeout)
+    if settings.embedded_clickhouse and clickhouse.gateway_serves(settings):
+        deleted = clickhouse.gateway_post(settings, "/v1/erase", {"customer": customer})
+    else:
+        client = clickhouse.connect(settings)
+        try:
+            deleted = erase_rows(client, settings.store_database, customer)
+        finally:
+            client.close()
+    print("deleted: " + ", ".join(f"{table} {n}" for table, n in deleted.items()))
     return 0
 
 
@@ -246,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, help="stop after this many alerts")
     p.add_argument("--idle-timeout", type=float,
                    help="stop after this many seconds without a new alert")
+    p = add("erase", cmd_erase,
+            "forget a customer: every stage drops their state, every table their rows")
+    p.add_argument("--customer", required=True, help="the customer id")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds to wait for the stages (default 300)")
     p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
     p.add_argument("customer_id")
     p.add_argument("--json", action="store_true", help="the profile row as JSON")
@@ -257,10 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", default="2026-01-05T00:00:00Z", help="first day (RFC 3339)")
     p.add_argument("--out", default="out/events.jsonl",
                    help="events file; the truth goes beside it (.truth.json)")
+    p.add_argument("--live", action="store_true",
+                   help="then send the events through the collector's HTTP API, live: "
+                        "occurred_at is the moment each leaves")
+    p.add_argument("--rate", type=float, default=200, help="with --live: events/s (200)")
+    p.add_argument("--duration", type=float, help="with --live: stop after this many seconds")
+    p.add_argument("--key", help="with --live: the write key (default: the local stack's)")
     p = add("demo", cmd_demo, "the whole pipeline on generated customers, with a report")
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start", default="2026-01-05T00:00:00Z", help="first day (RFC 3339)")
     p.add_argument("--out", default="out/demo", help="directory for events and reports")
     p = add("wait", cmd_wait,
             "return when every stage has consumed everything and ClickHouse holds the results")

@@ -21,17 +21,16 @@ from services.localstack import stack
 from services.localstack.pipeline import wait_caught_up
 
 DAY_MS = 24 * 3600 * 1000
-NEGATIVE = ("email_unsubscribe", "email_spam_report", "complaint", "app_uninstall",
-            "credit_application_abandoned", "subscription_cancel_request")
 
 
-def run(settings: Settings, *, customers: int, days: int, seed: int, out_dir: Path) -> dict:
+def run(settings: Settings, *, customers: int, days: int, seed: int, out_dir: Path,
+        start: str = "2026-01-05T00:00:00Z") -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     print("1/4 starting the local stack (Kafka, ClickHouse, every stage)...", flush=True)
     stack.up(settings)
     print(f"2/4 generating {customers} customers over {days} days (seed {seed})...", flush=True)
     events_path = out_dir / "events.jsonl"
-    generated = write(customers, days, seed, events_path, "2026-01-05T00:00:00Z")
+    generated = write(customers, days, seed, events_path, start)
     end_ms = max(e["occurred_at"] for e in generated.events
                  if isinstance(e.get("occurred_at"), int))
     print("3/4 importing in event time, then waiting for every stage...", flush=True)
@@ -54,6 +53,9 @@ def run(settings: Settings, *, customers: int, days: int, seed: int, out_dir: Pa
           "  .venv/bin/kizuna query \"SELECT tier, count() FROM kizuna.customer_profiles "
           "GROUP BY tier\"\n"
           f"  .venv/bin/kizuna profile {generated.customers[0].customer_id}\n"
+          "  .venv/bin/kizuna query -f queries/cohort_retention.sql   (the query pack: "
+          "queries/)\n"
+          "  .venv/bin/kizuna alerts tail --from-beginning --idle-timeout 5\n"
           "  .venv/bin/kizuna down")
     return report
 
@@ -76,14 +78,16 @@ def collect(settings: Settings, truth: dict, sent: int, elapsed: float) -> dict:
         SELECT event_type, uniqExact(ifNull(customer_id, anonymous_id)) AS customers
         FROM kizuna.touchpoints WHERE event_type IN {tuple(funnel_steps)}
         GROUP BY event_type""")}
-    at_risk = rows(settings, f"""
-        SELECT p.customer_id AS customer_id, round(p.engagement_score, 1) AS score, p.tier,
-               arrayStringConcat(n.reasons, ', ') AS reasons
-        FROM kizuna.customer_profiles AS p
-        INNER JOIN (SELECT customer_id, groupUniqArray(event_type) AS reasons
-                    FROM kizuna.touchpoints WHERE event_type IN {NEGATIVE}
-                    GROUP BY customer_id) AS n ON n.customer_id = p.customer_id
-        ORDER BY p.engagement_score LIMIT 10""")
+    # The churn-risk alerts still open, most severe first, then the least engaged.
+    at_risk = rows(settings, """
+        SELECT a.customer_id AS customer_id, max(a.severity) AS severity,
+               round(any(p.engagement_score), 1) AS score, any(p.tier) AS tier,
+               arrayStringConcat(arrayDistinct(groupArrayArray(a.reasons)), ', ') AS reasons
+        FROM kizuna.alerts AS a
+        LEFT JOIN kizuna.customer_profiles AS p ON p.customer_id = a.customer_id
+        WHERE a.alert_type = 'churn_risk' AND a.status = 'open'
+        GROUP BY a.customer_id
+        ORDER BY severity DESC, score ASC, customer_id LIMIT 10""")
     carts = rows(settings, """
         SELECT uniqExact(ifNull(cart_id, '')) AS carts FROM kizuna.touchpoints
         WHERE event_type IN ('cart_add', 'cart_view', 'checkout_start')""")[0]["carts"]
@@ -203,9 +207,9 @@ def render_text(r: dict) -> str:
         f"  the top 20% of customers by revenue make {r['top20_revenue_share']:.0%} of it",
         "", "Funnel (distinct profiles):",
         *(f"  {step:<15} {n:>7}" for step, n in r["funnel"]),
-        "", "Most at-risk customers (lowest engagement, with their negative signals):",
-        *(f"  {x['customer_id']:<18} {x['score']:>7} {x['tier']:<9} {x['reasons']}"
-          for x in r["at_risk"]),
+        "", "Most at-risk customers (open churn-risk alerts: severity, engagement, reasons):",
+        *(f"  {x['customer_id']:<18} severity {x['severity']}  {x['score']:>7} "
+          f"{x['tier']:<9} {x['reasons']}" for x in r["at_risk"]),
         "", f"Carts: {r['carts']}; abandoned by the contract's rule (ground truth): "
         f"{r['abandoned_carts_truth']} ({r['abandoned_carts_truth'] / max(r['carts'], 1):.0%})",
         f"Cart alerts: {r['cart_alerts']['alerts']} "

@@ -61,6 +61,7 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",
         KIZUNA_PII_SALT="test-salt",
         KIZUNA_PARTITIONS="4",
+        KIZUNA_WAREHOUSE_FAULT_INJECTION="true",
         TZ="UTC",
     )
     return env

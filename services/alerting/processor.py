@@ -92,6 +92,11 @@ class AlertProcessor:
             return states[customer]
 
         for message in messages:
+            for customer in message.get("e", ()):  # kizuna erase: forget the customer
+                states.pop(customer, None)
+                if customer in self.store:
+                    del self.store[customer]
+                out = [x for x in out if x[0] != customer]
             for customer, touches in message["c"].items():
                 state = state_of(customer)
                 # The customer's own time, not the partition's: a device's history moved here

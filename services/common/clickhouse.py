@@ -115,7 +115,14 @@ def run_query(settings: Settings, sql: str, fmt: str = "JSONEachRow") -> bytes:
 
 def gateway_migrate(settings: Settings) -> list[str]:
     """Ask the running warehouse, owner of the embedded engine, to apply pending migrations."""
-    request = urllib.request.Request(f"{gateway_url(settings)}/v1/migrate", data=b"", method="POST")
+    return gateway_post(settings, "/v1/migrate")
+
+
+def gateway_post(settings: Settings, path: str, params: dict[str, str] | None = None) -> Any:
+    """A write the running warehouse, owner of the embedded engine, does for a command."""
+    query = "?" + urllib.parse.urlencode(params) if params else ""
+    request = urllib.request.Request(f"{gateway_url(settings)}{path}{query}", data=b"",
+                                     method="POST")
     try:
         with urllib.request.urlopen(request, timeout=300) as resp:
             return json.load(resp)

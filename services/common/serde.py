@@ -34,6 +34,7 @@ ENGAGEMENT_PROFILE = "engagement_profile"
 ALERT = "alert"
 DEAD_LETTER = "dead_letter"
 WATERMARK = "watermark"
+ERASE = "erase"
 
 
 class DecodeError(ValueError):

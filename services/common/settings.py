@@ -206,6 +206,10 @@ class WarehouseSettings:
     common: Settings
     query_timeout: float = setting(
         "KIZUNA_QUERY_TIMEOUT", "60", "Seconds an analyst query through `kizuna query` may run.")
+    fault_injection: bool = setting(
+        "KIZUNA_WAREHOUSE_FAULT_INJECTION", "false",
+        "Chaos testing only: accept `POST /v1/faults?inserts=N` on the local gateway, which "
+        "makes the next N inserts fail half-way (half the rows written, then an error).")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
 

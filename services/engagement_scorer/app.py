@@ -34,26 +34,35 @@ TOUCHES = Counter("kizuna_engagement_scorer_touches", "Touches by outcome", ["ou
 PROFILES = Counter("kizuna_engagement_scorer_profiles", "Profile updates emitted")
 
 
-def score_batch(store, weights: Weights, batches: list[dict]) -> tuple[list[dict], int, int]:
-    """Apply a partition's attributed touches; (changed profiles, applied, duplicates)."""
+def score_batch(store, weights: Weights,
+                batches: list[dict]) -> tuple[list[dict], int, int, list[str]]:
+    """Apply a partition's attributed touches; (changed profiles, applied, duplicates,
+    customers erased)."""
     changed: dict[str, dict] = {}
+    erased: list[str] = []
     applied = duplicates = 0
-    # {"t": partition event time, "c": {customer: touches}, "l": too late for sessions}
-    items = [(c, x) for batch in batches for part in ("c", "l")
-             for c, x in batch.get(part, {}).items()]
-    for customer, touches in items:
-        state = changed.get(customer) or store.get(customer) or new_state()
-        for touch in touches:
-            if apply(state, touch, weights):
-                applied += 1
-            else:
-                duplicates += 1
-        changed[customer] = state
+    # {"t": partition event time, "c": {customer: touches}, "l": too late for sessions,
+    #  "e": [customers to forget]}
+    for batch in batches:
+        for customer in batch.get("e", ()):
+            changed.pop(customer, None)
+            if customer in store:
+                del store[customer]
+            erased.append(customer)
+        for part in ("c", "l"):
+            for customer, touches in batch.get(part, {}).items():
+                state = changed.get(customer) or store.get(customer) or new_state()
+                for touch in touches:
+                    if apply(state, touch, weights):
+                        applied += 1
+                    else:
+                        duplicates += 1
+                changed[customer] = state
     profiles = []
     for customer, state in changed.items():
         store[customer] = state
         profiles.append(snapshot(state, customer, weights))
-    return profiles, applied, duplicates
+    return profiles, applied, duplicates, erased
 
 
 def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
@@ -68,7 +77,9 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
 
     def handle(partition: int, events: list) -> None:
         batches = [orjson.loads(event.message.value) for event in events]
-        profiles, applied, duplicates = score_batch(parts.store, weights, batches)
+        profiles, applied, duplicates, erased = score_batch(parts.store, weights, batches)
+        for customer in erased:  # a tombstone: the compacted topic forgets the customer
+            parts.outbox.produce(scores_name, None, customer.encode())
         for profile in profiles:
             parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
                                  profile["customer_id"].encode())

@@ -16,6 +16,7 @@ rule, churners and when) is computed from the generated events themselves.
 | cart_abandoner | fills carts on web or app and mostly leaves them |
 | churner | engaged in the first half, then fading, ending with an unsubscribe or silence |
 | detractor | support contacts, complaints, NPS 0-6 |
+| (everyone) | answers an NPS survey now and then (2% of active days), in a persona's own range |
 | credit_abandoner | starts credit applications and abandons them |
 
 About a third of customers browse anonymously on a device before identifying (login), some
@@ -42,6 +43,9 @@ PERSONAS = {  # persona -> share of customers
 HOURS = [1, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 6, 7, 6, 6, 6, 7, 8, 10, 11, 10, 8, 5, 2]
 WEEKDAY = [1.0, 1.0, 1.0, 1.1, 1.2, 1.5, 1.4]
 CART_TYPES = ("cart_add", "cart_view", "checkout_start")
+NPS_RANGE = {"loyal": (8, 10), "high_value": (7, 10), "store_only": (7, 10),
+             "bargain_hunter": (5, 9), "cart_abandoner": (4, 9), "churner": (3, 8),
+             "credit_abandoner": (5, 9)}
 
 
 @dataclass
@@ -127,6 +131,11 @@ def _life(p: Customer, days: int, start_ms: int, rnd: random.Random) -> Iterator
                                    "currency": "EUR"},
                          context={"store_id": f"S{rnd.randint(1, 30)}"})
             yield _event(p, "loyalty_points_earned", "pos", t + 1000, day)
+        # Satisfaction surveys: every persona answers now and then, each in its own range.
+        low, high = NPS_RANGE.get(p.persona, (5, 10))
+        if p.persona != "detractor" and rate > 0 and rnd.random() < 0.02:
+            yield _event(p, "nps_response", "email", _at(rnd, start_ms, day), day,
+                         properties={"score": rnd.randint(low, high)})
         if p.persona == "high_value" and day % 30 == rnd.randint(10, 29):
             t = _at(rnd, start_ms, day)
             yield _event(p, "purchase", rnd.choice(["web", "pos"]), t, day,

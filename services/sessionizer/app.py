@@ -25,6 +25,7 @@ from services.common import faust_stage, logs
 from services.common.kafka import ensure_topics
 from services.common.serde import (
     DEAD_LETTER,
+    ERASE,
     SESSION,
     TOUCHPOINT,
     TOUCHPOINT_BATCH,
@@ -35,6 +36,7 @@ from services.common.settings import SessionizerSettings, load
 from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW, TopicSpec
 from services.sessionizer.processor import (
     DeadLetter,
+    Erase,
     Handoff,
     Outputs,
     PartitionProcessor,
@@ -90,6 +92,8 @@ class Decoder:
             if message.topic != self.raw_topic:
                 return Handoff(json.loads(value))
             kind = _header(message, "kizuna-type")
+            if kind == ERASE.encode():
+                return Erase(self.serde.decode(ERASE, value)["customer_id"])
             if kind == WATERMARK.encode():
                 record = self.serde.decode(WATERMARK, value)
                 return Watermark(_ms(record["watermark_time"]))
@@ -167,14 +171,18 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         # The partition's customers are the same on the co-partitioned topic. Each message
         # carries the partition's event time, so downstream timers move even without touches.
         # `c`: on time or moved by identity; `l`: too late for sessions (scores only).
-        if out.attributed or out.late or out.stream_time is not None:
+        if out.attributed or out.late or out.erased or out.stream_time is not None:
             stream_time = processor.stream_time(partition)
+            if out.erased:  # `e`: customers to forget (kizuna erase), before what follows
+                produce(attributed_name, orjson.dumps({"t": stream_time, "c": {},
+                                                       "e": out.erased}), None, partition)
             for chunk in attributed_chunks(out.attributed) if out.attributed else [{}]:
                 produce(attributed_name, orjson.dumps({"t": stream_time, "c": chunk}), None,
                         partition)
             for chunk in attributed_chunks(out.late):
                 produce(attributed_name, orjson.dumps({"t": stream_time, "c": {}, "l": chunk}),
                         None, partition)
+
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead)))

@@ -56,6 +56,11 @@ class Watermark:
 
 
 @dataclass(frozen=True)
+class Erase:
+    customer_id: str
+
+
+@dataclass(frozen=True)
 class Handoff:
     message: dict
 
@@ -83,6 +88,8 @@ class Outputs:
     stream_time: int | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    #: Customers erased (`kizuna erase`): the next stages forget them too.
+    erased: list[str] = field(default_factory=list)
 
 
 def touch_of(record: dict) -> list:
@@ -120,6 +127,8 @@ class PartitionProcessor:
                 batch.touchpoint(item)
             elif isinstance(item, Watermark):
                 batch.stream_time = max(batch.stream_time, item.time)
+            elif isinstance(item, Erase):
+                batch.erase(item.customer_id)
             else:
                 batch.handoff(item.message)
         batch.close_due()
@@ -244,8 +253,28 @@ class _Batch:
             self.out.counts["duplicates"] += 1
             self.reemit.add(key)
 
+    def erase(self, customer: str) -> None:
+        """Forget the customer, and tell each device linked to them to forget the link."""
+        key = CUSTOMER + customer
+        state = self.state(key)
+        for device in state.get("devices", []):
+            self.out.handoffs.append((device, {"kind": "forget", "anonymous_id": device,
+                                               "customer_id": customer}))
+        self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
+        self.changed.add(key)
+        self.out.erased.append(customer)
+        self.out.attributed.pop(customer, None)
+        self.out.late.pop(customer, None)
+        self.out.counts["erased"] += 1
+
     def handoff(self, message: dict) -> None:
         kind = message["kind"]
+        if kind == "forget":
+            key = DEVICE + message["anonymous_id"]
+            if self.state(key).get("linked_to") == message["customer_id"]:
+                self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
+                self.changed.add(key)
+            return
         if kind == "link":
             self.link(message)
         elif kind == "transfer":
@@ -389,8 +418,10 @@ class _Batch:
                 continue
             if state["runs"] or state["emitted"]:
                 self.emit(key, state)
+            # A customer's devices are kept after their sessions close: `kizuna erase` must
+            # find the links to undo.
             if state["runs"] or state["emitted"] or state.get("closed") \
-                    or state.get("linked_to"):
+                    or state.get("linked_to") or state.get("devices"):
                 self.store[key] = state
             elif key in self.store:
                 del self.store[key]

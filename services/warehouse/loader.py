@@ -179,6 +179,9 @@ class Loader:
             kind = next((v for k, v in (m.headers() or ()) if k == "kizuna-type"), None)
             if kind is not None and kind != TOUCHPOINT_BATCH.encode():
                 continue  # control records (watermarks)
+            if m.value() is None:  # a tombstone (kizuna erase): the rows go by the delete
+                SKIPPED.labels("tombstone").inc()
+                continue
             schema, table, build, _ = LOADS[m.topic()[len(self.prefix):]]
             try:
                 if kind is None:

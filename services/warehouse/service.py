@@ -22,6 +22,7 @@ from services.common import logs
 from services.common.clickhouse import QueryError, connect, raw_query
 from services.common.errors import KizunaError
 from services.common.settings import WarehouseSettings, load
+from services.warehouse.erase import erase_rows
 from services.warehouse.loader import start as start_loader
 from services.warehouse.migrations import apply_migrations
 
@@ -31,21 +32,36 @@ QUERIES = Counter(
     "kizuna_warehouse_gateway_queries", "Analyst queries served by the gateway", ["status"])
 
 
+class InjectedFault(RuntimeError):
+    """A failure `POST /v1/faults` asked for."""
+
+
 class Warehouse:
     def __init__(self, settings: WarehouseSettings, client: Client, reader: Client) -> None:
         self.settings = settings
         self.client = client  # writes: migrations, and the stage's inserts
         self.reader = reader  # analyst queries: a read-only session
         self.lock = threading.Lock()
+        self.failing_inserts = 0  # chaos testing (KIZUNA_WAREHOUSE_FAULT_INJECTION)
 
     def query(self, sql: str, fmt: str) -> bytes:
         with self.lock:
             return raw_query(self.reader, sql, fmt, timeout=self.settings.query_timeout)
 
     def insert(self, table: str, rows: list, columns: list) -> None:
+        name = f"{self.settings.common.store_database}.{table}"
         with self.lock:
-            self.client.insert(f"{self.settings.common.store_database}.{table}", rows,
-                               column_names=columns)
+            if self.failing_inserts > 0:  # an injected fault: half the batch, then an error
+                self.failing_inserts -= 1
+                half = rows[:len(rows) // 2]
+                if half:
+                    self.client.insert(name, half, column_names=columns)
+                raise InjectedFault(f"injected failure after {len(half)} of {len(rows)} rows")
+            self.client.insert(name, rows, column_names=columns)
+
+    def erase(self, customer: str) -> dict[str, int]:
+        with self.lock:
+            return erase_rows(self.client, self.settings.common.store_database, customer)
 
     def migrate(self) -> list[str]:
         with self.lock:
@@ -89,6 +105,22 @@ def make_handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
             if url.path == "/v1/migrate" and embedded:
                 try:
                     self._send(200, json.dumps(warehouse.migrate()).encode())
+                except KizunaError as exc:
+                    self._send(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc).encode(), "text/plain")
+                return
+            if url.path == "/v1/faults" and warehouse.settings.fault_injection:
+                inserts = parse_qs(url.query).get("inserts", ["0"])[0]
+                with warehouse.lock:
+                    warehouse.failing_inserts = max(0, int(inserts) if inserts.isdigit() else 0)
+                self._send(200, json.dumps({"failing_inserts": warehouse.failing_inserts}).encode())
+                return
+            if url.path == "/v1/erase" and embedded:
+                customer = parse_qs(url.query).get("customer", [""])[0]
+                if not customer:
+                    self._send(HTTPStatus.BAD_REQUEST, b"customer is required", "text/plain")
+                    return
+                try:
+                    self._send(200, json.dumps(warehouse.erase(customer)).encode())
                 except KizunaError as exc:
                     self._send(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc).encode(), "text/plain")
                 return

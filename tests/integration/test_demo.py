@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from services.ingest.validation import Enrichment, Rejection, validate
 from tests.conftest import kizuna, stack_env
 
 pytestmark = pytest.mark.integration
+QUERIES = Path(__file__).resolve().parents[2] / "queries"
 
 
 def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> None:
@@ -23,8 +26,9 @@ def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> Non
     env = stack_env(home)
     out = tmp_path / "demo"
     try:
-        result = kizuna(env, "demo", "--customers", "40", "--days", "4", "--seed", "3",
-                        "--out", str(out), timeout=600)
+        # across a month's end, so that month-on-month queries have two months
+        result = kizuna(env, "demo", "--customers", "40", "--days", "6", "--seed", "3",
+                        "--start", "2026-01-28T00:00:00Z", "--out", str(out), timeout=600)
         assert "Kizuna demo report" in result.stdout and "kizuna down" in result.stdout
         report = json.loads((out / "report.json").read_text())
         events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
@@ -62,6 +66,122 @@ def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> Non
             assert quality["precision"] >= 0.9  # every alert is a cart the rule abandons
         page = (out / "report.html").read_text()
         assert page.count("<svg") >= 6 and "Engagement score distribution" in page
+        check_query_pack(env, valid, report)
+        check_rollups(settings)
+
+        # Live: generated events through the collector's HTTP API at a fixed rate, stamped now.
+        live = kizuna(env, "generate", "--customers", "20", "--days", "2", "--seed", "9",
+                      "--out", str(tmp_path / "live.jsonl"), "--live", "--rate", "150",
+                      "--duration", "4").stdout
+        summary = re.search(r"sent (\d+) events live in ([\d.]+) s .* (\d+) accepted", live)
+        assert summary, live
+        sent, seconds, accepted = int(summary[1]), float(summary[2]), int(summary[3])
+        assert 0.5 * 150 * 4 <= sent <= 1.2 * 150 * 4 and 3.5 <= seconds <= 8
+        assert 0.98 * sent <= accepted <= sent  # the generator's malformed ones are rejected
+        kizuna(env, "wait", "--timeout", "120")
+        (now,) = query_rows(settings, "SELECT count() AS n, max(occurred_at) AS latest "
+                                      "FROM kizuna.touchpoints")
+        assert now["n"] == report["touchpoints"] + accepted
+        assert now["latest"] >= time.strftime("%Y-%m-%d", time.gmtime())
     finally:
         kizuna(env, "down", check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def pack(env: dict, name: str) -> list[dict]:
+    out = kizuna(env, "query", "-f", str(QUERIES / f"{name}.sql"), "--format", "json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def check_query_pack(env: dict, valid: list[dict], report: dict) -> None:
+    """Every query of the pack runs on the demo's data and says what the data says."""
+    names = sorted(p.stem for p in QUERIES.glob("*.sql"))
+    readme = (QUERIES.parent / "README.md").read_text()
+    assert len(names) >= 9 and all(f"queries/{n}.sql" in readme for n in names)
+    results = {n: pack(env, n) for n in names}
+    assert all(results[n] for n in names), [n for n in names if not results[n]]
+
+    funnel = results["funnel"]
+    reaching = [int(r["profiles_reaching"]) for r in funnel]
+    assert reaching == sorted(reaching, reverse=True)
+    profiles = {e.get("customer_id") or e.get("anonymous_id") for e in valid}
+    assert reaching[0] <= len(profiles)
+
+    for row in results["cohort_retention"]:
+        weeks = [float(row[f"week_{k}"]) for k in range(1, 5)]
+        assert all(0 <= w <= 1 for w in weeks) and int(row["customers"]) > 0
+    (churn,) = results["churn_rate_by_month"]
+    assert churn["month"] == "2026-01-01" and 0 <= float(churn["churn_rate"]) <= 1
+
+    # NPS from the events themselves: each profile's latest answer in the month
+    latest: dict[tuple, tuple] = {}
+    for e in valid:
+        if e["event_type"] == "nps_response":
+            month = _month(e["occurred_at"])
+            key = (month, e.get("customer_id") or e.get("anonymous_id"))
+            latest[key] = max(latest.get(key, (0, 0)), (e["occurred_at"],
+                                                         e["properties"]["score"]))
+    for row in results["nps"]:
+        scores = [s for (m, _), (_, s) in latest.items() if m == row["month"]]
+        promoters = sum(s >= 9 for s in scores)
+        detractors = sum(s <= 6 for s in scores)
+        assert int(row["responses"]) == len(scores)
+        assert float(row["nps"]) == round(100 * (promoters - detractors) / len(scores), 1)
+
+    segments = [r for r in results["rfm_segments"] if r["segment"] != "top 20% by revenue"]
+    (top,) = [r for r in results["rfm_segments"] if r["segment"] == "top 20% by revenue"]
+    assert abs(sum(float(r["revenue_share"]) for r in segments) - 1) < 0.01
+    assert 0.2 <= float(top["revenue_share"]) <= 1
+    assert sum(int(r["customers"]) for r in segments) == report["customers"]
+
+    tiers = results["engagement_by_tier"]
+    assert sum(int(r["customers"]) for r in tiers) == report["customers"]
+    for r in tiers:
+        assert float(r["min"]) <= float(r["p25"]) <= float(r["median"]) <= float(r["p75"]) \
+            <= float(r["max"])
+
+    outcomes = results["alert_outcomes"]
+    assert sum(int(r["alerts"]) for r in outcomes) == \
+        report["cart_alerts"]["alerts"] + report["churn_alerts"]["alerts"]
+    for r in results["cart_abandonment_by_channel"]:
+        assert int(r["recovered"]) <= int(r["abandoned"]) <= int(r["carts"])
+
+    btyd = results["btyd_export"]
+    owner: dict[str, str] = {}  # a device's purchases count for the customer it logs in as
+    for e in valid:
+        if e.get("customer_id") and e.get("anonymous_id"):
+            owner.setdefault(e["anonymous_id"], e["customer_id"])
+    buyers = {e.get("customer_id") or owner.get(e.get("anonymous_id")) for e in valid
+              if e["event_type"] == "purchase"} - {None}
+    assert {r["customer_id"] for r in btyd} == buyers
+    for r in btyd:
+        assert int(r["frequency"]) <= float(r["recency"]) <= float(r["T"])
+        assert (float(r["monetary_value"]) == 0) == (int(r["frequency"]) == 0)
+
+
+def _month(occurred_at: object) -> str:
+    import datetime as dt
+
+    ms = occurred_at if isinstance(occurred_at, int) else int(
+        dt.datetime.fromisoformat(str(occurred_at).replace("Z", "+00:00")).timestamp() * 1000)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-01")
+
+
+def check_rollups(settings: Settings) -> None:
+    """The daily rollups (refreshed every 30 s) equal the aggregates of the tables."""
+    direct = ("SELECT toString(toDate(event_time)) AS day, channel, event_type, "
+              "count() AS events FROM kizuna.touchpoints GROUP BY ALL ORDER BY ALL")
+    rollup = ("SELECT toString(day) AS day, channel, event_type, events "
+              "FROM kizuna.daily_touchpoints ORDER BY ALL")
+    deadline = time.monotonic() + 100
+    while query_rows(settings, rollup) != query_rows(settings, direct):
+        assert time.monotonic() < deadline, "daily_touchpoints never caught up"
+        time.sleep(3)
+    alerts = "SELECT alert_type, count() AS n FROM kizuna.alerts GROUP BY ALL ORDER BY ALL"
+    rolled = ("SELECT alert_type, sum(alerts) AS n FROM kizuna.daily_alerts "
+              "GROUP BY ALL ORDER BY ALL")
+    while query_rows(settings, rolled) != query_rows(settings, alerts):
+        assert time.monotonic() < deadline, "daily_alerts never caught up"
+        time.sleep(3)
+    funnel = query_rows(settings, "SELECT * FROM kizuna.daily_funnel ORDER BY day")
+    assert funnel and all(int(r["viewed"]) >= int(r["added_to_cart"]) for r in funnel)

@@ -218,3 +218,12 @@ def test_a_device_history_moved_at_login_does_not_inflate_the_peak() -> None:
     ordered.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": sorted(own + login + device)}}])
     true_peak = max(ordered.store["C1"]["churn"]["peaks"].values())
     assert true_peak * 0.9 <= peak <= true_peak * (1 + 1e-9)
+
+
+def test_an_erased_customer_is_forgotten() -> None:
+    proc = AlertProcessor(CART_RULES, WEIGHTS, {})
+    history = [touch(1, T0, "complaint", "support")]
+    proc.process(0, [{"t": T0, "c": {"C1": history, "C2": history}}])
+    out = proc.process(0, [{"t": T0 + DAY, "c": {}, "e": ["C1"]}])
+    assert "C1" not in proc.store and "C2" in proc.store
+    assert [customer for customer, *_ in out] == ["C2"]  # C1's pending alert went with it

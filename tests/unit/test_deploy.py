@@ -70,3 +70,34 @@ def test_dockerfile_copies_what_exists_and_runs_as_non_root():
                 if not src.startswith("--"):
                     assert (ROOT / src).exists(), src
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
+
+
+def _storage_tables(sql: str) -> dict[str, tuple[str, str]]:
+    """table -> (engine kind, ORDER BY) of the MergeTree tables a migration creates."""
+    out = {}
+    for m in re.finditer(r"CREATE TABLE IF NOT EXISTS \{store\}\.(\w+)(.*?);", sql, re.S):
+        engine = re.search(r"ENGINE = (\w+)", m[2])
+        order = re.search(r"ORDER BY ([^\n;]+)", m[2])
+        if engine and order and "MergeTree" in engine[1]:
+            out[m[1]] = (engine[1], order[1].strip())
+    return out
+
+
+def test_the_cluster_variant_follows_the_single_node_tables():
+    single: dict[str, tuple[str, str]] = {}
+    for path in sorted((ROOT / "deploy/clickhouse/migrations").glob("*.sql")):
+        sql = path.read_text()
+        single.update(_storage_tables(sql))
+        for dropped in re.findall(r"DROP TABLE IF EXISTS \{store\}\.(\w+)", sql):
+            single.pop(dropped, None)
+    cluster_sql = (ROOT / "deploy/clickhouse/cluster/cluster.sql").read_text()
+    cluster = _storage_tables(cluster_sql.replace(" ON CLUSTER '{cluster}'", ""))
+    assert set(single) == {"touchpoints", "sessions_by_id", "customer_profiles", "alerts",
+                           "dead_letters"}
+    for table, (engine, order) in single.items():
+        assert cluster[f"{table}_local"] == (f"Replicated{engine}", order), table
+        distributed = re.search(
+            rf"CREATE TABLE IF NOT EXISTS \{{store\}}\.{table} ON CLUSTER '\{{cluster\}}'\s+"
+            rf"AS \{{store\}}\.{table}_local\s+ENGINE = Distributed\('\{{cluster\}}', \{{store\}}, "
+            rf"{table}_local, cityHash64\(", cluster_sql)
+        assert distributed, table

@@ -190,3 +190,18 @@ def test_weights_file_errors_say_where(tmp_path: Path, text: str, message: str) 
 def test_a_missing_weights_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KIZUNA_WEIGHTS_FILE"):
         load_weights(tmp_path / "nope.yaml")
+
+
+def test_an_erased_customer_is_forgotten_and_starts_again() -> None:
+    from services.engagement_scorer.app import score_batch
+
+    weights = load_weights()
+    store: dict = {}
+    buy = [1_710_000_000_000, "e1", "purchase", "web", 50.0, None, None]
+    score_batch(store, weights, [{"t": 0, "c": {"C1": [buy], "C2": [buy]}}])
+    profiles, _, _, erased = score_batch(store, weights, [
+        {"t": 0, "c": {}, "e": ["C1"]},
+        {"t": 0, "c": {"C1": [[*buy[:1], "e2", *buy[2:]]]}}])
+    assert erased == ["C1"] and "C2" in store
+    (again,) = profiles
+    assert again["purchase_count"] == 1 and again["total_revenue"] == 50.0  # not 2, 100

@@ -9,6 +9,7 @@ from services.common.serde import (
     ALERT,
     DEAD_LETTER,
     ENGAGEMENT_PROFILE,
+    ERASE,
     MAGIC,
     SCHEMAS_DIR,
     SESSION,
@@ -68,6 +69,7 @@ SAMPLES = {
         "recommended_action": "cart_reminder", "version": 1,
     },
     WATERMARK: {"watermark_time": T0, "source": "import", "issued_at": T0},
+    ERASE: {"customer_id": "C1", "requested_at": T0},
     TOUCHPOINT_BATCH: {"touchpoints": [touchpoint(), touchpoint(event_id="e-2")]},
     DEAD_LETTER: {
         "dead_letter_id": "d-1", "reason": "invalid_channel", "detail": "channel: 'fax'",

@@ -300,3 +300,31 @@ def test_an_anonymous_device_is_forgotten_after_its_window() -> None:
     p.watermark(T0 + 40 * 24 * s.HOUR_MS).run()  # past the 30-day window, in one step
     assert "a:ghost" not in p.store
     assert [r["status"] for r in p.table().values()] == [s.CLOSED]
+
+
+def test_an_erased_customer_and_their_device_links_are_forgotten() -> None:
+    from services.sessionizer.processor import Erase
+
+    p = Pipeline(partitions=4).send(
+        tp("w1", 0, device="dev-e"),
+        tp("login", 10, "C-erase", device="dev-e", event_type="identify", channel="app"),
+        tp("k1", 10, "C-keep", device="dev-k"),
+    ).close_all()  # sessions closed: the erase still finds the customer's devices
+    assert p.store["a:dev-e"]["linked_to"] == "C-erase" and "c:C-erase" in p.store
+    p.queues[partition_of("C-erase", 4)].append(Erase("C-erase"))
+    erased = []
+    original = p.proc.process
+
+    def process(partition: int, items: list):
+        out = original(partition, items)
+        erased.extend(out.erased)
+        return out
+
+    p.proc.process = process
+    p.run()
+    assert erased == ["C-erase"]
+    assert "c:C-erase" not in p.store and "a:dev-e" not in p.store  # the link too
+    assert "c:C-keep" in p.store and "a:dev-k" in p.store
+    # the device browsing again is a new anonymous profile, not the erased customer's
+    p.send(tp("w2", 5000, device="dev-e")).close_all()
+    assert not [x for x in p.attributed.get("C-erase", []) if x == "w2"]
