@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common.kafka import client_config
 from services.common.serde import (
@@ -42,6 +42,8 @@ log = logging.getLogger("kizuna.warehouse.loader")
 ROWS = Counter("kizuna_warehouse_rows", "Rows inserted into ClickHouse", ["table"])
 INSERT_FAILURES = Counter("kizuna_warehouse_insert_failures", "Failed inserts", ["table"])
 SKIPPED = Counter("kizuna_warehouse_skipped", "Messages not loaded", ["reason"])
+PAUSED = Gauge("kizuna_warehouse_paused",
+               "1 while an insert fails and the loader retries it (nothing is committed)")
 
 
 def _str_map(values: dict) -> dict[str, str]:
@@ -140,13 +142,30 @@ LOADS = {
 }
 
 
+def dedup_tokens(messages: list, prefix: str) -> dict[str, str]:
+    """table -> its batch's insert deduplication token: the offset range of each
+    topic-partition the batch's rows came from. A retry of the same batch has the same
+    token, so ClickHouse drops it if the first attempt was stored after all."""
+    ranges: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(dict)
+    for m in messages:
+        if m.error() or m.topic()[len(prefix):] not in LOADS:
+            continue
+        table = LOADS[m.topic()[len(prefix):]][1]
+        span = ranges[table].setdefault((m.topic(), m.partition()), [m.offset(), m.offset()])
+        span[0], span[1] = min(span[0], m.offset()), max(span[1], m.offset())
+    return {table: ";".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans.items()))
+            for table, spans in ranges.items()}
+
+
 class Loader:
-    def __init__(self, settings: Settings, insert: Callable[[str, list, list], None]) -> None:
+    def __init__(self, settings: Settings,
+                 insert: Callable[[str, list, list, str | None], None]) -> None:
         self.settings = settings
-        self.insert = insert  # (table, rows, columns): the warehouse's locked insert
+        self.insert = insert  # (table, rows, columns, dedup token): the warehouse's insert
         self.prefix = settings.topic_prefix
         self.serde = default_serde()
         self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
         self.consumer = Consumer({
             **client_config(settings),
             "group.id": f"{self.prefix}warehouse",
@@ -162,7 +181,8 @@ class Loader:
             if not messages:
                 continue
             batches = self.rows(messages)
-            self.insert_until_done(batches)
+            if not self.insert_until_done(batches, dedup_tokens(messages, self.prefix)):
+                break  # stopping while ClickHouse fails: commit nothing, redelivered later
             try:
                 self.consumer.commit(asynchronous=False)
             except KafkaException as exc:  # rebalanced meanwhile: redelivered, absorbed
@@ -195,16 +215,23 @@ class Loader:
                 log.warning("%s[%d]@%d not loaded: %s", m.topic(), m.partition(), m.offset(), exc)
         return batches
 
-    def insert_until_done(self, batches: dict[str, list]) -> None:
+    def insert_until_done(self, batches: dict[str, list],
+                          tokens: dict[str, str] | None = None) -> bool:
+        """Insert each table's rows, retrying the identical batch with back-off until
+        ClickHouse acknowledges it. The batch's dedup token (its topic-partition-offset
+        ranges) lets ClickHouse drop a retry of a batch it had in fact stored. False when
+        asked to stop before every table took its rows: then nothing may be committed."""
         columns = {table: cols for _, table, _, cols in LOADS.values()}
+        tokens = tokens or {}
         delay = 0.5
         pending = dict(batches)
         while pending and not self.stopping.is_set():
             for table in list(pending):
                 try:
-                    self.insert(table, pending[table], columns[table])
+                    self.insert(table, pending[table], columns[table], tokens.get(table))
                 except Exception as exc:  # noqa: BLE001 - any failure: retry the same rows
                     INSERT_FAILURES.labels(table).inc()
+                    PAUSED.set(1)
                     log.error("insert into %s failed (%d rows), retrying in %.1f s: %s",
                               table, len(pending[table]), delay, str(exc).splitlines()[0][:300])
                     continue
@@ -213,12 +240,18 @@ class Loader:
             if pending:
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
+        PAUSED.set(0)
+        return not pending
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the batch in hand, then leave the consumer group (a clean hand-over)."""
         self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
 
 
-def start(settings: Settings, insert: Callable[[str, list, list], None]) -> Loader:
+def start(settings: Settings, insert: Callable[[str, list, list, str | None], None]) -> Loader:
     loader = Loader(settings, insert)
-    threading.Thread(target=loader.run, name="loader", daemon=True).start()
+    loader.thread = threading.Thread(target=loader.run, name="loader", daemon=True)
+    loader.thread.start()
     return loader

@@ -42,22 +42,24 @@ class Warehouse:
         self.client = client  # writes: migrations, and the stage's inserts
         self.reader = reader  # analyst queries: a read-only session
         self.lock = threading.Lock()
-        self.failing_inserts = 0  # chaos testing (KIZUNA_WAREHOUSE_FAULT_INJECTION)
+        self.faults: list[str] = []  # chaos testing (KIZUNA_WAREHOUSE_FAULT_INJECTION)
 
     def query(self, sql: str, fmt: str) -> bytes:
         with self.lock:
             return raw_query(self.reader, sql, fmt, timeout=self.settings.query_timeout)
 
-    def insert(self, table: str, rows: list, columns: list) -> None:
+    def insert(self, table: str, rows: list, columns: list, token: str | None = None) -> None:
         name = f"{self.settings.common.store_database}.{table}"
+        dedup = {"insert_deduplication_token": token} if token else None
         with self.lock:
-            if self.failing_inserts > 0:  # an injected fault: half the batch, then an error
-                self.failing_inserts -= 1
-                half = rows[:len(rows) // 2]
-                if half:
-                    self.client.insert(name, half, column_names=columns)
-                raise InjectedFault(f"injected failure after {len(half)} of {len(rows)} rows")
-            self.client.insert(name, rows, column_names=columns)
+            fault = self.faults.pop(0) if self.faults else None
+            if fault == "half":  # an injected fault: half the batch stored, then an error
+                if rows[:len(rows) // 2]:
+                    self.client.insert(name, rows[:len(rows) // 2], column_names=columns)
+                raise InjectedFault(f"injected failure after {len(rows) // 2} of {len(rows)} rows")
+            self.client.insert(name, rows, column_names=columns, settings=dedup)
+            if fault == "after":  # stored, but the acknowledgement is lost
+                raise InjectedFault(f"injected failure after all {len(rows)} rows")
 
     def erase(self, customer: str) -> dict[str, int]:
         with self.lock:
@@ -109,10 +111,17 @@ def make_handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
                     self._send(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc).encode(), "text/plain")
                 return
             if url.path == "/v1/faults" and warehouse.settings.fault_injection:
-                inserts = parse_qs(url.query).get("inserts", ["0"])[0]
+                params = parse_qs(url.query)
+                inserts = params.get("inserts", ["0"])[0]
+                mode = params.get("mode", ["half"])[0]
+                if not inserts.isdigit() or mode not in ("half", "after"):
+                    self._send(HTTPStatus.BAD_REQUEST, b"inserts=N&mode=half|after",
+                               "text/plain")
+                    return
                 with warehouse.lock:
-                    warehouse.failing_inserts = max(0, int(inserts) if inserts.isdigit() else 0)
-                self._send(200, json.dumps({"failing_inserts": warehouse.failing_inserts}).encode())
+                    warehouse.faults = [mode] * int(inserts)
+                self._send(200, json.dumps({"failing_inserts": int(inserts),
+                                            "mode": mode}).encode())
                 return
             if url.path == "/v1/erase" and embedded:
                 customer = parse_qs(url.query).get("customer", [""])[0]

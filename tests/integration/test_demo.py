@@ -70,7 +70,7 @@ def test_a_small_demo_reports_what_clickhouse_and_the_truth_say(tmp_path) -> Non
         check_rollups(settings)
 
         # Live: generated events through the collector's HTTP API at a fixed rate, stamped now.
-        live = kizuna(env, "generate", "--customers", "20", "--days", "2", "--seed", "9",
+        live = kizuna(env, "generate", "--customers", "200", "--days", "2", "--seed", "9",
                       "--out", str(tmp_path / "live.jsonl"), "--live", "--rate", "150",
                       "--duration", "4").stdout
         summary = re.search(r"sent (\d+) events live in ([\d.]+) s .* (\d+) accepted", live)
