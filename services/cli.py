@@ -29,19 +29,34 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from services.localstack import stack
+    from services.localstack.health import stage_health
 
     programs = stack.status(settings)
-    if args.json:
-        print(json.dumps([p.__dict__ for p in programs], indent=2))
-        return 0 if programs else 3
     if not programs:
+        if args.json:
+            print("[]")
+            return 3
         orphans = len(stack.leftovers(settings))
         hint = f"; {orphans} orphaned process(es): run `kizuna down`" if orphans else ""
         print(f"not running (KIZUNA_HOME={settings.home}){hint}")
         return 3
-    print(f"{'program':<12} {'state':<9} {'pid':>7} {'uptime':>8}  log")
-    for p in programs:
-        print(f"{p.name:<12} {p.state:<9} {p.pid:>7} {p.uptime_seconds:>7}s  {p.log}")
+    running = {p.name for p in programs if p.state == "RUNNING"}
+    health = stage_health(settings, {p.name: p.log for p in programs}, args.sample) \
+        if "kafka" in running or not settings.local_kafka else {}
+    rows = [{**p.__dict__, **(health[p.name].__dict__ if p.name in health else {})}
+            for p in programs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'program':<18} {'state':<9} {'pid':>7} {'uptime':>8} {'lag':>7} "
+              f"{'events/s':>9}  {'event time':<20}  last error")
+        for r in rows:
+            cell = {k: "-" if r.get(k) is None else str(r[k])
+                    for k in ("lag", "events_per_s", "event_time", "last_error")}
+            print(f"{r['name']:<18} {r['state']:<9} {r['pid']:>7} {r['uptime_seconds']:>7}s "
+                  f"{cell['lag']:>7} {cell['events_per_s']:>9}  {cell['event_time']:<20}  "
+                  f"{cell['last_error'][:80]}")
+        print(f"(events/s over {args.sample:g} s; logs: {settings.home / 'logs'})")
     return 0 if all(p.state == "RUNNING" for p in programs) else 1
 
 
@@ -245,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("up", cmd_up, "start the local stack in the background (idempotent)")
     add("down", cmd_down, "stop everything the local stack runs (idempotent)")
-    p = add("status", cmd_status, "show what the local stack runs")
+    p = add("status", cmd_status,
+            "each program: state, consumer lag, events/s, event time reached, last error")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--sample", type=float, default=2.0,
+                   help="seconds between the two scrapes that give events/s (default 2)")
     p = add("config", cmd_config, "print the effective settings, secrets masked")
     p.add_argument("--show-secrets", action="store_true", help="also print secrets unmasked")
     p.add_argument("-v", "--verbose", action="store_true", help="document each setting")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import faust
 import orjson
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.alerting.carts import HOUR_MS, MINUTE_MS, CartRules
 from services.alerting.churn import ChurnRules
@@ -31,6 +31,9 @@ from services.sessionizer.app import ATTRIBUTED
 log = logging.getLogger("kizuna.alerting")
 STAGE = "alerting"
 ALERTS = Counter("kizuna_alerting_alerts", "Alerts emitted", ["alert_type", "status"])
+TOUCHES = Counter("kizuna_alerting_touches", "Attributed touches judged")
+EVENT_TIME = Gauge("kizuna_alerting_event_time_seconds",
+                   "Event time each partition has reached (epoch seconds)", ["partition"])
 
 
 def rules_of(settings: AlertingSettings) -> CartRules:
@@ -63,12 +66,15 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
 
     def handle(partition: int, events: list) -> None:
         messages = [orjson.loads(event.message.value) for event in events]
+        TOUCHES.inc(sum(len(x) for m in messages for part in ("c", "l")
+                        for x in m.get(part, {}).values()))
         now = int(time.time() * 1000)
         for customer, kind, found, snapshot in processor.process(partition, messages):
             record = (alert_record(customer, found, snapshot, now, rules)
                       if kind == CART else churn_record(customer, found, snapshot, now))
             parts.outbox.produce(topics[kind], serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
+        EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
 
     parts.agent(handle)
     parts.on_revoked(processor.forget_partition)

@@ -52,6 +52,9 @@ class AlertProcessor:
     def forget_partition(self, partition: int) -> None:
         self._heaps.pop(partition, None)
 
+    def stream_time(self, partition: int) -> int:
+        return self.store.get(f"{STREAM_TIME}{partition}", NEVER)
+
     def due_at(self, state: dict) -> int | None:
         """The partition event time after which this customer has something to decide."""
         times = [carts.due_at(state["cart"], self.rules)]

@@ -61,6 +61,8 @@ EVENTS = Counter("kizuna_sessionizer_events", "Touchpoints and handoffs by outco
 SESSIONS_OUT = Counter("kizuna_sessionizer_sessions", "Session updates emitted", ["status"])
 OPEN_SESSIONS = Gauge("kizuna_sessionizer_open_sessions", "Sessions open in this worker's state")
 DEAD_LETTERS = Counter("kizuna_sessionizer_dead_letters", "Dead letters by reason", ["reason"])
+EVENT_TIME = Gauge("kizuna_sessionizer_event_time_seconds",
+                   "Event time each partition has reached (epoch seconds)", ["partition"])
 
 
 def rules_of(settings: SessionizerSettings) -> SessionRules:
@@ -173,6 +175,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         # `c`: on time or moved by identity; `l`: too late for sessions (scores only).
         if out.attributed or out.late or out.erased or out.stream_time is not None:
             stream_time = processor.stream_time(partition)
+            EVENT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
             if out.erased:  # `e`: customers to forget (kizuna erase), before what follows
                 produce(attributed_name, orjson.dumps({"t": stream_time, "c": {},
                                                        "e": out.erased}), None, partition)

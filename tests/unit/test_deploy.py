@@ -1,5 +1,6 @@
 """deploy/ stays valid: every service, module, file and target it names exists."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -87,7 +88,10 @@ def test_the_cluster_variant_follows_the_single_node_tables():
     single: dict[str, tuple[str, str]] = {}
     for path in sorted((ROOT / "deploy/clickhouse/migrations").glob("*.sql")):
         sql = path.read_text()
-        single.update(_storage_tables(sql))
+        # The daily rollups are small and recomputed from the Distributed tables by every
+        # node: they stay plain per-node tables on a cluster.
+        single.update({t: v for t, v in _storage_tables(sql).items()
+                       if not t.startswith("daily_")})
         for dropped in re.findall(r"DROP TABLE IF EXISTS \{store\}\.(\w+)", sql):
             single.pop(dropped, None)
     cluster_sql = (ROOT / "deploy/clickhouse/cluster/cluster.sql").read_text()
@@ -101,3 +105,101 @@ def test_the_cluster_variant_follows_the_single_node_tables():
             rf"AS \{{store\}}\.{table}_local\s+ENGINE = Distributed\('\{{cluster\}}', \{{store\}}, "
             rf"{table}_local, cityHash64\(", cluster_sql)
         assert distributed, table
+
+
+FAUST_STAGES = ("sessionizer", "engagement_scorer", "alerting")
+
+
+def exposed_metrics() -> set[str]:
+    """Every series name the services expose: ours (prometheus-client) and faust's sensor's
+    (prefixed kizuna_<stage>_faust_), with prometheus-client's suffixes."""
+    kinds: dict[str, str] = {}
+    for path in (ROOT / "services").rglob("*.py"):
+        for kind, name in re.findall(r"\b(\w*Counter|Gauge|Histogram)\(\s*\"(kizuna_\w+)\"",
+                                     path.read_text()):
+            kinds[name] = kind
+    import faust.sensors.prometheus as sensor
+
+    source = Path(sensor.__file__).read_text()
+    for kind, name in re.findall(r"\b(Counter|Gauge|Histogram)\(\s*f\"\{app_name\}_(\w+)\"",
+                                 source):
+        for stage in FAUST_STAGES:
+            kinds[f"kizuna_{stage}_faust_{name}"] = kind
+    exposed = set()
+    for name, kind in kinds.items():
+        if kind.endswith("Counter"):
+            exposed.add(f"{name}_total")
+        elif kind == "Histogram":
+            exposed.update(f"{name}_{s}" for s in ("bucket", "sum", "count"))
+        else:
+            exposed.add(name)
+    return exposed
+
+
+def test_alert_rules_are_complete_and_name_only_real_metrics():
+    rules = yaml.safe_load((DEPLOY / "prometheus/rules.yml").read_text())
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules.yml"]
+    (group,) = rules["groups"]
+    exposed = exposed_metrics()
+    names = {r["alert"] for r in group["rules"]}
+    for wanted in ("LagGrowing", "DeadLetterRate", "NoInput", "SinkFailing", "AlertRateAnomaly"):
+        assert any(wanted in n for n in names), wanted
+    for rule in group["rules"]:
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and rule["for"]
+        used = set(re.findall(r"\bkizuna_\w+", rule["expr"]))
+        assert used and used <= exposed, (rule["alert"], used - exposed)
+
+
+def test_the_grafana_dashboard_is_provisioned_and_names_only_real_metrics():
+    service = compose()["services"]["grafana"]
+    mounts = " ".join(service["volumes"])
+    assert "./grafana/provisioning:/etc/grafana/provisioning" in mounts
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/kizuna.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] in mounts
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/kizuna-overview.json").read_text())
+    exposed = exposed_metrics()
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for wanted in ("flow per stage", "lag", "latency", "rejected", "alerts"):
+        assert wanted in titles, wanted
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = set(re.findall(r"\bkizuna_\w+", target["expr"]))
+            assert used and used <= exposed, (panel["title"], used - exposed)
+
+
+def test_kubernetes_manifests_run_every_stage_safely():
+    docs = [d for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+            for d in yaml.safe_load_all(path.read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("ConfigMap", "kizuna-settings"), ("ConfigMap", "kizuna-weights"),
+            ("Secret", "kizuna-secrets"), ("Job", "kizuna-init")} <= kinds
+    from services.common.settings import ALL_SETTINGS, describe, load
+
+    known = {row[0] for cls in ALL_SETTINGS for row in describe(load(cls, {}))}
+    config = next(d for d in docs if d["metadata"]["name"] == "kizuna-settings")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert set(config["data"]) | set(secret["stringData"]) <= known
+    weights = next(d for d in docs if d["metadata"]["name"] == "kizuna-weights")
+    assert weights["data"]["weights.yaml"] == (
+        ROOT / "services/engagement_scorer/weights.yaml").read_text()
+    assert config["data"]["KIZUNA_WEIGHTS_FILE"] == "/etc/kizuna/weights.yaml"
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    modules = set()
+    for d in deployments.values():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        (container,) = pod["containers"]
+        module = container["command"][-1]
+        assert (ROOT / module.replace(".", "/") / "__main__.py").exists(), module
+        modules.add(module)
+        port = container["ports"][0]["containerPort"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert container["resources"]["requests"]["cpu"] and container["resources"][
+            "requests"]["memory"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"][
+            "metadata"]["labels"].items()
+    assert modules == {"services.ingest", "services.sessionizer", "services.engagement_scorer",
+                       "services.alerting", "services.warehouse"}

@@ -9,12 +9,24 @@
 -- hundreds of millions of events, restrict it to recent days with `REFRESH ... APPEND` and a
 -- `WHERE day >= today() - N`, or move to an incremental view keyed by event_id.
 --
--- day is the UTC day of event time. Queries: `SELECT ... FROM {db}.daily_touchpoints`.
+-- day is the UTC day of event time. Queries: `SELECT ... FROM {db}.daily_touchpoints`. The
+-- results live in {store} tables of the same names, so {db} shows only the rollups.
+
+CREATE TABLE IF NOT EXISTS {store}.daily_touchpoints
+(
+    day        Date,
+    channel    LowCardinality(String),
+    event_type LowCardinality(String),
+    events     UInt64,
+    profiles   UInt64,
+    customers  UInt64,
+    revenue    Float64
+)
+ENGINE = MergeTree
+ORDER BY (day, channel, event_type);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_touchpoints
-REFRESH EVERY 30 SECOND
-ENGINE = MergeTree
-ORDER BY (day, channel, event_type)
+REFRESH EVERY 30 SECOND TO {store}.daily_touchpoints
 AS SELECT
     toDate(event_time) AS day,
     channel,
@@ -26,10 +38,20 @@ AS SELECT
 FROM {db}.touchpoints
 GROUP BY day, channel, event_type;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_funnel
-REFRESH EVERY 30 SECOND
+CREATE TABLE IF NOT EXISTS {store}.daily_funnel
+(
+    day           Date,
+    viewed        UInt64,
+    added_to_cart UInt64,
+    checked_out   UInt64,
+    purchased     UInt64,
+    conversion    Float64
+)
 ENGINE = MergeTree
-ORDER BY day
+ORDER BY day;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_funnel
+REFRESH EVERY 30 SECOND TO {store}.daily_funnel
 AS SELECT
     toDate(event_time) AS day,
     uniqExactIf(ifNull(customer_id, anonymous_id), event_type = 'product_view') AS viewed,
@@ -40,10 +62,20 @@ AS SELECT
 FROM {db}.touchpoints
 GROUP BY day;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_alerts
-REFRESH EVERY 30 SECOND
+CREATE TABLE IF NOT EXISTS {store}.daily_alerts
+(
+    day           Date,
+    alert_type    LowCardinality(String),
+    reason        LowCardinality(String),
+    alerts        UInt64,
+    resolved      UInt64,
+    mean_severity Float64
+)
 ENGINE = MergeTree
-ORDER BY (day, alert_type, reason)
+ORDER BY (day, alert_type, reason);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_alerts
+REFRESH EVERY 30 SECOND TO {store}.daily_alerts
 AS SELECT
     toDate(detected_at) AS day,
     alert_type,
