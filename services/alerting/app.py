@@ -32,6 +32,8 @@ log = logging.getLogger("kizuna.alerting")
 STAGE = "alerting"
 ALERTS = Counter("kizuna_alerting_alerts", "Alerts emitted", ["alert_type", "status"])
 TOUCHES = Counter("kizuna_alerting_touches", "Attributed touches judged")
+PENDING = Gauge("kizuna_alerting_pending_decisions",
+                "Customers with a cart or churn decision waiting for event time, this worker")
 EVENT_TIME = Gauge("kizuna_alerting_event_time_seconds",
                    "Event time each partition has reached (epoch seconds)", ["partition"])
 
@@ -75,7 +77,9 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
             parts.outbox.produce(topics[kind], serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
+        faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
 
+    PENDING.set_function(processor.pending)
     parts.agent(handle)
     parts.on_revoked(processor.forget_partition)
     return parts.app

@@ -40,6 +40,16 @@ def cart_touch(touch: list) -> CartTouch | None:
                      extra.get("price"), extra.get("currency"))
 
 
+def upgraded(state: dict) -> dict:
+    """A customer's state with every part, whatever version of the stage stored it (states
+    written before churn risk existed have no `churn` and `pending`)."""
+    state.setdefault("cart", carts.new_state())
+    state.setdefault("profile", profile.new_state())
+    state.setdefault("churn", churn.new_state())
+    state.setdefault("pending", [])
+    return state
+
+
 class AlertProcessor:
     def __init__(self, rules: CartRules, weights: Weights, store: MutableMapping,
                  churn_rules: ChurnRules | None = None) -> None:
@@ -51,6 +61,10 @@ class AlertProcessor:
 
     def forget_partition(self, partition: int) -> None:
         self._heaps.pop(partition, None)
+
+    def pending(self) -> int:
+        """Entries of the due-time indexes (customers waiting for a decision; an upper bound)."""
+        return sum(len(heap) for heap in self._heaps.values())
 
     def stream_time(self, partition: int) -> int:
         return self.store.get(f"{STREAM_TIME}{partition}", NEVER)
@@ -72,7 +86,7 @@ class AlertProcessor:
             heap = []
             for key, state in list(self.store.items()):
                 if not key.startswith(STREAM_TIME) and state.get("p") == partition:
-                    due = self.due_at(state)
+                    due = self.due_at(upgraded(state))
                     if due is not None:
                         heap.append((due, key))
             heapq.heapify(heap)
@@ -89,9 +103,7 @@ class AlertProcessor:
 
         def state_of(customer: str) -> dict:
             if customer not in states:
-                states[customer] = self.store.get(customer) or {
-                    "p": partition, "cart": carts.new_state(), "profile": profile.new_state(),
-                    "churn": churn.new_state(), "pending": []}
+                states[customer] = upgraded(self.store.get(customer) or {"p": partition})
             return states[customer]
 
         for message in messages:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
@@ -22,11 +23,31 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
+from prometheus_client import Gauge, Histogram
 
 from services.common.kafka import admin_client, client_config
 from services.common.settings import Settings
 
 log = logging.getLogger("kizuna.stage")
+
+#: How far behind a stage runs, per batch: `wall` from the collector's receipt of the batch's
+#: newest event to its processing; `event` from that event's event time (so a replay of old
+#: events reads as days behind).
+LATENCY = Histogram(
+    "kizuna_stage_latency_seconds", "Processing latency of each batch's newest event",
+    ["stage", "clock"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400,
+             604800))
+STATE_KEYS = Gauge("kizuna_stage_state_keys", "Keys in this worker's state table", ["stage"])
+
+
+def observe_latency(stage: str, event_time_ms: int | None,
+                    received_at_ms: int | None = None) -> None:
+    now = time.time()
+    if event_time_ms is not None and event_time_ms > 0:
+        LATENCY.labels(stage, "event").observe(max(0.0, now - event_time_ms / 1000))
+    if received_at_ms is not None and received_at_ms > 0:
+        LATENCY.labels(stage, "wall").observe(max(0.0, now - received_at_ms / 1000))
 
 
 def create_app(name: str, common: Settings, *, port: int, store: str, partitions: int,
@@ -232,5 +253,6 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
                        value_serializer="raw")
     state = app.Table(table, default=None, partitions=partitions)
     outbox = Outbox(common)
-    return Stage(name, app, source, state, outbox, state_store(state, store, outbox),
-                 partitions, batch_size)
+    stage_store = state_store(state, store, outbox)
+    STATE_KEYS.labels(name).set_function(lambda: len(stage_store))
+    return Stage(name, app, source, state, outbox, stage_store, partitions, batch_size)

@@ -83,6 +83,7 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
         for profile in profiles:
             parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
                                  profile["customer_id"].encode())
+        faust_stage.observe_latency(STAGE, max(b["t"] for b in batches))
         TOUCHES.labels("applied").inc(applied)
         TOUCHES.labels("duplicate").inc(duplicates)
         PROFILES.inc(len(profiles))

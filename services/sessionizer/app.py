@@ -204,6 +204,10 @@ def create_app(settings: SessionizerSettings) -> faust.App:
                 items.append(item)
         publish(dead, partition)
         publish(processor.process(partition, items), partition)
+        newest = next((x for x in reversed(items) if isinstance(x, Touchpoint)), None)
+        if newest is not None:
+            faust_stage.observe_latency(STAGE, newest.record["event_time"],
+                                        _ms(newest.record["received_at"]))
 
     parts.agent(handle)
     parts.on_revoked(processor.forget_partition)

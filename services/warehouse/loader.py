@@ -42,6 +42,8 @@ log = logging.getLogger("kizuna.warehouse.loader")
 ROWS = Counter("kizuna_warehouse_rows", "Rows inserted into ClickHouse", ["table"])
 INSERT_FAILURES = Counter("kizuna_warehouse_insert_failures", "Failed inserts", ["table"])
 SKIPPED = Counter("kizuna_warehouse_skipped", "Messages not loaded", ["reason"])
+LAG = Gauge("kizuna_warehouse_consumer_lag",
+            "Messages on the assigned partitions not loaded yet (from the last fetch)")
 PAUSED = Gauge("kizuna_warehouse_paused",
                "1 while an insert fails and the loader retries it (nothing is committed)")
 
@@ -179,6 +181,7 @@ class Loader:
         while not self.stopping.is_set():
             messages = self.consumer.consume(num_messages=20000, timeout=1.0)
             if not messages:
+                self.report_lag()
                 continue
             batches = self.rows(messages)
             if not self.insert_until_done(batches, dedup_tokens(messages, self.prefix)):
@@ -188,7 +191,21 @@ class Loader:
             except KafkaException as exc:  # rebalanced meanwhile: redelivered, absorbed
                 if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit
                     log.warning("offset commit failed: %s", exc)
+            self.report_lag()
         self.consumer.close()
+
+    def report_lag(self) -> None:
+        """The lag gauge, from the watermarks of the last fetch (no broker round trip)."""
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+            lag = 0
+            for tp in positions:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    lag += max(0, high - tp.offset)
+            LAG.set(lag)
+        except KafkaException:
+            pass
 
     def rows(self, messages: list) -> dict[str, list]:
         batches: dict[str, list] = defaultdict(list)

@@ -159,6 +159,15 @@ def test_every_service_reports_its_work_and_status_shows_the_pipeline_caught_up(
     # faust's own sensor is there too, under the stage's name
     sessionizer = scrape(port_of["KIZUNA_SESSIONIZER_PORT"])
     assert sessionizer["kizuna_sessionizer_faust_messages_received_total"][0][1] > 0
+    # latency in both clocks, state size, event time reached
+    clocks = {labels["clock"]: value for labels, value
+              in sessionizer["kizuna_stage_latency_seconds_count"]}
+    assert clocks["wall"] > 0 and clocks["event"] > 0
+    assert sessionizer["kizuna_stage_state_keys"][0][1] > 0
+    for port, name in (("KIZUNA_ALERTING_PORT", "kizuna_alerting_pending_decisions"),
+                       ("KIZUNA_ALERTING_PORT", "kizuna_alerting_event_time_seconds"),
+                       ("KIZUNA_WAREHOUSE_PORT", "kizuna_warehouse_consumer_lag")):
+        assert name in scrape(port_of[port]), name
 
     rows = json.loads(kizuna(stack, "status", "--json", "--sample", "1").stdout)
     by_name = {r["name"]: r for r in rows}

@@ -227,3 +227,17 @@ def test_an_erased_customer_is_forgotten() -> None:
     out = proc.process(0, [{"t": T0 + DAY, "c": {}, "e": ["C1"]}])
     assert "C1" not in proc.store and "C2" in proc.store
     assert [customer for customer, *_ in out] == ["C2"]  # C1's pending alert went with it
+
+
+def test_a_state_stored_before_churn_risk_existed_is_upgraded_not_a_crash() -> None:
+    store = {"C1": {"p": 0, "cart": {"carts": {}, "purchases": [], "alerts": [],
+                                      "last_sent_at": None, "capped": 0},
+                    "profile": {"score": None, "channels": {}, "last_event_at": None,
+                                "days": {}, "purchase_count": 0, "revenue": 0.0,
+                                "refunds": 0.0, "first_purchase_at": None,
+                                "last_purchase_at": None, "consent": {}, "recent": {},
+                                "applied": 0}}}
+    proc = AlertProcessor(CART_RULES, WEIGHTS, store)
+    proc.process(0, [{"t": T0, "c": {"C1": [touch(1, T0, "complaint", "support")]}}])
+    (_, kind, alert, _), = proc.process(0, [{"t": T0 + DAY, "c": {}}])
+    assert kind == CHURN and alert["reasons"] == ["complaint"]
