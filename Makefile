@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer bench-warehouse
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer bench-warehouse chaos
 
 setup: $(VENV)/.installed
 
@@ -52,3 +52,6 @@ bench-scorer: setup  ## the engagement scorer alone: pure, then one worker on Ka
 
 bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
 	$(BIN)/python -m benchmarks.warehouse
+
+chaos: setup  ## the fault matrix on its own stack: every fault vs a clean run (out/chaos.md)
+	$(BIN)/python -m tests.chaos.run

@@ -1,0 +1,229 @@
+"""Fault injection on the real stack, each fault compared with a clean run of the same input.
+
+The same generated customers are imported twice into one running stack: once clean, once with
+a fault injected mid-stream. Each copy gets its own ids (a tag replaces the generator's
+prefix) and its own weeks of event time (shifted by whole weeks, so days and weekdays stay the
+same), so the two never meet. Results are compared without the ids that hash them (session
+and alert ids), as tuples of customer, times relative to the copy's start, counts, statuses,
+scores and reasons: every table, every row.
+
+Used by `make chaos` (the whole matrix, on its own stack, with a summary table) and by the
+integration suite (a fast subset on the shared stack).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Producer
+
+from services.common.clickhouse import query_rows
+from services.common.serde import TOUCHPOINT, default_serde
+from services.common.settings import Settings, load
+from services.generator.personas import generate
+from services.localstack import supervisor
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+BASE_MS = 1_767_571_200_000  # 2026-01-05, a Monday
+POISON = "chaos-poison"
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    faults: str
+    events: int
+    lost: int
+    duplicates_visible: int
+    recovery_s: float
+    equal: bool
+    detail: str = ""
+
+
+def dataset(seed: int, customers: int, days: int) -> list[dict]:
+    return generate(customers, days, seed, BASE_MS).events
+
+
+def retag(events: list[dict], seed: int, tag: str, shift_ms: int) -> list[dict]:
+    """The same events under other ids (`cust-<seed>-` -> `<tag>-`, devices likewise) and
+    `shift_ms` later."""
+    text = json.dumps(events)
+    text = text.replace(f"cust-{seed}-", f"{tag}-").replace(f"dev-{seed}-", f"{tag}d-")
+    out = json.loads(text)
+    for e in out:
+        if isinstance(e.get("occurred_at"), int):
+            e["occurred_at"] += shift_ms
+    return out
+
+
+def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
+    """Every result of one copy, without hashed ids, times relative to the copy."""
+    settings = load(Settings, env)
+    mine = f"startsWith(ifNull(customer_id, profile_id), '{tag}')"
+
+    def rows(sql: str) -> list:
+        return sorted(json.dumps(r, sort_keys=True) for r in query_rows(settings, sql))
+
+    return {
+        "touchpoints": rows(f"""
+            SELECT replaceOne(event_id, '{tag}', '') AS e, event_type, channel,
+                   replaceOne(ifNull(customer_id, ''), '{tag}', '') AS c,
+                   toUnixTimestamp64Milli(event_time) - {shift_ms} AS t, value,
+                   session_id IS NULL AS sessionless
+            FROM kizuna.touchpoints WHERE startsWith(event_id, '{tag}-')"""),
+        "sessions": rows(f"""
+            SELECT replaceOne(ifNull(customer_id, profile_id), '{tag}', '') AS who,
+                   toUnixTimestamp64Milli(started_at) - {shift_ms} AS s,
+                   toUnixTimestamp64Milli(ended_at) - {shift_ms} AS e, event_count, status,
+                   purchase_count, round(revenue, 2) AS revenue, arraySort(channels) AS ch
+            FROM kizuna.sessions WHERE {mine}"""),
+        "customer_profiles": rows(f"""
+            SELECT replaceOne(customer_id, '{tag}', '') AS who, purchase_count,
+                   round(total_revenue, 2) AS revenue, round(engagement_score, 3) AS score,
+                   tier, frequency, recency, T, round(monetary_value, 2) AS m,
+                   preferred_channel, toUnixTimestamp64Milli(updated_at) - {shift_ms} AS at
+            FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}')"""),
+        "alerts": rows(f"""
+            SELECT replaceOne(customer_id, '{tag}', '') AS who, alert_type, status,
+                   toUnixTimestamp64Milli(detected_at) - {shift_ms} AS t, reasons, severity,
+                   cart_value, recommended_channel, recommended_action
+            FROM kizuna.alerts WHERE startsWith(customer_id, '{tag}')"""),
+        "dead_letters": rows(f"""
+            SELECT stage, reason, count() AS n FROM kizuna.dead_letters
+            WHERE position(payload, '{tag}') > 0 AND position(payload, '{POISON}') = 0
+            GROUP BY stage, reason"""),
+    }
+
+
+def poisoned(env: dict, tag: str) -> list[dict]:
+    """Dead letters of the poison records written for `tag`."""
+    return query_rows(load(Settings, env), f"""
+        SELECT stage, reason FROM kizuna.dead_letters
+        WHERE position(payload, '{POISON}') > 0 AND position(payload, '{tag}') > 0
+        ORDER BY reason""")
+
+
+def visible_duplicates(env: dict, tag: str) -> int:
+    """Rows a plain count shows twice: the same id in more than one row of a contract table."""
+    (row,) = query_rows(load(Settings, env), f"""
+        SELECT (SELECT count() - uniqExact(event_id) FROM kizuna.touchpoints
+                WHERE startsWith(event_id, '{tag}-'))
+             + (SELECT count() - uniqExact(session_id) FROM kizuna.sessions
+                WHERE startsWith(ifNull(customer_id, profile_id), '{tag}'))
+             + (SELECT count() - uniqExact(customer_id) FROM kizuna.customer_profiles
+                WHERE startsWith(customer_id, '{tag}'))
+             + (SELECT count() - uniqExact(alert_id) FROM kizuna.alerts
+                WHERE startsWith(customer_id, '{tag}')) AS d""")
+    return int(row["d"])
+
+
+def write(events: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+def program_pid(env: dict, name: str) -> int:
+    return supervisor.rpc(load(Settings, env)).getProcessInfo(name)["pid"]
+
+
+def sigkill(name: str) -> Callable[[dict, str], str]:
+    def fault(env: dict, tag: str) -> str:
+        psutil.Process(program_pid(env, name)).kill()  # the process runner starts it again
+        return f"SIGKILL {name}"
+    return fault
+
+
+def graceful_restart(name: str) -> Callable[[dict, str], str]:
+    def fault(env: dict, tag: str) -> str:
+        rpc = supervisor.rpc(load(Settings, env))
+        rpc.stopProcess(name)
+        rpc.startProcess(name)
+        return f"stop + start {name}"
+    return fault
+
+
+def broker_restart(env: dict, tag: str) -> str:
+    rpc = supervisor.rpc(load(Settings, env))
+    rpc.stopProcess("kafka")
+    time.sleep(3)
+    rpc.startProcess("kafka")
+    return "broker stopped 3 s, restarted"
+
+
+def failing_inserts(env: dict, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{env['KIZUNA_WAREHOUSE_PORT']}/v1/faults?inserts=8&mode=half",
+        data=b"", method="POST")
+    urllib.request.urlopen(request, timeout=5).close()
+    return "8 ClickHouse inserts fail half-way"
+
+
+def poison(env: dict, tag: str) -> str:
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{env['KIZUNA_KAFKA_PORT']}",
+                         "log_level": 0})
+    raw = "kizuna.touchpoints.raw"
+    marker = f"{POISON} {tag}".encode()
+    producer.produce(raw, b"\x00\xffnot avro at all " + marker, tag.encode())
+    # the right magic and a real schema fingerprint, then a datum that is not a touchpoint
+    good = default_serde().encode(TOUCHPOINT, _touchpoint(tag))
+    producer.produce(raw, good[:10] + b"\x99\x99 broken datum " + marker, tag.encode())
+    producer.flush(30)
+    return "2 poison records on the raw topic"
+
+
+def _touchpoint(tag: str) -> dict:
+    return {"event_id": f"{tag}-poison", "event_type": "page_view", "channel": "web",
+            "occurred_at": BASE_MS, "sent_at": None, "received_at": BASE_MS,
+            "event_time": BASE_MS, "customer_id": f"{tag}-x", "anonymous_id": None,
+            "source": "chaos", "properties": {}, "commerce": None, "context": {}}
+
+
+# -- one scenario ----------------------------------------------------------------------------
+
+def import_events(env: dict, kizuna: Callable, events: list[dict], until_ms: int,
+                  path: Path) -> None:
+    kizuna(env, "import", str(write(events, path)), "--until", _iso(until_ms))
+
+
+def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[dict],
+        seed: int, days: int, slot: int, fault: Callable[[dict, str], str] | None,
+        doubled: bool = False, expected: dict | None = None) -> tuple[Outcome, dict]:
+    """Import the copy of `events` in week slot `slot` (fault injected right after the import
+    is sent, while the stages still work on it), wait, and compare with `expected` (the clean
+    copy's fingerprint; None: this is the clean copy)."""
+    tag = f"x{seed}{re.sub(r'[^a-z0-9]', '', scenario)}"
+    shift = slot * WEEK_MS
+    copy = retag(events, seed, tag, shift)
+    if doubled:  # every event delivered twice, within the allowed lateness
+        copy = sorted(copy + copy, key=lambda e: json.dumps(e.get("occurred_at")))
+    until = BASE_MS + shift + (days + 1) * DAY_MS
+    import_events(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
+    started = time.monotonic()
+    faults = fault(env, tag) if fault else "none"
+    kizuna(env, "wait", "--timeout", "300")
+    recovery = time.monotonic() - started
+    got = fingerprint(env, tag, shift)
+    if expected is None:
+        return Outcome(scenario, faults, len(copy), 0, visible_duplicates(env, tag),
+                       round(recovery, 1), True), got
+    lost = len(expected["touchpoints"]) - len(got["touchpoints"])
+    differing = [table for table in expected if expected[table] != got[table]]
+    if fault is poison and len(poisoned(env, tag)) != 2:
+        differing.append("the 2 poison records are not both in kizuna.dead_letters")
+    return Outcome(scenario, faults, len(copy), lost, visible_duplicates(env, tag),
+                   round(recovery, 1), not differing,
+                   "differs: " + ", ".join(differing) if differing else ""), got
