@@ -94,8 +94,12 @@ def fail_stop(stage: str, exc: BaseException) -> NoReturn:
     process runner (supervisord, Kubernetes) starts the stage again, and the batch is
     redelivered.
     """
-    log.critical("%s: a batch failed; stopping before it is acknowledged (it will be "
-                 "redelivered): %r", stage, exc, exc_info=exc)
+    if isinstance(exc, asyncio.CancelledError):
+        log.warning("%s: stopped in the middle of a batch; exiting before it is acknowledged "
+                    "(it will be redelivered)", stage)
+    else:
+        log.critical("%s: a batch failed; stopping before it is acknowledged (it will be "
+                     "redelivered): %r", stage, exc, exc_info=exc)
     logging.shutdown()
     os._exit(70)
 
@@ -164,6 +168,15 @@ class ChangelogStore(MutableMapping):
         self.topic = table.changelog_topic.get_topic_name()
         self.produce = produce
         self.partition = 0
+        # Changelog records wait for `write_changelog`, after the batch's outputs are in
+        # Kafka: a crash between the two replays the batch with the state before it, so its
+        # outputs (an alert: a decision taken once) are produced again, never lost.
+        self.pending: list[tuple[bytes | None, bytes, int]] = []
+
+    def write_changelog(self) -> None:
+        for value, key, partition in self.pending:
+            self.produce(self.topic, value, key, partition)
+        self.pending.clear()
 
     def __getitem__(self, key: str) -> object:
         return self.data[key]
@@ -173,11 +186,11 @@ class ChangelogStore(MutableMapping):
 
     def __setitem__(self, key: str, value: object) -> None:
         self.data[key] = value
-        self.produce(self.topic, orjson.dumps(value), orjson.dumps(key), self.partition)
+        self.pending.append((orjson.dumps(value), orjson.dumps(key), self.partition))
 
     def __delitem__(self, key: str) -> None:
         del self.data[key]
-        self.produce(self.topic, None, orjson.dumps(key), self.partition)
+        self.pending.append((None, orjson.dumps(key), self.partition))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.data)
@@ -214,8 +227,9 @@ class Stage:
 
     def agent(self, handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
         """Run `handle(partition, events)` for each partition's events of every batch, then
-        flush the outputs before the batch is acknowledged; any failure stops the worker
-        before faust can acknowledge the batch (`fail_stop`)."""
+        put the outputs in Kafka, then the state's changelog, before the batch is
+        acknowledged; any failure stops the worker before faust can acknowledge the batch
+        (`fail_stop`)."""
         store, outbox = self.store, self.outbox
 
         async def process(stream: faust.Stream) -> None:
@@ -224,8 +238,13 @@ class Stage:
                     for partition, group in by_partition(events).items():
                         enter_partition(store, group[-1])
                         handle(partition, group)
-                    await outbox.flush_async()
-                except Exception as exc:  # noqa: BLE001 - nothing of this batch may be acked
+                    await outbox.flush_async()  # the outputs first, then the state
+                    if isinstance(store, ChangelogStore):
+                        store.write_changelog()
+                        await outbox.flush_async()
+                except BaseException as exc:  # noqa: BLE001 - nothing of this batch may be acked
+                    # CancelledError too: faust cancels the agent on a stop or a rebalance,
+                    # and take_events would then acknowledge the half-processed batch.
                     fail_stop(self.name, exc)
 
         process.__name__ = process.__qualname__ = self.name

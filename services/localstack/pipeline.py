@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
+
+from confluent_kafka import KafkaException
 
 from services.common.errors import KizunaError
 from services.common.kafka import check_reachable, group_lag
@@ -16,6 +19,8 @@ from services.common.topics import (
     TOUCHPOINTS_RAW,
 )
 from services.sessionizer.app import ATTRIBUTED, HANDOFF
+
+log = logging.getLogger("kizuna.pipeline")
 
 
 def stage_inputs(settings: Settings) -> dict[str, list[str]]:
@@ -40,7 +45,12 @@ def wait_caught_up(settings: Settings, timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     settled = 0
     while True:
-        lags = {group: group_lag(settings, group, topics) for group, topics in stages.items()}
+        try:
+            lags = {group: group_lag(settings, group, topics)
+                    for group, topics in stages.items()}
+        except KafkaException as exc:  # the broker restarting: not caught up, ask again
+            lags = {"kafka": -1}
+            log.info("lag unknown for now: %s", exc)
         settled = settled + 1 if not any(lags.values()) else 0
         if settled >= 2:
             return lags
