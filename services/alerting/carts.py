@@ -47,7 +47,8 @@ class CartTouch:
 
 
 def new_state() -> dict:
-    return {"carts": {}, "purchases": [], "alerts": [], "last_sent_at": None, "capped": 0}
+    return {"carts": {}, "purchases": [], "alerts": [], "last_sent_at": None, "sent": [],
+            "capped": 0}
 
 
 def alert_id(customer: str, cart: str, first_event_id: str) -> str:
@@ -110,7 +111,9 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
     """Judge the carts whose time has come; returns alert records (schemas/alert.avsc) to
     emit: new alerts, and resolutions of earlier ones."""
     out = []
-    for key, cart in sorted(state["carts"].items(), key=lambda kv: kv[1]["first"]):
+    # In deadline order: the order event time judges them in, however they were delivered.
+    for key, cart in sorted(state["carts"].items(),
+                            key=lambda kv: (kv[1]["last_activity"] or 0, kv[0])):
         last = cart["last_activity"]
         if cart["done"] or last is None:
             continue
@@ -122,11 +125,16 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
             continue  # an emptied cart raises nothing
         if _bought(state, last, deadline) is not None:
             continue
-        sent = state["last_sent_at"]
-        if sent is not None and deadline - sent < rules.cap_ms:
+        # Within the cap of an alert sent before or after it in event time: a device's cart
+        # claimed at login can be older than an alert already sent.
+        sent = state.setdefault("sent", [])
+        if state.get("last_sent_at") is not None and state["last_sent_at"] not in sent:
+            sent.append(state["last_sent_at"])  # a state stored before this list existed
+        if any(abs(deadline - other) < rules.cap_ms for other in sent):
             state["capped"] += 1  # counted, not sent
             continue
-        state["last_sent_at"] = deadline
+        sent.append(deadline)
+        state["last_sent_at"] = max(sent)
         record = {
             "alert_id": alert_id(customer, key, cart["first_event_id"]), "status": "open",
             "cart_id": key, "detected_at": deadline,
@@ -169,3 +177,4 @@ def _forget(state: dict, stream_time: int, rules: CartRules) -> None:
     state["purchases"] = [t for t in state["purchases"] if t >= horizon]
     state["alerts"] = [a for a in state["alerts"]
                        if not a["resolved"] and a["detected_at"] >= horizon]
+    state["sent"] = [t for t in state.get("sent", []) if t >= horizon - rules.cap_ms]

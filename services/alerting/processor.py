@@ -85,7 +85,7 @@ class AlertProcessor:
         if heap is None:  # first batch of this partition here: index the store
             heap = []
             for key, state in list(self.store.items()):
-                if not key.startswith(STREAM_TIME) and state.get("p") == partition:
+                if isinstance(state, dict) and state.get("p") == partition:
                     due = self.due_at(upgraded(state))
                     if due is not None:
                         heap.append((due, key))

@@ -212,6 +212,37 @@ def enter_partition(store: MutableMapping, event: faust.types.EventT) -> None:
 
 
 
+#: State key of the last offset of `topic`[`partition`] whose effects the state holds.
+def offset_key(topic: str, partition: int) -> str:
+    return f"\x00offset:{topic}:{partition}"
+
+
+def unseen(store: MutableMapping, events: list[faust.types.EventT]) -> list:
+    """The events the state has not taken yet. A batch whose state reached the changelog
+    but whose offsets were not committed yet (a crash in that second) is redelivered: its
+    events are skipped, so nothing is counted twice and no session closed by it is reopened
+    by its own touches. Its outputs are in Kafka already: they went first."""
+    marks: dict[tuple[str, int], int] = {}
+    fresh = []
+    for event in events:
+        m = event.message
+        where = (m.topic, m.partition)
+        if where not in marks:
+            marks[where] = store.get(offset_key(*where), -1)
+        if m.offset > marks[where]:
+            fresh.append(event)
+    return fresh
+
+
+def mark_seen(store: MutableMapping, events: list[faust.types.EventT]) -> None:
+    last: dict[tuple[str, int], int] = {}
+    for event in events:
+        m = event.message
+        last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), -1), m.offset)
+    for (topic, partition), offset in last.items():
+        store[offset_key(topic, partition)] = offset
+
+
 @dataclass
 class Stage:
     """A stage's faust parts: the app, its source topic(s), its state and its outputs."""
@@ -237,7 +268,10 @@ class Stage:
                 try:
                     for partition, group in by_partition(events).items():
                         enter_partition(store, group[-1])
-                        handle(partition, group)
+                        fresh = unseen(store, group)
+                        if fresh:
+                            handle(partition, fresh)
+                            mark_seen(store, fresh)
                     await outbox.flush_async()  # the outputs first, then the state
                     if isinstance(store, ChangelogStore):
                         store.write_changelog()

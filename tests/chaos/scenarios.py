@@ -224,6 +224,12 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     differing = [table for table in expected if expected[table] != got[table]]
     if fault is poison and len(poisoned(env, tag)) != 2:
         differing.append("the 2 poison records are not both in kizuna.dead_letters")
+    detail = ""
+    if differing:
+        detail = "differs: " + ", ".join(differing)
+        for table in differing[:2]:
+            only_clean = sorted(set(expected.get(table, [])) - set(got.get(table, [])))[:2]
+            only_here = sorted(set(got.get(table, [])) - set(expected.get(table, [])))[:2]
+            detail += f"; {table}: clean only {only_clean}, here only {only_here}"
     return Outcome(scenario, faults, len(copy), lost, visible_duplicates(env, tag),
-                   round(recovery, 1), not differing,
-                   "differs: " + ", ".join(differing) if differing else ""), got
+                   round(recovery, 1), not differing, detail), got

@@ -1,6 +1,7 @@
-"""The fast subset of `make chaos` on the shared stack: alerting SIGKILLed mid-stream, poison
-records on the raw topic, every event delivered twice. Each must give exactly the results of
-a clean run of the same customers (every table, every row), with nothing lost or shown twice."""
+"""The fast subset of `make chaos` on the shared stack: the warehouse and the sessionizer
+SIGKILLed mid-stream, poison records on the raw topic, every event delivered twice. Each must
+give exactly the results of a clean run of the same customers (every table, every row), with
+nothing lost or shown twice."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _slot() -> int:
 
 
 @pytest.mark.parametrize(("name", "fault", "doubled"), [
-    ("kill-alerting", sc.sigkill("alerting"), False),
+    ("kill-warehouse", sc.sigkill("warehouse"), False),
+    ("kill-sessionizer", sc.sigkill("sessionizer"), False),
     ("poison", sc.poison, False),
     ("delivered-twice", None, True),
 ])

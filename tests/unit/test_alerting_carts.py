@@ -114,3 +114,25 @@ def test_a_moved_cart_history_is_judged_with_its_own_purchase() -> None:
     (alert,) = proc.process(0, [{"t": t + 3 * 24 * 60 * MIN + 1, "c": {"C2": abandoned}}])
     assert alert[1] == "cart_abandonment"
     assert alert[2]["cart_id"] == "K2" and alert[2]["detected_at"] == t + 60 * MIN
+
+
+def test_a_cart_claimed_at_login_days_later_is_judged_by_its_own_event_time() -> None:
+    # A cart on Monday, then (its device not yet known) another on Thursday, alerted. At
+    # login the Monday cart arrives: three days before Thursday's alert, so it is no repeat
+    # within the 24 h cap, whatever the order of delivery.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+
+    day = 24 * 60 * MIN
+    thursday = [[T0 + 3 * day, "t1", "cart_add", "web", 0.0, None,
+                 {"cart": "K2", "product": "P1", "qty": 1, "price": 9.0}]]
+    monday = [[T0, "m1", "cart_add", "web", 0.0, "dev",
+               {"cart": "K1", "product": "P1", "qty": 1, "price": 9.0}]]
+
+    def alerts(groups: list[list[dict]]) -> list[str]:
+        proc = AlertProcessor(RULES, load_weights(), {})
+        return sorted(a["cart_id"] for g in groups for _, _, a, _ in proc.process(0, g))
+
+    first = {"t": T0 + 3 * day + 2 * 60 * MIN, "c": {"C1": thursday}}
+    later = {"t": T0 + 4 * day, "c": {"C1": monday}}
+    assert alerts([[first], [later]]) == alerts([[first, later]]) == ["K1", "K2"]

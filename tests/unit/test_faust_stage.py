@@ -52,3 +52,22 @@ def test_the_changelog_store_writes_what_faust_recovers() -> None:
     assert sent == [("app-profiles-changelog", orjson.dumps({"runs": []}), b'"c:C1"', 3),
                     ("app-profiles-changelog", None, b'"c:C1"', 3)]
     assert "c:C1" not in store
+
+
+def test_events_the_state_already_took_are_skipped_on_redelivery() -> None:
+    from types import SimpleNamespace
+
+    from services.common.faust_stage import mark_seen, unseen
+
+    def event(topic: str, partition: int, offset: int) -> SimpleNamespace:
+        return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition,
+                                                       offset=offset))
+
+    store: dict = {}
+    batch = [event("raw", 2, 10), event("raw", 2, 11), event("handoff", 2, 4)]
+    assert unseen(store, batch) == batch
+    mark_seen(store, batch)
+    # the same batch redelivered after a crash, with newer events behind it
+    again = [*batch, event("raw", 2, 12), event("handoff", 2, 5)]
+    assert [(e.message.topic, e.message.offset) for e in unseen(store, again)] == [
+        ("raw", 12), ("handoff", 5)]
