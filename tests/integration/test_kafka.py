@@ -8,7 +8,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import ConfigResource
 
 from services.common.kafka import admin_client
-from services.common.serde import TOUCHPOINT, default_serde
+from services.common.serde import TOUCHPOINT, DecodeError, default_serde
 from services.common.topics import ENGAGEMENT_SCORES, PUBLIC_TOPICS, TOUCHPOINTS_RAW
 from tests.conftest import kizuna
 
@@ -55,7 +55,10 @@ def test_avro_touchpoints_round_trip_through_the_broker(stack_settings):
                 assert msg.error() is None
                 if msg.headers():  # control records (watermarks) share the topic
                     continue
-                record = serde.decode(TOUCHPOINT, msg.value())
+                try:
+                    record = serde.decode(TOUCHPOINT, msg.value())
+                except DecodeError:  # poison bytes other tests write on purpose
+                    continue
                 if not record["event_id"].startswith(tag + "-"):
                     continue
                 received[record["event_id"]] = record
