@@ -94,7 +94,4 @@ def main() -> None:
     except KizunaError as exc:
         print(f"alerting: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(settings, weights)
-    worker = faust.Worker(app, loglevel=settings.common.log_level.lower(),
-                          redirect_stdouts=False, override_logging=False)
-    worker.execute_from_commandline()
+    faust_stage.run_worker(create_app(settings, weights), settings.common)

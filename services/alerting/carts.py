@@ -47,8 +47,7 @@ class CartTouch:
 
 
 def new_state() -> dict:
-    return {"carts": {}, "purchases": [], "alerts": [], "last_sent_at": None, "sent": [],
-            "capped": 0}
+    return {"carts": {}, "purchases": [], "alerts": [], "sent": [], "capped": 0}
 
 
 def alert_id(customer: str, cart: str, first_event_id: str) -> str:
@@ -110,6 +109,9 @@ def _bought(state: dict, after: int, until: int) -> int | None:
 def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> list[dict]:
     """Judge the carts whose time has come; returns alert records (schemas/alert.avsc) to
     emit: new alerts, and resolutions of earlier ones."""
+    if "sent" not in state:  # stored before the list of sent deadlines existed
+        last = state.pop("last_sent_at", None)
+        state["sent"] = [] if last is None else [last]
     out = []
     # In deadline order: the order event time judges them in, however they were delivered.
     for key, cart in sorted(state["carts"].items(),
@@ -127,14 +129,11 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
             continue
         # Within the cap of an alert sent before or after it in event time: a device's cart
         # claimed at login can be older than an alert already sent.
-        sent = state.setdefault("sent", [])
-        if state.get("last_sent_at") is not None and state["last_sent_at"] not in sent:
-            sent.append(state["last_sent_at"])  # a state stored before this list existed
+        sent = state["sent"]
         if any(abs(deadline - other) < rules.cap_ms for other in sent):
             state["capped"] += 1  # counted, not sent
             continue
         sent.append(deadline)
-        state["last_sent_at"] = max(sent)
         record = {
             "alert_id": alert_id(customer, key, cart["first_event_id"]), "status": "open",
             "cart_id": key, "detected_at": deadline,
@@ -177,4 +176,4 @@ def _forget(state: dict, stream_time: int, rules: CartRules) -> None:
     state["purchases"] = [t for t in state["purchases"] if t >= horizon]
     state["alerts"] = [a for a in state["alerts"]
                        if not a["resolved"] and a["detected_at"] >= horizon]
-    state["sent"] = [t for t in state.get("sent", []) if t >= horizon - rules.cap_ms]
+    state["sent"] = [t for t in state["sent"] if t >= horizon - rules.cap_ms]

@@ -85,6 +85,12 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
     return app
 
 
+def run_worker(app: faust.App, common: Settings) -> None:
+    """Run a stage's app in the foreground until it is stopped (its process's main)."""
+    faust.Worker(app, loglevel=common.log_level.lower(), redirect_stdouts=False,
+                 override_logging=False).execute_from_commandline()
+
+
 def fail_stop(stage: str, exc: BaseException) -> NoReturn:
     """Stop the process now, because a batch failed.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.kafka import group_lag
@@ -56,7 +57,7 @@ def scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
     return out
 
 
-def _total(metrics: dict, name: str, labels: dict) -> float | None:
+def series_total(metrics: dict, name: str, labels: dict) -> float | None:
     samples = metrics.get(name)
     if samples is None:
         return None
@@ -86,13 +87,16 @@ def stage_health(settings: Settings, logs: dict[str, str], sample: float) -> dic
     for stage, health in out.items():
         group = f"{settings.topic_prefix}{stage}"
         if group in groups:
-            health.lag = group_lag(settings, group, groups[group])
+            try:
+                health.lag = group_lag(settings, group, groups[group])
+            except KafkaException:  # the broker away: lag unknown, shown as "-"
+                health.lag = None
         health.last_error = last_error(logs.get(stage, ""))
     time.sleep(max(0.0, sample - (time.monotonic() - started)))
     elapsed = time.monotonic() - started
     for stage, (env, name, labels) in PROCESSED.items():
         second = scrape(ports[env])
-        before, after = _total(first[stage], name, labels), _total(second, name, labels)
+        before, after = series_total(first[stage], name, labels), series_total(second, name, labels)
         if before is not None and after is not None and elapsed > 0:
             out[stage].events_per_s = round((after - before) / elapsed, 1)
         if stage in EVENT_TIME:

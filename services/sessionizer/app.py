@@ -231,7 +231,4 @@ def create_app(settings: SessionizerSettings) -> faust.App:
 def main() -> None:
     settings = load(SessionizerSettings)
     logs.configure(settings.common.log_level, settings.common.log_format)
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.common.log_level.lower(),
-                          redirect_stdouts=False, override_logging=False)
-    worker.execute_from_commandline()
+    faust_stage.run_worker(create_app(settings), settings.common)

@@ -48,30 +48,28 @@ def devices_sql(store: str, customer: str) -> str:
             f"FROM {store}.touchpoints WHERE customer_id = {c} AND anonymous_id IS NOT NULL")
 
 
-def delete_statements(store: str, customer: str, devices: list[str]) -> dict[str, str]:
+def conditions(customer: str, devices: list[str]) -> dict[str, str]:
+    """table -> the WHERE condition of the customer's rows."""
     token = literal(f"(^|[^A-Za-z0-9_.:-]){re.escape(customer)}([^A-Za-z0-9_.:-]|$)")
     d = "[" + ", ".join(literal(x) for x in sorted(devices)) + "]::Array(String)"
-    return {table: f"ALTER TABLE {store}.{table} DELETE WHERE "
-                   + cond.format(c=literal(customer), d=d, token=token)
+    return {table: cond.format(c=literal(customer), d=d, token=token)
             for table, cond in TABLES.items()}
 
 
-def count_sql(store: str, customer: str, devices: list[str]) -> str:
-    statements = delete_statements(store, customer, devices)
-    parts = [f"(SELECT count() FROM {store}.{table} WHERE "
-             f"{sql.split(' DELETE WHERE ', 1)[1]}) AS {table}"
-             for table, sql in statements.items()]
-    return "SELECT " + ", ".join(parts)
+def count_sql(store: str, where: dict[str, str]) -> str:
+    return "SELECT " + ", ".join(f"(SELECT count() FROM {store}.{table} WHERE {cond}) AS {table}"
+                                 for table, cond in where.items())
 
 
 def erase_rows(client, store: str, customer: str) -> dict[str, int]:
     """Delete the customer's rows from every table; returns rows deleted per table."""
     devices = [row[0] for row in client.query(devices_sql(store, customer)).result_rows]
-    before = dict(zip(TABLES, client.query(count_sql(store, customer, devices)).result_rows[0],
-                      strict=True))
-    for sql in delete_statements(store, customer, devices).values():
-        client.command(sql, settings={"mutations_sync": 2})
-    left = client.query(count_sql(store, customer, devices)).result_rows[0]
+    where = conditions(customer, devices)
+    before = dict(zip(where, client.query(count_sql(store, where)).result_rows[0], strict=True))
+    for table, cond in where.items():
+        client.command(f"ALTER TABLE {store}.{table} DELETE WHERE {cond}",
+                       settings={"mutations_sync": 2})
+    left = client.query(count_sql(store, where)).result_rows[0]
     if any(left):
         raise KizunaError(f"rows of {customer!r} are still there after the delete: "
                           f"{dict(zip(TABLES, left, strict=True))}")

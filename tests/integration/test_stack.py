@@ -133,7 +133,7 @@ def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
 
 def test_every_service_reports_its_work_and_status_shows_the_pipeline_caught_up(
         stack, tmp_path) -> None:
-    from services.localstack.health import PROCESSED, scrape
+    from services.localstack.health import PROCESSED, scrape, series_total
     from tests.integration.test_sessionizer import Clock, event, run
 
     port_of = {env: int(stack[env]) for env, _, _ in PROCESSED.values()}
@@ -151,8 +151,8 @@ def test_every_service_reports_its_work_and_status_shows_the_pipeline_caught_up(
     run(stack, events, t0 + 2 * DAY, tmp_path)
     for stage, (env, name, labels) in PROCESSED.items():
         after = scrape(port_of[env])
-        moved = sum(v for have, v in after.get(name, []) if labels.items() <= have.items()) \
-            - sum(v for have, v in before[stage].get(name, []) if labels.items() <= have.items())
+        moved = (series_total(after, name, labels) or 0) \
+            - (series_total(before[stage], name, labels) or 0)
         assert moved > 0, (stage, name)
     # faust's own sensor is there too, under the stage's name
     sessionizer = scrape(port_of["KIZUNA_SESSIONIZER_PORT"])

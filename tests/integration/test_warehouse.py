@@ -52,29 +52,15 @@ def life(who: str, device: str, t0: dt.datetime, n: int) -> list[dict]:
 
 def topic_latest(env: dict, topic: str, schema: str, prefix: str, id_field: str) -> dict:
     """The highest version of each record on `topic` whose key starts with `prefix`."""
-    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{env['KIZUNA_KAFKA_PORT']}",
-                         "group.id": "unused", "log_level": 0})
     serde = default_serde()
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions}
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     latest: dict[str, dict] = {}
-    done = {p for p, end in ends.items() if end == 0}
-    deadline = time.monotonic() + 60
-    while len(done) < len(ends) and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=1):
-            if msg.error():
-                continue
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-            if msg.value() is None or not (msg.key() or b"").decode().startswith(prefix):
-                continue
-            record = serde.decode(schema, msg.value())
-            have = latest.get(record[id_field])
-            if have is None or record["version"] >= have["version"]:
-                latest[record[id_field]] = record
-    consumer.close()
+    for msg in all_messages(env, topic):
+        if msg.value() is None or not (msg.key() or b"").decode().startswith(prefix):
+            continue
+        record = serde.decode(schema, msg.value())
+        have = latest.get(record[id_field])
+        if have is None or record["version"] >= have["version"]:
+            latest[record[id_field]] = record
     return latest
 
 
