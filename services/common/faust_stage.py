@@ -267,29 +267,50 @@ class Stage:
         put the outputs in Kafka, then the state's changelog, before the batch is
         acknowledged; any failure stops the worker before faust can acknowledge the batch
         (`fail_stop`)."""
-        store, outbox = self.store, self.outbox
 
         async def process(stream: faust.Stream) -> None:
             async for events in stream.take_events(self.batch_size, within=1.0):
                 try:
-                    for partition, group in by_partition(events).items():
-                        enter_partition(store, group[-1])
-                        fresh = unseen(store, group)
-                        if fresh:
-                            handle(partition, fresh)
-                            mark_seen(store, fresh)
-                    await outbox.flush_async()  # the outputs first, then the state
-                    if isinstance(store, ChangelogStore):
-                        store.write_changelog()
-                        await outbox.flush_async()
+                    await self.run_batch(events, handle)
+                except asyncio.CancelledError:
+                    # faust cancels the agent on a stop or a rebalance. `handle` never awaits,
+                    # so the cancel lands in a flush of a batch already processed: finish it,
+                    # blocking, and let take_events acknowledge it. faust then leaves the
+                    # consumer group, and a restarted worker need not wait out the session
+                    # timeout.
+                    try:
+                        self.finish_blocking()
+                    except BaseException as exc:  # noqa: BLE001
+                        fail_stop(self.name, exc)
+                    raise
                 except BaseException as exc:  # noqa: BLE001 - nothing of this batch may be acked
-                    # CancelledError too: faust cancels the agent on a stop or a rebalance,
-                    # and take_events would then acknowledge the half-processed batch.
                     fail_stop(self.name, exc)
 
         process.__name__ = process.__qualname__ = self.name
         # concurrency 1: more can commit past an in-flight message (faust #606)
         self.app.agent(self.source, name=self.name, concurrency=1)(process)
+
+    async def run_batch(self, events: list[faust.types.EventT],
+                        handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
+        store, outbox = self.store, self.outbox
+        for partition, group in by_partition(events).items():
+            enter_partition(store, group[-1])
+            fresh = unseen(store, group)
+            if fresh:
+                handle(partition, fresh)
+                mark_seen(store, fresh)
+        await outbox.flush_async()  # the outputs first, then the state
+        if isinstance(store, ChangelogStore):
+            store.write_changelog()
+            await outbox.flush_async()
+
+    def finish_blocking(self) -> None:
+        """The end of `run_batch`, without giving way to the event loop (a second write of
+        the changelog writes nothing: its records are cleared once produced)."""
+        self.outbox.flush()
+        if isinstance(self.store, ChangelogStore):
+            self.store.write_changelog()
+            self.outbox.flush()
 
     def on_revoked(self, forget: Callable[[int], None]) -> None:
         """`forget(partition)` for each partition this worker loses in a rebalance."""

@@ -71,3 +71,65 @@ def test_events_the_state_already_took_are_skipped_on_redelivery() -> None:
     again = [*batch, event("raw", 2, 12), event("handoff", 2, 5)]
     assert [(e.message.topic, e.message.offset) for e in unseen(store, again)] == [
         ("raw", 12), ("handoff", 5)]
+
+
+def test_a_stop_in_the_middle_of_a_batch_finishes_it_outputs_before_the_changelog() -> None:
+    # faust cancels the agent on a stop; the cancel lands in the awaited flush of a processed
+    # batch. The stage finishes that batch blocking (outputs, then changelog, each once) so
+    # that faust may acknowledge it and leave the group cleanly.
+    import asyncio
+
+    from services.common.faust_stage import ChangelogStore, Stage
+
+    log: list[str] = []
+
+    class Outbox:
+        def produce(self, topic, value, key=None, partition=-1) -> None:
+            log.append(f"produce {topic}")
+
+        def flush(self) -> None:
+            log.append("flush")
+
+        async def flush_async(self) -> None:
+            await asyncio.sleep(3600)  # a slow broker: the stop comes meanwhile
+
+    class Table:
+        data: dict = {}
+
+        class changelog_topic:  # noqa: N801
+            @staticmethod
+            def get_topic_name() -> str:
+                return "changelog"
+
+    class Message:
+        topic, partition, offset = "raw", 0, 7
+
+    class Event:
+        message = Message()
+
+    outbox = Outbox()
+    store = ChangelogStore(Table, outbox.produce)
+    stage = Stage.__new__(Stage)
+    stage.store, stage.outbox = store, outbox
+
+    def handle(partition: int, events: list) -> None:
+        outbox.produce("alerts", b"{}")
+        store["customer"] = {"n": 1}
+
+    async def stop_mid_batch() -> None:
+        task = asyncio.ensure_future(stage.run_batch([Event()], handle))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            stage.finish_blocking()
+        else:
+            raise AssertionError("the batch was not cancelled")
+
+    asyncio.run(stop_mid_batch())
+    # the state's two records: the customer and the offset the stage has taken
+    assert log == ["produce alerts", "flush", "produce changelog", "produce changelog",
+                   "flush"]
+    stage.finish_blocking()  # again: nothing more is written
+    assert log.count("produce changelog") == 2
