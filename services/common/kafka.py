@@ -84,16 +84,23 @@ def ensure_topics(
 
 def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0) -> int:
     """Messages in `topics` that consumer group `group` has not committed yet."""
+    return sum(max(0, high - done)
+               for done, high in group_positions(settings, group, topics, timeout).values())
+
+
+def group_positions(settings: Settings, group: str, topics: list[str],
+                    timeout: float = 10.0) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (offset `group` has committed, or the log start; end offset)."""
     consumer = Consumer({**client_config(settings), "group.id": group,
                          "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(timeout=timeout).topics
         tps = [TopicPartition(t, p) for t in topics if t in metadata
                for p in metadata[t].partitions]
-        lag = 0
+        found = {}
         for tp in consumer.committed(tps, timeout=timeout) if tps else []:
             low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
-        return lag
+            found[(tp.topic, tp.partition)] = (tp.offset if tp.offset >= 0 else low, high)
+        return found
     finally:
         consumer.close()

@@ -8,7 +8,7 @@ import time
 from confluent_kafka import KafkaException
 
 from services.common.errors import KizunaError
-from services.common.kafka import check_reachable, group_lag
+from services.common.kafka import check_reachable, group_positions
 from services.common.settings import Settings
 from services.common.topics import (
     ALERTS_CART_ABANDONMENT,
@@ -37,23 +37,44 @@ def stage_inputs(settings: Settings) -> dict[str, list[str]]:
     }
 
 
+#: Consumer-group hops from the raw topic to ClickHouse: the sessionizer (twice when a login
+#: hands a device's history over), the scorer and alerting, the warehouse.
+PIPELINE_DEPTH = 4
+
+
 def wait_caught_up(settings: Settings, timeout: float) -> dict[str, int]:
-    """Return when every stage has committed everything on its inputs (twice in a row: a
-    stage's last batch may still have been producing), or raise with the lags."""
+    """Return when every stage has processed everything sent before, or raise with the lags.
+
+    At rest, that is every stage with nothing left on its inputs twice in a row (a stage's last
+    batch may still have been producing). Live, the sessionizer's tick adds a record of event
+    time to its output every second, so a lag of 0 may never be seen: then it is every stage
+    having committed what its inputs held when the round began, for as many rounds in a row as
+    the pipeline has hops, plus one (the outputs of one round are the inputs of the next).
+    """
     check_reachable(settings)
     stages = stage_inputs(settings)
     deadline = time.monotonic() + timeout
-    settled = 0
+    settled = rounds = 0
+    targets: dict[str, dict] | None = None
     while True:
         try:
-            lags = {group: group_lag(settings, group, topics)
-                    for group, topics in stages.items()}
+            positions = {group: group_positions(settings, group, topics)
+                         for group, topics in stages.items()}
         except KafkaException as exc:  # the broker restarting: not caught up, ask again
-            lags = {"kafka": -1}
+            positions, targets, rounds = {}, None, 0
             log.info("lag unknown for now: %s", exc)
+        lags = {group: sum(max(0, high - done) for done, high in found.values())
+                for group, found in positions.items()} or {"kafka": -1}
         settled = settled + 1 if not any(lags.values()) else 0
-        if settled >= 2:
+        if targets is not None and all(
+                positions[group].get(tp, (0, 0))[0] >= end
+                for group, ends in targets.items() for tp, end in ends.items()):
+            rounds, targets = rounds + 1, None
+        if settled >= 2 or rounds > PIPELINE_DEPTH:
             return lags
+        if targets is None and positions:
+            targets = {group: {tp: high for tp, (_, high) in found.items()}
+                       for group, found in positions.items()}
         if time.monotonic() > deadline:
             raise KizunaError("not caught up after {:g} s: {}".format(timeout, ", ".join(
                 f"{g} lag {n}" for g, n in lags.items())))
