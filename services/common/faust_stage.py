@@ -261,6 +261,7 @@ class Stage:
     store: MutableMapping
     partitions: int
     batch_size: int
+    batch_wait: float = 1.0  # seconds take_events waits to fill a batch
 
     def agent(self, handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
         """Run `handle(partition, events)` for each partition's events of every batch, then
@@ -269,7 +270,7 @@ class Stage:
         (`fail_stop`)."""
 
         async def process(stream: faust.Stream) -> None:
-            async for events in stream.take_events(self.batch_size, within=1.0):
+            async for events in stream.take_events(self.batch_size, within=self.batch_wait):
                 try:
                     await self.run_batch(events, handle)
                 except asyncio.CancelledError:
@@ -335,4 +336,5 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
     outbox = Outbox(common)
     stage_store = state_store(state, store, outbox)
     STATE_KEYS.labels(name).set_function(lambda: len(stage_store))
-    return Stage(name, app, source, state, outbox, stage_store, partitions, batch_size)
+    return Stage(name, app, source, state, outbox, stage_store, partitions, batch_size,
+                 common.batch_wait_seconds)

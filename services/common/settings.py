@@ -155,9 +155,15 @@ class Settings:
         "KIZUNA_START_TIMEOUT", "120", "Seconds `kizuna up` waits for each component to be ready.")
     log_level: str = setting("KIZUNA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
     log_format: str = setting("KIZUNA_LOG_FORMAT", "text", "`text` or `json` (one object a line).")
+    batch_wait_seconds: float = setting(
+        "KIZUNA_BATCH_WAIT_SECONDS", "0.2",
+        "Longest a stage waits to fill a batch before processing what it has: lower gives "
+        "fresher outputs under live traffic (a backlog always fills whole batches).")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:
+        if not 0 < self.batch_wait_seconds <= 10:
+            raise ConfigError("KIZUNA_BATCH_WAIT_SECONDS must be > 0 and at most 10")
         _check_port("KIZUNA_KAFKA_PORT", self.kafka_port)
         _check_port("KIZUNA_KAFKA_CONTROLLER_PORT", self.kafka_controller_port)
         _check_port("KIZUNA_WAREHOUSE_PORT", self.warehouse_port)
@@ -206,11 +212,19 @@ class WarehouseSettings:
     common: Settings
     query_timeout: float = setting(
         "KIZUNA_QUERY_TIMEOUT", "60", "Seconds an analyst query through `kizuna query` may run.")
+    batch_seconds: float = setting(
+        "KIZUNA_WAREHOUSE_BATCH_SECONDS", "0.25",
+        "Longest the warehouse waits to fill a batch (up to 20,000 messages) before inserting "
+        "it: lower gives fresher rows, higher fewer and larger inserts.")
     fault_injection: bool = setting(
         "KIZUNA_WAREHOUSE_FAULT_INJECTION", "false",
         "Chaos testing only: accept `POST /v1/faults?inserts=N` on the local gateway, which "
         "makes the next N inserts fail half-way (half the rows written, then an error).")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def validate(self) -> None:
+        if not 0 < self.batch_seconds <= 60:
+            raise ConfigError("KIZUNA_WAREHOUSE_BATCH_SECONDS must be > 0 and at most 60")
 
 
 @dataclass(frozen=True)

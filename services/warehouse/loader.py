@@ -161,8 +161,10 @@ def dedup_tokens(messages: list, prefix: str) -> dict[str, str]:
 
 class Loader:
     def __init__(self, settings: Settings,
-                 insert: Callable[[str, list, list, str | None], None]) -> None:
+                 insert: Callable[[str, list, list, str | None], None],
+                 batch_seconds: float = 0.25) -> None:
         self.settings = settings
+        self.batch_seconds = batch_seconds  # a batch is full at 20,000 messages or this
         self.insert = insert  # (table, rows, columns, dedup token): the warehouse's insert
         self.prefix = settings.topic_prefix
         self.serde = default_serde()
@@ -179,7 +181,7 @@ class Loader:
     def run(self) -> None:
         self.consumer.subscribe([self.prefix + suffix for suffix in LOADS])
         while not self.stopping.is_set():
-            messages = self.consumer.consume(num_messages=20000, timeout=1.0)
+            messages = self.consumer.consume(num_messages=20000, timeout=self.batch_seconds)
             if not messages:
                 self.report_lag()
                 continue
@@ -267,8 +269,9 @@ class Loader:
             self.thread.join(timeout)
 
 
-def start(settings: Settings, insert: Callable[[str, list, list, str | None], None]) -> Loader:
-    loader = Loader(settings, insert)
+def start(settings: Settings, insert: Callable[[str, list, list, str | None], None],
+          batch_seconds: float = 0.25) -> Loader:
+    loader = Loader(settings, insert, batch_seconds)
     loader.thread = threading.Thread(target=loader.run, name="loader", daemon=True)
     loader.thread.start()
     return loader

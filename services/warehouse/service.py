@@ -168,7 +168,7 @@ def main() -> None:
         log.info("signal %d: stopping", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    loader = start_loader(common, warehouse.insert)
+    loader = start_loader(common, warehouse.insert, settings.batch_seconds)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("warehouse ready on %s:%d", host, common.warehouse_port)
