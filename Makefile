@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench-ingest bench-sessionizer bench-scorer bench-warehouse chaos
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-sessionizer bench-scorer bench-warehouse chaos
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ lint: setup
 
 clean: down
 	rm -rf .kizuna
+
+bench: setup  ## ceilings, each stage, end to end, scaling, state: out/bench/ (about 10 min)
+	$(BIN)/python -m benchmarks.suite
 
 bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 	$(BIN)/python -m benchmarks.ingest

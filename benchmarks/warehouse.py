@@ -34,7 +34,14 @@ BATCH = 20_000
 
 def outputs(n: int) -> dict[str, tuple[str, list[dict]]]:
     """table -> (schema, records) of everything the pipeline writes for `n` events."""
-    records = generated_records(n)
+    found = pipeline_outputs(generated_records(n))
+    del found["attributed"]
+    return found
+
+
+def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[dict]]]:
+    """What the pure stages make of `records`: table -> (schema, records), and "attributed"
+    -> (None, the sessionizer's attributed-touches messages, 500 touchpoints each)."""
     sessionizer = PartitionProcessor(SessionRules(), {})
     sessions, attributed = [], []
     for i in range(0, len(records), 500):
@@ -55,7 +62,8 @@ def outputs(n: int) -> dict[str, tuple[str, list[dict]]]:
             alerts.append(alert_record(customer, found, snapshot, 0, CartRules())
                           if kind == CART else churn_record(customer, found, snapshot, 0))
     return {"touchpoints": (TOUCHPOINT, records), "sessions_by_id": (SESSION, sessions),
-            "customer_profiles": (ENGAGEMENT_PROFILE, profiles), "alerts": (ALERT, alerts)}
+            "customer_profiles": (ENGAGEMENT_PROFILE, profiles), "alerts": (ALERT, alerts),
+            "attributed": (None, attributed)}
 
 
 def measure(n: int) -> dict:

@@ -186,6 +186,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        from benchmarks import suite
+    except ImportError:
+        raise KizunaError("kizuna bench runs from a clone of the repository (its benchmarks/ "
+                          "directory): cd into it, or use `make bench`") from None
+    suite.main(args.options)
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from services.alerting.tail import TYPES, tail
 
@@ -322,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--start", default="2026-01-05T00:00:00Z", help="first day (RFC 3339)")
     p.add_argument("--out", default="out/demo", help="directory for events and reports")
+    p = add("bench", cmd_bench, "measure every stage against the raw-Kafka and faust ceilings "
+            "(make bench; options: kizuna bench -- --help)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of benchmarks/suite.py")
     p = add("wait", cmd_wait,
             "return when every stage has consumed everything and ClickHouse holds the results")
     p.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
