@@ -27,7 +27,7 @@ from services.ingest.collector import (
 from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, verify
 from services.ingest.openapi import OPENAPI
 from services.ingest.producer import BatchProducer
-from services.ingest.validation import Enrichment
+from services.ingest.validation import Enrichment, PiiRedactor
 
 log = logging.getLogger("kizuna.ingest")
 
@@ -53,7 +53,8 @@ class Collector:
         self.settings = settings
         self.keys = write_keys
         self.producer = producer
-        self.messages = MessageBuilder(default_serde(), settings.common.topic_prefix)
+        self.messages = MessageBuilder(default_serde(), settings.common.topic_prefix,
+                                       PiiRedactor(settings.pii_names, settings.pii_salt))
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.common.serde import DEAD_LETTER, TOUCHPOINT, AvroSerde
@@ -100,10 +101,12 @@ def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
 class MessageBuilder:
     """Kafka messages of the collector and the importer: touchpoints and dead letters."""
 
-    def __init__(self, serde: AvroSerde, prefix: str) -> None:
+    def __init__(self, serde: AvroSerde, prefix: str,
+                 redact: Callable[[bytes], bytes] = lambda payload: payload) -> None:
         self.encode = serde.encode
         self.raw_topic = TOUCHPOINTS_RAW.name(prefix)
         self.dlq_topic = TOUCHPOINTS_DLQ.name(prefix)
+        self.redact = redact  # PII in the evidence of a dead letter
 
     def touchpoint(self, record: dict) -> Message:
         return self.raw_topic, profile_id(record).encode(), self.encode(TOUCHPOINT, record)
@@ -111,7 +114,7 @@ class MessageBuilder:
     def dead_letter(self, reason: str, detail: str, source: str | None, payload: bytes,
                     received_at_ms: int) -> Message:
         return self.dlq_topic, None, self.encode(DEAD_LETTER, dead_letter(
-            reason, detail, source, payload, received_at_ms))
+            reason, detail, source, self.redact(payload), received_at_ms))
 
     def rejected(self, rejection: Rejection, source: str | None, payload: bytes,
                  received_at_ms: int) -> Message:

@@ -29,7 +29,7 @@ from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
 from services.ingest.collector import MessageBuilder
 from services.ingest.producer import producer_config
-from services.ingest.validation import Enrichment, Rejection, profile_id, validate
+from services.ingest.validation import Enrichment, PiiRedactor, Rejection, profile_id, validate
 
 SOURCE = "import"
 NUMERIC_FIELDS = frozenset({"commerce.value", "commerce.unit_price", "commerce.quantity"})
@@ -141,7 +141,8 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
         raise KizunaError(f"{path}: no such file")
     check_reachable(settings.common)
     rows = read_jsonl(path) if fmt == "jsonl" else read_csv(path, load_mapping(mapping_path))
-    messages = MessageBuilder(default_serde(), settings.common.topic_prefix)
+    messages = MessageBuilder(default_serde(), settings.common.topic_prefix,
+                              PiiRedactor(settings.pii_names, settings.pii_salt))
     pii = settings.pii_names
     producer = Producer({**producer_config(settings), "message.timeout.ms": 60000})
     report = ImportReport()

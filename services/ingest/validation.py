@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -137,6 +138,36 @@ def parse_instant(value: str | int, name: str) -> int:
 def pii_hash(value: str, salt: str) -> str:
     """Salted SHA-256 of a normalised PII value; the same person hashes the same everywhere."""
     return hashlib.sha256((salt + value.strip().lower()).encode()).hexdigest()
+
+
+class PiiRedactor:
+    """Hashes the PII properties inside raw bytes that are kept as evidence (a dead letter's
+    payload), the way validation hashes them in a touchpoint: any `"email": "..."` (or number)
+    in the text, whether or not the rest of it parses, so a rejected event never carries the
+    raw value to Kafka or ClickHouse."""
+
+    def __init__(self, names: frozenset[str], salt: str) -> None:
+        self.salt = salt
+        keys = b"|".join(re.escape(name.encode()) for name in sorted(names))
+        self.pattern = re.compile(
+            rb'("(?:' + keys + rb')"\s*:\s*)(?:"((?:[^"\\]|\\.)*)"|(-?\d[\d.eE+-]*))'
+        ) if names else None
+
+    def __call__(self, payload: bytes) -> bytes:
+        if self.pattern is None or not payload:
+            return payload
+        return self.pattern.sub(self._hashed, payload)
+
+    def _hashed(self, match: re.Match) -> bytes:
+        text, number = match.group(2), match.group(3)
+        if text is not None:
+            try:
+                value = json.loads(b'"' + text + b'"')
+            except ValueError:
+                value = text.decode(errors="replace")
+        else:
+            value = number.decode()
+        return match.group(1) + b'"' + pii_hash(str(value), self.salt).encode() + b'"'
 
 
 def profile_id(record: Mapping) -> str:

@@ -235,3 +235,20 @@ def test_bulk_imports_pack_each_partitions_touchpoints_in_order():
     for event_id in seen:  # a customer's touchpoints keep the file's order
         by_customer.setdefault(int(event_id[1:]) % 5, []).append(int(event_id[1:]))
     assert all(ids == sorted(ids) for ids in by_customer.values())
+
+
+def test_pii_in_a_dead_letter_payload_is_hashed_whether_or_not_it_parses() -> None:
+    from services.ingest.validation import PiiRedactor, pii_hash
+
+    redact = PiiRedactor(frozenset({"email", "phone"}), "s")
+    event = (b'{"event_id": "e1", "channel": "fax", "properties": {"email": "Jane@Example.com",'
+             b' "phone": 33612345678, "plan": "gold"}}')
+    out = redact(event)
+    assert b"Jane@Example.com" not in out and b"33612345678" not in out
+    parsed = json.loads(out)
+    assert parsed["properties"] == {"email": pii_hash("jane@example.com", "s"),
+                                    "phone": pii_hash("33612345678", "s"), "plan": "gold"}
+    broken = b'{"events": [{"email" : "a\\"b@x.org", "x": '  # cut short: still redacted
+    assert b"a\\\"b@x.org" not in redact(broken)
+    assert pii_hash('a"b@x.org', "s").encode() in redact(broken)
+    assert PiiRedactor(frozenset(), "s")(event) == event
