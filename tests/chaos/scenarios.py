@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -156,6 +159,54 @@ def graceful_restart(name: str) -> Callable[[dict, str], str]:
     return fault
 
 
+PORT_SETTINGS = {"sessionizer": "KIZUNA_SESSIONIZER_PORT",
+                 "engagement_scorer": "KIZUNA_SCORER_PORT", "alerting": "KIZUNA_ALERTING_PORT"}
+
+
+def rebalance(name: str) -> Callable[[dict, str], str]:
+    """A second worker of stage `name` joins before the copy is imported (1 -> 2 workers:
+    each holds half the partitions) and stops gracefully right after, while both work on it
+    (2 -> 1: the leaving worker's partitions move back in the middle of the stream), as when
+    an operator scales out and back in."""
+    workers: list[tuple[subprocess.Popen, Path]] = []
+
+    def prepare(env: dict) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = Path(env["KIZUNA_HOME"]) / "logs" / f"{name}-second-worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        second = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", f"services.{name}"], env={**env, PORT_SETTINGS[name]: str(port)},
+            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        workers.append((second, log))
+        deadline = time.monotonic() + 120
+        while not _ready(port):
+            if second.poll() is not None or time.monotonic() > deadline:
+                second.kill()
+                raise AssertionError(f"the second {name} worker did not start: see {log}")
+            time.sleep(0.2)
+
+    def fault(env: dict, tag: str) -> str:
+        second, log = workers.pop()
+        second.terminate()
+        code = second.wait(60)
+        if code != 0:
+            raise AssertionError(f"the second {name} worker exited {code} on SIGTERM: see {log}")
+        return f"2nd {name} worker: joined before (1 -> 2), stopped mid-stream (2 -> 1)"
+
+    fault.prepare = prepare  # type: ignore[attr-defined]
+    return fault
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def broker_restart(env: dict, tag: str) -> str:
     rpc = supervisor.rpc(load(Settings, env))
     rpc.stopProcess("kafka")
@@ -211,6 +262,8 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     if doubled:  # every event delivered twice, within the allowed lateness
         copy = sorted(copy + copy, key=lambda e: json.dumps(e.get("occurred_at")))
     until = BASE_MS + shift + (days + 1) * DAY_MS
+    if hasattr(fault, "prepare"):  # a fault set up before the input arrives
+        fault.prepare(env)
     import_events(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
     started = time.monotonic()
     faults = fault(env, tag) if fault else "none"
