@@ -15,6 +15,7 @@ from prometheus_client import Counter as MetricCounter
 
 from services.common.serde import default_serde
 from services.common.settings import IngestSettings
+from services.common.topics import TOUCHPOINTS_RAW
 from services.ingest import webhooks
 from services.ingest.collector import (
     MessageBuilder,
@@ -54,7 +55,9 @@ class Collector:
         self.keys = write_keys
         self.producer = producer
         self.messages = MessageBuilder(default_serde(), settings.common.topic_prefix,
-                                       PiiRedactor(settings.pii_names, settings.pii_salt))
+                                       PiiRedactor(settings.pii_names, settings.pii_salt),
+                                       producer.partitions(TOUCHPOINTS_RAW.name(
+                                           settings.common.topic_prefix)))
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}

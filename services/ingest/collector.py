@@ -7,7 +7,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.common.serde import DEAD_LETTER, TOUCHPOINT, AvroSerde
+from aiokafka.partitioner import murmur2
+
+from services.common.serde import (
+    DEAD_LETTER,
+    TOUCHPOINT,
+    TOUCHPOINT_BATCH,
+    AvroSerde,
+    default_serde,
+)
 from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.ingest.producer import Message
 from services.ingest.validation import Enrichment, Rejection, profile_id, validate
@@ -98,23 +106,65 @@ def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
     }
 
 
+class PartitionBatcher:
+    """Packs accepted touchpoints into one Kafka message per partition and up to `size`
+    touchpoints (schema touchpoint_batch, header kizuna-type), so that a bulk import costs
+    the stages one message per few hundred events instead of one per event. A partition's
+    touchpoints keep their order; a lone one goes as an ordinary keyed touchpoint message."""
+
+    def __init__(self, topic: str, partitions: int, send, size: int = 500) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.send = send  # (topic, value, key, events, **produce options)
+        self.size = size
+        self.serde = default_serde()
+        self.pending: dict[int, list[dict]] = {}
+
+    def add(self, record: dict) -> None:
+        key = profile_id(record).encode()
+        partition = (murmur2(key) & 0x7FFFFFFF) % self.partitions  # the Java partitioner
+        batch = self.pending.setdefault(partition, [])
+        batch.append(record)
+        if len(batch) >= self.size:
+            self._send(partition)
+
+    def flush(self) -> None:
+        for partition in list(self.pending):
+            self._send(partition)
+
+    def _send(self, partition: int) -> None:
+        batch = self.pending.pop(partition)
+        if len(batch) == 1:
+            self.send(self.topic, self.serde.encode(TOUCHPOINT, batch[0]),
+                      profile_id(batch[0]).encode(), 1)
+            return
+        self.send(self.topic, self.serde.encode(TOUCHPOINT_BATCH, {"touchpoints": batch}), None,
+                  len(batch), partition=partition, headers={"kizuna-type": TOUCHPOINT_BATCH})
+
+
+
 class MessageBuilder:
     """Kafka messages of the collector and the importer: touchpoints and dead letters."""
 
     def __init__(self, serde: AvroSerde, prefix: str,
-                 redact: Callable[[bytes], bytes] = lambda payload: payload) -> None:
+                 redact: Callable[[bytes], bytes] = lambda payload: payload,
+                 partitions: int | None = None) -> None:
         self.encode = serde.encode
         self.raw_topic = TOUCHPOINTS_RAW.name(prefix)
         self.dlq_topic = TOUCHPOINTS_DLQ.name(prefix)
         self.redact = redact  # PII in the evidence of a dead letter
+        # The raw topic's partitions: a request's touchpoints then go as one batch message
+        # per partition. None (not known yet): one keyed message per touchpoint.
+        self.partitions = partitions
 
     def touchpoint(self, record: dict) -> Message:
-        return self.raw_topic, profile_id(record).encode(), self.encode(TOUCHPOINT, record)
+        return (self.raw_topic, profile_id(record).encode(), self.encode(TOUCHPOINT, record), -1,
+                None)
 
     def dead_letter(self, reason: str, detail: str, source: str | None, payload: bytes,
                     received_at_ms: int) -> Message:
         return self.dlq_topic, None, self.encode(DEAD_LETTER, dead_letter(
-            reason, detail, source, self.redact(payload), received_at_ms))
+            reason, detail, source, self.redact(payload), received_at_ms)), -1, None
 
     def rejected(self, rejection: Rejection, source: str | None, payload: bytes,
                  received_at_ms: int) -> Message:
@@ -122,7 +172,19 @@ class MessageBuilder:
                                 received_at_ms)
 
     def of(self, outcome: Outcome, source: str, received_at_ms: int) -> list[Message]:
-        messages = [self.touchpoint(r) for r in outcome.records]
+        """A request's Kafka messages: its touchpoints as one batch message per partition (the
+        stages pay their per-message cost once per batch), then its dead letters."""
+        if self.partitions and len(outcome.records) > 1:
+            messages: list[Message] = []
+            batcher = PartitionBatcher(
+                self.raw_topic, self.partitions,
+                lambda topic, value, key, _n, partition=-1, headers=None: messages.append(
+                    (topic, key, value, partition, headers)))
+            for record in outcome.records:
+                batcher.add(record)
+            batcher.flush()
+        else:
+            messages = [self.touchpoint(r) for r in outcome.records]
         messages += [self.rejected(rej, source, raw, received_at_ms)
                      for _, _, rej, raw in outcome.rejected]
         return messages

@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 
 from services.common.errors import KizunaError
 from services.common.kafka import check_reachable
-from services.common.serde import TOUCHPOINT, TOUCHPOINT_BATCH, WATERMARK, default_serde
+from services.common.serde import WATERMARK, default_serde
 from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
-from services.ingest.collector import MessageBuilder
+from services.ingest.collector import MessageBuilder, PartitionBatcher
 from services.ingest.producer import producer_config
-from services.ingest.validation import Enrichment, PiiRedactor, Rejection, profile_id, validate
+from services.ingest.validation import Enrichment, PiiRedactor, Rejection, validate
 
 SOURCE = "import"
 NUMERIC_FIELDS = frozenset({"commerce.value", "commerce.unit_price", "commerce.quantity"})
@@ -174,7 +173,7 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
             parsed, Enrichment(SOURCE, received_at, None, pii, settings.pii_salt))
         if isinstance(result, Rejection):
             report.rejected[result.reason] += 1
-            topic, key, value = messages.rejected(result, SOURCE, raw, received_at)
+            topic, key, value, _, _ = messages.rejected(result, SOURCE, raw, received_at)
             send(topic, value, key, 1)
         else:
             report.accepted += 1
@@ -193,42 +192,6 @@ def import_file(settings: IngestSettings, path: Path, fmt: str, mapping_path: Pa
     producer.flush(120)
     report.failed = sent - acknowledged
     return report
-
-
-class PartitionBatcher:
-    """Packs accepted touchpoints into one Kafka message per partition and up to `size`
-    touchpoints (schema touchpoint_batch, header kizuna-type), so that a bulk import costs
-    the stages one message per few hundred events instead of one per event. A partition's
-    touchpoints keep their order; a lone one goes as an ordinary keyed touchpoint message."""
-
-    def __init__(self, topic: str, partitions: int, send, size: int = 500) -> None:
-        self.topic = topic
-        self.partitions = partitions
-        self.send = send  # (topic, value, key, events, **produce options)
-        self.size = size
-        self.serde = default_serde()
-        self.pending: dict[int, list[dict]] = {}
-
-    def add(self, record: dict) -> None:
-        key = profile_id(record).encode()
-        partition = (murmur2(key) & 0x7FFFFFFF) % self.partitions  # the Java partitioner
-        batch = self.pending.setdefault(partition, [])
-        batch.append(record)
-        if len(batch) >= self.size:
-            self._send(partition)
-
-    def flush(self) -> None:
-        for partition in list(self.pending):
-            self._send(partition)
-
-    def _send(self, partition: int) -> None:
-        batch = self.pending.pop(partition)
-        if len(batch) == 1:
-            self.send(self.topic, self.serde.encode(TOUCHPOINT, batch[0]),
-                      profile_id(batch[0]).encode(), 1)
-            return
-        self.send(self.topic, self.serde.encode(TOUCHPOINT_BATCH, {"touchpoints": batch}), None,
-                  len(batch), partition=partition, headers={"kizuna-type": TOUCHPOINT_BATCH})
 
 
 def advance_watermark(producer: Producer, settings: IngestSettings, until_ms: int) -> None:

@@ -15,7 +15,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from services.common.kafka import client_config
 from services.common.settings import IngestSettings
 
-Message = tuple[str, bytes | None, bytes]  # topic, key, value
+#: topic, key, value, partition (-1: by key), headers
+Message = tuple[str, bytes | None, bytes, int, dict[str, str] | None]
 
 
 def producer_config(settings: IngestSettings) -> dict[str, object]:
@@ -74,14 +75,22 @@ class BatchProducer:
             return None
         ack = _BatchAck(asyncio.get_running_loop(), len(messages))
         produce = self._producer.produce
-        for topic, key, value in messages:
+        for topic, key, value, partition, headers in messages:
             try:
-                produce(topic, value, key, on_delivery=ack.report)
+                produce(topic, value, key, partition, on_delivery=ack.report, headers=headers)
             except (BufferError, KafkaException) as exc:
                 # What was queued still gets delivered; the client retries the whole batch and
                 # downstream deduplicates by event_id. Nobody awaits this batch's future.
                 return f"producer queue refused the batch: {exc}"
         return await ack.future
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> int | None:
+        """The topic's partition count; None when the broker or the topic is not there."""
+        try:
+            found = self._producer.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException:
+            return None
+        return len(found.partitions) if found is not None and found.partitions else None
 
     def broker_reachable(self, timeout: float = 2.0) -> bool:
         try:

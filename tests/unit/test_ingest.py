@@ -252,3 +252,38 @@ def test_pii_in_a_dead_letter_payload_is_hashed_whether_or_not_it_parses() -> No
     assert b"a\\\"b@x.org" not in redact(broken)
     assert pii_hash('a"b@x.org', "s").encode() in redact(broken)
     assert PiiRedactor(frozenset(), "s")(event) == event
+
+
+def test_a_request_goes_to_kafka_as_one_batch_message_per_partition() -> None:
+    from aiokafka.partitioner import murmur2
+
+    from services.common.serde import TOUCHPOINT, TOUCHPOINT_BATCH, default_serde
+    from services.ingest.collector import MessageBuilder, Outcome
+
+    serde = default_serde()
+    records = [validate(event(event_id=f"e{i}", customer_id=f"C{i % 5}"), ENRICH)
+               for i in range(40)]
+    outcome = Outcome(records=records)
+    messages = MessageBuilder(serde, "kizuna.", partitions=4).of(outcome, "shop", RECEIVED)
+    partition_of = {r["customer_id"]: (murmur2(r["customer_id"].encode()) & 0x7FFFFFFF) % 4
+                    for r in records}
+    seen = []
+    for topic, key, value, partition, headers in messages:
+        assert topic == "kizuna.touchpoints.raw"
+        if headers is None:  # a partition with one touchpoint: an ordinary keyed message
+            batch = [serde.decode(TOUCHPOINT, value)]
+            assert key == batch[0]["customer_id"].encode() and partition == -1
+        else:
+            assert headers == {"kizuna-type": TOUCHPOINT_BATCH} and key is None
+            batch = serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"]
+            assert {partition_of[r["customer_id"]] for r in batch} == {partition}
+        seen += [r["event_id"] for r in batch]
+    assert len(messages) <= 4
+    # every touchpoint once, and each partition's in the request's order
+    assert sorted(seen) == sorted(r["event_id"] for r in records)
+    for p in range(4):
+        mine = [r["event_id"] for r in records if partition_of[r["customer_id"]] == p]
+        assert [e for e in seen if e in mine] == mine
+    # without the partition count (broker away at start): one keyed message per touchpoint
+    single = MessageBuilder(serde, "kizuna.").of(outcome, "shop", RECEIVED)
+    assert len(single) == 40 and all(m[4] is None for m in single)
