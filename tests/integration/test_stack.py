@@ -176,3 +176,17 @@ def test_every_service_reports_its_work_and_status_shows_the_pipeline_caught_up(
     assert "last_error" in by_name["alerting"]
     text = kizuna(stack, "status", "--sample", "0.5").stdout
     assert "lag" in text and "event time" in text and "sessionizer" in text
+
+
+def test_no_secret_or_raw_pii_in_any_log(stack):
+    """After the collector's tests (wrong keys, signed webhooks, PII) have run on the session
+    stack: no write key, webhook secret, PII salt or raw address of those tests in its logs."""
+    from tests.conftest import WEBHOOK_SECRET, WRITE_KEYS
+
+    logs = list((Path(stack["KIZUNA_HOME"]) / "logs").glob("*.log"))
+    assert logs
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    for secret in (*WRITE_KEYS, WEBHOOK_SECRET, stack["KIZUNA_PII_SALT"]):
+        assert secret not in text, f"{secret!r} is in a log"
+    for address in ("Jane@Example.com", "Raw@Example.com", "Replay@Example.com"):
+        assert address.lower() not in text.lower(), f"{address} is in a log"
