@@ -123,8 +123,8 @@ class AlertProcessor:
                     now = max(now, touch[T])
                     ct = cart_touch(touch)
                     if ct is not None:
-                        out += [(customer, CART, a) for a in
-                                carts.add(state["cart"], customer, ct, now, self.rules)]
+                        out += self._with_snapshot(customer, state, CART, carts.add(
+                            state["cart"], customer, ct, now, self.rules))
                 self._hold(heap, customer, state, touches)
             for customer, touches in message.get("l", {}).items():  # too late for sessions
                 self._hold(heap, customer, state_of(customer), touches)
@@ -135,9 +135,7 @@ class AlertProcessor:
             state = state_of(customer) if customer in states or customer in self.store else None
             if state is None:
                 continue
-            out += self._release(customer, state, final)
-            out += [(customer, CART, a) for a in
-                    carts.advance(state["cart"], customer, stream_time, self.rules)]
+            out += self._decide(customer, state, stream_time, final)
             due = self.due_at(state)
             if due is not None and due >= stream_time:
                 heapq.heappush(heap, (due, customer))
@@ -145,37 +143,67 @@ class AlertProcessor:
             self.store[customer] = state
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
-        return [(customer, kind, alert,
-                 profile.snapshot(states[customer]["profile"], customer, self.weights))
-                for customer, kind, alert in out]
+        return out
 
     def _hold(self, heap: list, customer: str, state: dict, touches: list[list]) -> None:
         if touches:
             state["pending"].extend(touches)
             heapq.heappush(heap, (self.due_at(state), customer))
 
-    def _release(self, customer: str, state: dict, final: int) -> list[tuple[str, str, dict]]:
+    def _with_snapshot(self, customer: str, state: dict, kind: str,
+                       alerts: list[dict]) -> list[tuple[str, str, dict, dict]]:
+        """The alerts with the customer's profile as it stands now, at their decision."""
+        if not alerts:
+            return []
+        snap = profile.snapshot(state["profile"], customer, self.weights)
+        return [(customer, kind, alert, snap) for alert in alerts]
+
+    def _decide(self, customer: str, state: dict, stream_time: int,
+                final: int) -> list[tuple[str, str, dict, dict]]:
+        """Everything due for this customer before `stream_time`, in event-time order: each
+        cart decision (an abandonment at its deadline, a resolution at its purchase) with the
+        profile holding exactly the touches up to that time, so an alert's score snapshot and
+        recommended channel do not depend on batching; then the rest of the touches."""
+        out: list[tuple[str, str, dict, dict]] = []
+        lateness = self.rules.lateness_ms
+        for _ in range(10_000):  # each round decides a cart or a resolution
+            due = carts.due_at(state["cart"], self.rules)
+            if due is None or due >= stream_time:
+                break
+            out += self._release(customer, state, due - lateness)
+            out += self._with_snapshot(customer, state, CART, carts.advance(
+                state["cart"], customer, due + 1, self.rules))
+        out += self._release(customer, state, final)
+        out += self._with_snapshot(customer, state, CART, carts.advance(
+            state["cart"], customer, stream_time, self.rules))
+        return out
+
+    def _release(self, customer: str, state: dict,
+                 final: int) -> list[tuple[str, str, dict, dict]]:
         """Apply the customer's pending touches up to `final` in event-time order to the
-        profile and the churn rules, firing churn deadlines that fall between them."""
+        profile and the churn rules, firing churn deadlines that fall between them (each
+        alert with the profile at its own decision)."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
         pending = sorted(state["pending"], key=lambda x: (x[T], x[EVENT_ID]))
-        out: list[dict] = []
+        out: list[tuple[str, str, dict, dict]] = []
         i = 0
         due = churn.due_at(risk, prof, rules, weights)
         while True:
             touch = pending[i] if i < len(pending) and pending[i][T] <= final else None
             if due is not None and due <= final and (touch is None or due < touch[T]):
-                out += churn.check(risk, prof, customer, due, rules, weights)
+                out += self._with_snapshot(customer, state, CHURN, churn.check(
+                    risk, prof, customer, due, rules, weights))
             elif touch is None:
                 break
             else:
                 i += 1
                 if profile.apply(prof, touch, weights):
-                    out += churn.observe(risk, prof, touch, customer, rules, weights)
+                    out += self._with_snapshot(customer, state, CHURN, churn.observe(
+                        risk, prof, touch, customer, rules, weights))
             due = churn.due_at(risk, prof, rules, weights)
         state["pending"] = pending[i:]
-        return [(customer, CHURN, alert) for alert in out]
+        return out
 
 
 def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,

@@ -94,9 +94,9 @@ def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
                    tier, frequency, recency, T, round(monetary_value, 2) AS m,
                    preferred_channel, toUnixTimestamp64Milli(updated_at) - {shift_ms} AS at
             FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}')"""),
-        # Not recommended_channel (nor score_snapshot): a known bug, open in issue 10. They
-        # come from the customer's profile at the end of the batch that decided the alert,
-        # which can hold later touches, so they depend on batching.
+        # Not recommended_channel (nor score_snapshot): they come from the profile at the
+        # decision, which for a device's history claimed at login depends on when the login
+        # was processed (README, known limits).
         "alerts": rows(f"""
             SELECT replaceOne(customer_id, '{tag}', '') AS who, alert_type, status,
                    toUnixTimestamp64Milli(detected_at) - {shift_ms} AS t, reasons, severity,

@@ -30,7 +30,7 @@ def alerts(env: dict, where: str) -> list[dict]:
     return query_rows(load(Settings, env), "SELECT alert_id, status, customer_id, cart_id, "
                       "cart_value, recommended_channel, recommended_action, detected_at "
                       "FROM kizuna.alerts WHERE alert_type = 'cart_abandonment' AND "
-                      f"{where} ORDER BY detected_at")
+                      f"{where} ORDER BY detected_at, alert_id")
 
 
 def test_cart_alerts_follow_the_contract(stack, tmp_path) -> None:
