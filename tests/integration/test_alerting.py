@@ -93,7 +93,7 @@ def churn_alerts(env: dict, where: str) -> list[dict]:
     return query_rows(load(Settings, env), "SELECT alert_id, status, customer_id, reasons, "
                       "severity, recommended_channel, recommended_action, detected_at, "
                       "evidence_event_ids FROM kizuna.alerts "
-                      f"WHERE alert_type = 'churn_risk' AND {where} ORDER BY detected_at")
+                      f"WHERE alert_type = 'churn_risk' AND {where} ORDER BY detected_at, alert_id")
 
 
 def test_churn_risk_alerts_follow_the_contract(stack, tmp_path) -> None:
