@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -88,6 +87,7 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
     from services.common.settings import Settings, load
     from services.common.topics import PUBLIC_TOPICS, TOUCHPOINTS_RAW
     from services.ingest.importer import PartitionBatcher
+    from services.localstack.registry import readyz_ok
     from services.sessionizer.app import ATTRIBUTED
     from services.sessionizer.processor import touch_of
     from tests.conftest import free_ports, kizuna, stack_env
@@ -164,7 +164,7 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
                                   stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))  # noqa: SIM115
         proc = psutil.Process(worker.pid)
         deadline = time.monotonic() + 600
-        while not _ready(port):  # started, partitions assigned, state recovered
+        while not readyz_ok(port):  # started, partitions assigned, state recovered
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise SystemExit(f"{stage} did not become ready")
             time.sleep(0.05)
@@ -195,12 +195,6 @@ def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = No
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _ready(port: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _watermarks(settings, topic: str) -> list[tuple[int, int]]:

@@ -58,6 +58,7 @@ from services.common.topics import (
 )
 from services.ingest.importer import PartitionBatcher
 from services.localstack.health import scrape, series_total
+from services.localstack.registry import readyz_ok
 from services.sessionizer.app import ATTRIBUTED, HANDOFF
 from tests.conftest import free_ports, stack_env
 
@@ -83,7 +84,7 @@ class Worker:
     def wait_ready(self, timeout: float = 300) -> float:
         """Seconds from start to `/readyz` answering ok (state recovered, partitions held)."""
         deadline = time.monotonic() + timeout
-        while not _ready(self.port):
+        while not readyz_ok(self.port):
             if self.popen.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"a worker on port {self.port} did not become ready")
             time.sleep(0.05)
@@ -112,13 +113,6 @@ class Worker:
             self.popen.wait()
 
 
-def _ready(port: int) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def drain(workers: list[Worker], counter: str, labels: dict[str, str], expected: float,

@@ -100,12 +100,8 @@ def fail_stop(stage: str, exc: BaseException) -> NoReturn:
     process runner (supervisord, Kubernetes) starts the stage again, and the batch is
     redelivered.
     """
-    if isinstance(exc, asyncio.CancelledError):
-        log.warning("%s: stopped in the middle of a batch; exiting before it is acknowledged "
-                    "(it will be redelivered)", stage)
-    else:
-        log.critical("%s: a batch failed; stopping before it is acknowledged (it will be "
-                     "redelivered): %r", stage, exc, exc_info=exc)
+    log.critical("%s: a batch failed; stopping before it is acknowledged (it will be "
+                 "redelivered): %r", stage, exc, exc_info=exc)
     logging.shutdown()
     os._exit(70)
 
@@ -261,7 +257,7 @@ class Stage:
     store: MutableMapping
     partitions: int
     batch_size: int
-    batch_wait: float = 1.0  # seconds take_events waits to fill a batch
+    batch_wait: float  # seconds take_events waits to fill a batch
 
     def agent(self, handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
         """Run `handle(partition, events)` for each partition's events of every batch, then

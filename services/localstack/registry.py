@@ -48,15 +48,18 @@ def kafka_ready(settings: Settings) -> bool:
         return False
 
 
+def readyz_ok(port: int) -> bool:
+    """Whether the service on `port` answers `/readyz` with status ok (started, partitions
+    held, state recovered)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return resp.status == 200 and json.load(resp).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
 def http_ready(port_of: Callable[[Settings], int]) -> Callable[[Settings], bool]:
-    def ready(settings: Settings) -> bool:
-        url = f"http://127.0.0.1:{port_of(settings)}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status == 200 and json.load(resp).get("status") == "ok"
-        except (OSError, ValueError):
-            return False
-    return ready
+    return lambda settings: readyz_ok(port_of(settings))
 
 
 def ingest_port(settings: Settings) -> int:

@@ -162,7 +162,7 @@ def dedup_tokens(messages: list, prefix: str) -> dict[str, str]:
 class Loader:
     def __init__(self, settings: Settings,
                  insert: Callable[[str, list, list, str | None], None],
-                 batch_seconds: float = 0.25) -> None:
+                 batch_seconds: float) -> None:
         self.settings = settings
         self.batch_seconds = batch_seconds  # a batch is full at 20,000 messages or this
         self.insert = insert  # (table, rows, columns, dedup token): the warehouse's insert
@@ -270,7 +270,7 @@ class Loader:
 
 
 def start(settings: Settings, insert: Callable[[str, list, list, str | None], None],
-          batch_seconds: float = 0.25) -> Loader:
+          batch_seconds: float) -> Loader:
     loader = Loader(settings, insert, batch_seconds)
     loader.thread = threading.Thread(target=loader.run, name="loader", daemon=True)
     loader.thread.start()

@@ -32,6 +32,7 @@ from services.common.serde import TOUCHPOINT, default_serde
 from services.common.settings import Settings, load
 from services.generator.personas import generate
 from services.localstack import supervisor
+from services.localstack.registry import readyz_ok
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -184,7 +185,7 @@ def rebalance(name: str) -> Callable[[dict, str], str]:
             stdout=subprocess.DEVNULL, stderr=log.open("w"))
         workers.append((second, log))
         deadline = time.monotonic() + 120
-        while not _ready(port):
+        while not readyz_ok(port):
             if second.poll() is not None or time.monotonic() > deadline:
                 second.kill()
                 raise AssertionError(f"the second {name} worker did not start: see {log}")
@@ -202,12 +203,6 @@ def rebalance(name: str) -> Callable[[dict, str], str]:
     return fault
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def broker_restart(env: dict, tag: str) -> str:

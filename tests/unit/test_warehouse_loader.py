@@ -43,7 +43,7 @@ def test_failed_inserts_are_retried_identically_until_they_succeed() -> None:
         if len(seen) < 3:
             raise RuntimeError("ClickHouse is down")
 
-    loader = Loader(load(Settings, {}), insert)
+    loader = Loader(load(Settings, {}), insert, 0.25)
     loader.stopping.wait = lambda delay: False  # no back-off sleeping in a unit test
     assert loader.insert_until_done({"alerts": [["a1"]]}, {"alerts": "tok"}) is True
     assert seen == [("alerts", [["a1"]], "tok")] * 3
@@ -53,6 +53,6 @@ def test_stopping_while_inserts_fail_reports_the_batch_undone() -> None:
     def insert(table: str, rows: list, columns: list, token: str | None) -> None:
         raise RuntimeError("ClickHouse is down")
 
-    loader = Loader(load(Settings, {}), insert)
+    loader = Loader(load(Settings, {}), insert, 0.25)
     threading.Timer(0.2, loader.stopping.set).start()
     assert loader.insert_until_done({"touchpoints": [["e1"]]}, {}) is False  # nothing commits
