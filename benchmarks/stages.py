@@ -23,7 +23,12 @@ from pathlib import Path
 
 import psutil
 
-from services.sessionizer.processor import PartitionProcessor, Touchpoint, Watermark
+from services.sessionizer.processor import (
+    PartitionProcessor,
+    Touchpoint,
+    Watermark,
+    handoffs_by_partition,
+)
 from services.sessionizer.sessions import MINUTE_MS, SessionRules
 
 
@@ -60,18 +65,35 @@ def records(n: int, profiles: int, seed: int = 1) -> list[dict]:
 
 def pure(n: int, profiles: int) -> None:
     data = records(n, profiles)
-    proc = PartitionProcessor(SessionRules(), {})
     parts = 4
-    by_part = [[Touchpoint(r) for r in data if hash(r["customer_id"] or r["anonymous_id"])
-                % parts == p] for p in range(parts)]
+    proc = PartitionProcessor(SessionRules(), {}, parts)
+
+    def partition_of(key: str) -> int:
+        return hash(key) % parts
+
+    by_part = [[Touchpoint(r) for r in data if partition_of(r["customer_id"] or r["anonymous_id"])
+                == p] for p in range(parts)]
+    queues: list[list] = [[] for _ in range(parts)]  # the handoff topic's partitions
+    emitted = 0
+
+    def run(p: int, items: list) -> None:
+        nonlocal emitted
+        out = proc.process(p, queues[p] + items)
+        queues[p] = []
+        emitted += len(out.sessions)
+        for target, handoffs in handoffs_by_partition(out, p, parts, partition_of).items():
+            queues[target].extend(handoffs)
+
     start = time.perf_counter()
     cpu = time.process_time()
-    emitted = 0
-    for p, items in enumerate(by_part):
-        for i in range(0, len(items), 2000):
-            emitted += len(proc.process(p, items[i:i + 2000]).sessions)
-        emitted += len(proc.process(p, [Watermark(data[-1]["event_time"] + 60 * MINUTE_MS)])
-                       .sessions)
+    for i in range(0, max(map(len, by_part)), 2000):
+        for p, items in enumerate(by_part):
+            run(p, items[i:i + 2000])
+    for p in range(parts):
+        run(p, [Watermark(data[-1]["event_time"] + 60 * MINUTE_MS)])
+    while any(queues):
+        for p in range(parts):
+            run(p, [])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(f"pure sessionizer: {n} events, {profiles} profiles: {n / wall:,.0f} events/s "
           f"({cpu / n * 1e6:.1f} us CPU/event), {emitted} session updates")

@@ -25,7 +25,12 @@ from services.alerting.processor import CART, AlertProcessor, alert_record, chur
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
 from services.engagement_scorer.app import score_batch
 from services.engagement_scorer.weights import load_weights
-from services.sessionizer.processor import PartitionProcessor, Touchpoint, Watermark
+from services.sessionizer.processor import (
+    PartitionProcessor,
+    Touchpoint,
+    Watermark,
+    handoffs_by_partition,
+)
 from services.sessionizer.sessions import SessionRules
 from services.warehouse import loader
 
@@ -44,12 +49,19 @@ def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[di
     -> (None, the sessionizer's attributed-touches messages, 500 touchpoints each)."""
     sessionizer = PartitionProcessor(SessionRules(), {})
     sessions, attributed = [], []
+    echo: list = []  # what the one partition sends itself through the handoff topic
+
+    def process(items: list) -> list:
+        out = sessionizer.process(0, echo + items)
+        sessions.extend(out.sessions)
+        attributed.append({"t": sessionizer.output_time(0), "c": out.attributed})
+        return handoffs_by_partition(out, 0, 1, lambda _: 0).get(0, [])
+
     for i in range(0, len(records), 500):
-        out = sessionizer.process(0, [Touchpoint(r) for r in records[i:i + 500]])
-        sessions += out.sessions
-        attributed.append({"t": sessionizer.stream_time(0), "c": out.attributed})
-    out = sessionizer.process(0, [Watermark(2**62)])
-    sessions += out.sessions
+        echo = process([Touchpoint(r) for r in records[i:i + 500]])
+    echo = process([Watermark(2**62)])
+    while echo:
+        echo = process([])
     weights = load_weights()
     profiles = []
     store: dict = {}

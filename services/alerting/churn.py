@@ -20,7 +20,8 @@ resolution window (default 30 days) after an alert resolves it (same `alert_id`)
 
 Touches come here in event-time order (the processor releases them once the allowed lateness
 has passed), so every decision depends on the events only: replays, batch sizes and partition
-counts give the same alerts. State is JSON-ready.
+counts give the same alerts. A device's history handed over at a later login comes in at the
+login's time (`sessions.counts_at`), and its signals count from then. State is JSON-ready.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 from services.engagement_scorer import profile
 from services.engagement_scorer.weights import DAY_MS, Weights
-from services.sessionizer.sessions import EVENT_ID, EVENT_TYPE, EXTRA, T
+from services.sessionizer.sessions import EVENT_ID, EVENT_TYPE, EXTRA, T, counts_at
 
 #: Explicit signals: event type -> (reason, severity, recommended action).
 SIGNALS = {
@@ -112,8 +113,9 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     signal = signal_of(touch)
     if signal is not None:
         reason, severity, action = signal
-        out += _raise(state, prof, customer, t, [(reason, severity, action)], [touch[EVENT_ID]],
-                      rules, weights)
+        # A signal in a device's history counts from the login that made it the customer's.
+        out += _raise(state, prof, customer, counts_at(touch), [(reason, severity, action)],
+                      [touch[EVENT_ID]], rules, weights)
     state["open"] = [a for a in state["open"]
                      if a["detected_at"] + rules.resolve_within_ms >= t]
     return out

@@ -7,8 +7,10 @@ functions), their churn-risk state (`churn`) and the touches not yet final (`pen
 
 Carts are judged when the partition's event time passes their deadline plus the allowed
 lateness. Touches are held until the partition's event time is more than the allowed lateness
-past them, then applied to the profile and the churn rules in event-time order, with the churn
-deadlines (dormancy, silence, engagement drop) fired in between at their exact event time. A
+past them, then applied to the profile and the churn rules in event-time order (a device's
+history handed over at a login in the login's place: `sessions.counts_at`; the sessionizer's
+event time waits for it), with the churn deadlines (dormancy, silence, engagement drop) fired
+in between at their exact event time. A
 per-partition index of due times (rebuilt from the store after a restart) finds the customers
 with something to decide.
 """
@@ -23,7 +25,7 @@ from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
 from services.engagement_scorer import profile
 from services.engagement_scorer.weights import Weights
-from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, T
+from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, T, counts_at
 
 STREAM_TIME = "t:"
 NEVER = -(2**62)
@@ -73,7 +75,7 @@ class AlertProcessor:
         """The partition event time after which this customer has something to decide."""
         times = [carts.due_at(state["cart"], self.rules)]
         if state["pending"]:
-            times.append(min(touch[T] for touch in state["pending"]) + self.rules.lateness_ms)
+            times.append(min(map(counts_at, state["pending"])) + self.rules.lateness_ms)
         due = churn.due_at(state["churn"], state["profile"], self.churn_rules, self.weights)
         if due is not None:
             times.append(due + self.rules.lateness_ms)
@@ -185,13 +187,13 @@ class AlertProcessor:
         alert with the profile at its own decision)."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
-        pending = sorted(state["pending"], key=lambda x: (x[T], x[EVENT_ID]))
+        pending = sorted(state["pending"], key=lambda x: (counts_at(x), x[EVENT_ID]))
         out: list[tuple[str, str, dict, dict]] = []
         i = 0
         due = churn.due_at(risk, prof, rules, weights)
         while True:
-            touch = pending[i] if i < len(pending) and pending[i][T] <= final else None
-            if due is not None and due <= final and (touch is None or due < touch[T]):
+            touch = pending[i] if i < len(pending) and counts_at(pending[i]) <= final else None
+            if due is not None and due <= final and (touch is None or due < counts_at(touch)):
                 out += self._with_snapshot(customer, state, CHURN, churn.check(
                     risk, prof, customer, due, rules, weights))
             elif touch is None:

@@ -294,8 +294,9 @@ class SessionizerSettings:
     tick_seconds: float = setting(
         "KIZUNA_WATERMARK_TICK_SECONDS", "0",
         "Live mode: every this many seconds, move event time on to the wall clock minus the "
-        "allowed lateness on every raw partition, so idle sessions close. 0 (default) is off: "
-        "imports of past events move it with `kizuna import --until`.")
+        "allowed lateness on every raw partition, so idle sessions close (sessions close by "
+        "the lowest event time of all partitions: one idle partition holds them all). 0 "
+        "(default) is off: imports of past events move it with `kizuna import --until`.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:

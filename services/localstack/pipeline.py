@@ -37,9 +37,10 @@ def stage_inputs(settings: Settings) -> dict[str, list[str]]:
     }
 
 
-#: Consumer-group hops from the raw topic to ClickHouse: the sessionizer (twice when a login
-#: hands a device's history over), the scorer and alerting, the warehouse.
-PIPELINE_DEPTH = 4
+#: Consumer-group hops from the raw topic to ClickHouse: the sessionizer (three times when a
+#: login hands a device's history over: link, transfer, and its event time announced through
+#: the handoff topic), the scorer and alerting, the warehouse.
+PIPELINE_DEPTH = 5
 
 
 def wait_caught_up(settings: Settings, timeout: float) -> dict[str, int]:

@@ -42,6 +42,7 @@ from services.sessionizer.processor import (
     PartitionProcessor,
     Touchpoint,
     Watermark,
+    time_message,
 )
 from services.sessionizer.sessions import HOUR_MS, MINUTE_MS, SessionRules
 
@@ -63,6 +64,10 @@ OPEN_SESSIONS = Gauge("kizuna_sessionizer_open_sessions", "Sessions open in this
 DEAD_LETTERS = Counter("kizuna_sessionizer_dead_letters", "Dead letters by reason", ["reason"])
 EVENT_TIME = Gauge("kizuna_sessionizer_event_time_seconds",
                    "Event time each partition has reached (epoch seconds)", ["partition"])
+OUTPUT_TIME = Gauge("kizuna_sessionizer_output_time_seconds",
+                    "Event time each partition gives the next stages: the lowest every "
+                    "partition has announced to it, held at logins waiting for their "
+                    "device's history (epoch seconds)", ["partition"])
 
 
 def rules_of(settings: SessionizerSettings) -> SessionRules:
@@ -156,7 +161,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
                               table="profiles", port=settings.port, store=settings.store,
                               batch_size=settings.batch_size)
     app, table, outbox, partitions = parts.app, parts.table, parts.outbox, parts.partitions
-    processor = PartitionProcessor(rules_of(settings), parts.store)
+    processor = PartitionProcessor(rules_of(settings), parts.store, partitions)
     # Computed when scraped: the live sessions held in this worker's state.
     OPEN_SESSIONS.set_function(lambda: sum(
         len(state["emitted"]) for key, state in list(table.items()) if key[:2] in ("c:", "a:")))
@@ -170,12 +175,18 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             SESSIONS_OUT.labels(record["status"]).inc()
         for key, message in out.handoffs:
             produce(handoff_name, json.dumps(message).encode(), key.encode())
+        if out.stream_time is not None:  # after the handoffs: see processor.py
+            EVENT_TIME.labels(str(partition)).set(max(out.stream_time, 0) / 1000)
+            announce = json.dumps(time_message(partition, out.stream_time)).encode()
+            for other in range(partitions):
+                produce(handoff_name, announce, None, other)
         # The partition's customers are the same on the co-partitioned topic. Each message
-        # carries the partition's event time, so downstream timers move even without touches.
-        # `c`: on time or moved by identity; `l`: too late for sessions (scores only).
-        if out.attributed or out.late or out.erased or out.stream_time is not None:
-            stream_time = processor.stream_time(partition)
-            EVENT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
+        # carries the partition's output time (see processor.py), so downstream timers move
+        # even without touches. `c`: on time or moved by identity; `l`: too late for sessions
+        # (scores only).
+        if out.attributed or out.late or out.erased or out.output_time is not None:
+            stream_time = processor.output_time(partition)
+            OUTPUT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
             if out.erased:  # `e`: customers to forget (kizuna erase), before what follows
                 produce(attributed_name, orjson.dumps({"t": stream_time, "c": {},
                                                        "e": out.erased}), None, partition)

@@ -17,9 +17,25 @@ records (`kizuna import --until`, the live tick). A touch more than the allowed 
 it becomes a dead letter (`too_late`) instead of silently reopening a closed session. Handoffs
 carry touches that were on time on their own partition, so they are never too late.
 
+Sessions close by the *aligned* time instead: the lowest event time any partition has
+announced on the handoff topic. Each batch that moves its partition's event time announces it
+to every partition (`time`), after the batch's own handoffs. So when a partition hears
+partition q announce T, every forward q sent before is in, and every later one holds a touch at
+T minus the allowed lateness or after: a session closed by the aligned time cannot be joined by
+a touch still in flight, however slow the hop is (the same watermark alignment as Flink's or
+Kafka Streams' across input partitions).
+
+The next stages get the *output time* as the partition's event time: the aligned time, held at
+the earliest login whose device has not answered yet. A device's history reaches the customer
+marked with its login's time (`moved_touch`), and the next stages can count it as of the login:
+when it arrives, their event time has not passed the login, whatever the hop took. So a
+forwarded touch is never late for them, and a moved one always lands at the same place in the
+customer's history.
+
 State lives in a mapping (the faust table in production, a dict in tests) under `c:<customer>`,
-`a:<device>` and `t:<partition>` (the partition's event time). Each batch reads what it needs,
-and writes each changed key once at the end.
+`a:<device>`, and per partition `t:` (its event time), `w:` (the times announced to it) and
+`l:` (its logins waiting for a device). Each batch reads what it needs, and writes each changed
+key once at the end.
 """
 
 from __future__ import annotations
@@ -27,14 +43,14 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.sessionizer import sessions as s
 from services.sessionizer.sessions import SessionRules
 
-CUSTOMER, DEVICE, STREAM_TIME = "c:", "a:", "t:"
+CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS = "c:", "a:", "t:", "w:", "l:"
 CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
 NEVER = -(2**62)
 #: Closed sessions a device keeps so that identifying later still attributes them.
@@ -84,12 +100,40 @@ class Outputs:
     #: A customer's touches too late for sessions: they still count for the score, but may
     #: not reopen decisions (alerts) already taken.
     late: dict[str, list[list]] = field(default_factory=dict)
-    #: The partition's event time after the batch, when the batch moved it (else None).
+    #: The partition's event time after the batch, when the batch moved it (else None): to
+    #: be announced to every partition (`time_message`) after the batch's handoffs.
     stream_time: int | None = None
+    #: The output time after the batch, when the batch changed it (else None).
+    output_time: int | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     #: Customers erased (`kizuna erase`): the next stages forget them too.
     erased: list[str] = field(default_factory=list)
+
+
+def time_message(partition: int, stream_time: int) -> dict:
+    """The handoff that announces `partition`'s event time to another partition."""
+    return {"kind": "time", "partition": partition, "t": stream_time}
+
+
+def handoffs_by_partition(out: Outputs, partition: int, partitions: int,
+                          partition_of: Callable[[str], int]) -> dict[int, list[Handoff]]:
+    """What a batch sends through the handoff topic, by target partition and in order: its
+    handoffs (to the partition of their key), then its event time announced to every
+    partition. For running the processor without Kafka (tests, benchmarks)."""
+    routed: dict[int, list[Handoff]] = {}
+    for key, message in out.handoffs:
+        routed.setdefault(partition_of(key), []).append(Handoff(message))
+    if out.stream_time is not None:
+        for other in range(partitions):
+            routed.setdefault(other, []).append(Handoff(time_message(partition, out.stream_time)))
+    return routed
+
+
+def moved_touch(touch: list, login_time: int) -> list:
+    """A device's touch attributed at its login: the touch, then the login's event time
+    (`sessions.MOVED_AT`)."""
+    return [*touch, login_time]
 
 
 def touch_of(record: dict) -> list:
@@ -113,9 +157,11 @@ def touch_of(record: dict) -> list:
 class PartitionProcessor:
     """Processes batches of one stage process's partitions over a shared state mapping."""
 
-    def __init__(self, rules: SessionRules, store: MutableMapping[str, Any]) -> None:
+    def __init__(self, rules: SessionRules, store: MutableMapping[str, Any],
+                 partitions: int = 1) -> None:
         self.rules = rules
         self.store = store
+        self.partitions = partitions
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
 
     # -- the batch ---------------------------------------------------------------------------
@@ -137,6 +183,21 @@ class PartitionProcessor:
 
     def stream_time(self, partition: int) -> int:
         return self.store.get(f"{STREAM_TIME}{partition}", NEVER)
+
+    def announced(self, partition: int) -> list[int]:
+        """The event time each partition has announced to `partition` (NEVER: not yet)."""
+        stored = self.store.get(f"{ANNOUNCED}{partition}") or []
+        return (stored + [NEVER] * self.partitions)[:self.partitions]
+
+    def aligned_time(self, partition: int) -> int:
+        """The lowest announced event time: sessions may close up to it."""
+        return min(self.announced(partition))
+
+    def output_time(self, partition: int) -> int:
+        """The partition's event time for the next stages: the aligned time, held at the
+        earliest login still waiting for its device's history."""
+        logins = self.store.get(f"{LOGINS}{partition}") or {}
+        return min([self.aligned_time(partition), *logins.values()])
 
     def forget_partition(self, partition: int) -> None:
         """After a rebalance took `partition` away; rebuilt from the store if it comes back."""
@@ -176,6 +237,10 @@ class _Batch:
         self.heap = proc.deadlines(partition)
         self.start_time = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         self.stream_time = self.start_time
+        self.announced = proc.announced(partition)
+        #: Logins waiting for their device's history: (customer, NUL, device) -> the login's time.
+        self.logins: dict[str, int] = dict(self.store.get(f"{LOGINS}{partition}") or {})
+        self.start_output = proc.output_time(partition)
         self.states: dict[str, dict] = {}  # key -> its state, read once per batch
         self.changed: set[str] = set()
         self.reemit: set[str] = set()  # profiles to re-emit whole (after a redelivery)
@@ -232,6 +297,7 @@ class _Batch:
                 state["devices"].append(device)
                 # Its sessions wait for the device's answer before they may close.
                 state.setdefault("pending", []).append(device)
+                self.logins[f"{customer}\x00{device}"] = t
                 self.out.handoffs.append((device, {
                     "kind": "link", "anonymous_id": device, "customer_id": customer,
                     "event_id": record["event_id"], "event_time": t}))
@@ -260,6 +326,7 @@ class _Batch:
         for device in state.get("devices", []):
             self.out.handoffs.append((device, {"kind": "forget", "anonymous_id": device,
                                                "customer_id": customer}))
+            self.logins.pop(f"{customer}\x00{device}", None)
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
         self.changed.add(key)
         self.out.erased.append(customer)
@@ -279,21 +346,32 @@ class _Batch:
             self.link(message)
         elif kind == "transfer":
             self.receive(message)
+        elif kind == "time":
+            q = message["partition"]
+            self.announced[q] = max(self.announced[q], message["t"])
         elif kind == "forward":
+            touch = message["touch"]
+            if touch[s.T] + self.rules.lateness_ms < min(self.announced):
+                # A fresh forward is never this far behind its partition's announced time: this
+                # one was sent again by a batch redone after a crash, and its session may be
+                # closed already. It was counted the first time.
+                self.out.counts["duplicates"] += 1
+                return
             key = CUSTOMER + message["customer_id"]
-            self.add(key, self.touched(key), message["touch"])
-            self.out.attributed.setdefault(message["customer_id"], []).append(message["touch"])
+            self.add(key, self.touched(key), touch)
+            self.out.attributed.setdefault(message["customer_id"], []).append(touch)
 
     def link(self, message: dict) -> None:
         device, customer = message["anonymous_id"], message["customer_id"]
         key = DEVICE + device
         state = self.state(key)
         linked = state.get("linked_to")
+        at = message["event_time"]
         if linked == customer:
-            self.out.handoffs.append((customer, _transfer(customer, device)))
+            self.out.handoffs.append((customer, _transfer(customer, device, at)))
             return
         if linked:
-            self.out.handoffs.append((customer, _transfer(customer, device)))
+            self.out.handoffs.append((customer, _transfer(customer, device, at)))
             self.out.counts["identity_conflicts"] += 1
             self.out.dead_letters.append(DeadLetter(
                 "identity_conflict",
@@ -312,20 +390,28 @@ class _Batch:
                 emitted[s.session_id(piece[0])] = [
                     piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
         self.out.handoffs.append((customer, _transfer(
-            customer, device, state["runs"] + state.get("closed", []), emitted)))
+            customer, device, at, state["runs"] + state.get("closed", []), emitted)))
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
 
     def receive(self, message: dict) -> None:
         customer = message["customer_id"]
         key = CUSTOMER + customer
-        state = self.touched(key)
+        state = self.state(key)
+        pending = state.get("pending", [])
+        if message["anonymous_id"] not in pending:
+            # Sent again by the device's partition redoing a batch after a crash: its runs are
+            # here already, and may have closed since; merging them again would show them twice.
+            self.out.counts["duplicates"] += 1
+            return
+        self.changed.add(key)
         s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
+        at = self.logins.pop(f"{customer}\x00{message['anonymous_id']}", None)
+        at = message.get("at", at)  # None: a transfer from before logins were timed
         if message["runs"]:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(
-                touch for run in message["runs"] for touch in run)
-        pending = state.get("pending", [])
-        if message["anonymous_id"] in pending:
-            pending.remove(message["anonymous_id"])
+                touch if at is None else moved_touch(touch, at)
+                for run in message["runs"] for touch in run)
+        pending.remove(message["anonymous_id"])
         if not pending:
             state.pop("pending", None)
         due = self.proc.due_at(key, state)
@@ -336,7 +422,7 @@ class _Batch:
     # -- time --------------------------------------------------------------------------------
 
     def close_due(self) -> None:
-        heap, now = self.heap, self.stream_time
+        heap, now = self.heap, min(self.stream_time, *self.announced)
         while heap and heap[0][0] < now:
             _, key = heapq.heappop(heap)
             state = self.states.get(key) if key in self.states else self.store.get(key)
@@ -428,12 +514,20 @@ class _Batch:
         if self.stream_time != self.start_time:
             self.store[f"{STREAM_TIME}{self.partition}"] = self.stream_time
             self.out.stream_time = self.stream_time
+        if self.announced != self.proc.announced(self.partition):
+            self.store[f"{ANNOUNCED}{self.partition}"] = self.announced
+        if self.logins != (self.store.get(f"{LOGINS}{self.partition}") or {}):
+            self.store[f"{LOGINS}{self.partition}"] = self.logins
+        output_time = self.proc.output_time(self.partition)
+        if output_time != self.start_output:
+            self.out.output_time = output_time
 
 
-def _transfer(customer: str, device: str, runs: list | None = None,
+def _transfer(customer: str, device: str, at: int, runs: list | None = None,
               emitted: dict | None = None) -> dict:
-    """A device's state for its customer; empty when the device has nothing to give."""
-    return {"kind": "transfer", "customer_id": customer, "anonymous_id": device,
+    """A device's state for its customer, linked at event time `at`; empty when the device
+    has nothing to give."""
+    return {"kind": "transfer", "customer_id": customer, "anonymous_id": device, "at": at,
             "runs": runs or [], "emitted": emitted or {}}
 
 

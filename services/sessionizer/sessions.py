@@ -24,6 +24,9 @@ HOUR_MS = 60 * MINUTE_MS
 # purchase or refund (else 0); `extra` what scoring needs of the properties (an NPS score, the
 # channel of an opt-in or opt-out), or None.
 T, EVENT_ID, EVENT_TYPE, CHANNEL, REVENUE, ANONYMOUS_ID, EXTRA = range(7)
+#: A device's touch handed to its customer at a later login carries the login's event time
+#: as an eighth item, in the sessionizer's output only (`counts_at`).
+MOVED_AT = 7
 
 OPEN, CLOSED, MERGED = "open", "closed", "merged"
 _RANK = {OPEN: 0, CLOSED: 1, MERGED: 3}
@@ -43,6 +46,14 @@ class SessionRules:
     def close_at(self, run: list[list]) -> int:
         """Event time after which no acceptable touch can join `run` any more."""
         return run[-1][T] + self.gap_ms + self.lateness_ms
+
+
+def counts_at(touch: list) -> int:
+    """When a touch counts for its customer's decisions (churn risk): its event time, or, for
+    a device's touch that became the customer's at a later login, the login's time. So where a
+    device's history lands among the customer's own touches depends on the events only, not
+    on how long the hand-over took."""
+    return max(touch[T], touch[MOVED_AT]) if len(touch) > MOVED_AT else touch[T]
 
 
 def session_id(first: list) -> str:

@@ -95,13 +95,11 @@ def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
                    tier, frequency, recency, T, round(monetary_value, 2) AS m,
                    preferred_channel, toUnixTimestamp64Milli(updated_at) - {shift_ms} AS at
             FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}')"""),
-        # Not recommended_channel (nor score_snapshot): they come from the profile at the
-        # decision, which for a device's history claimed at login depends on when the login
-        # was processed (README, known limits).
         "alerts": rows(f"""
             SELECT replaceOne(customer_id, '{tag}', '') AS who, alert_type, status,
                    toUnixTimestamp64Milli(detected_at) - {shift_ms} AS t, reasons, severity,
-                   cart_value, recommended_action
+                   cart_value, recommended_action, recommended_channel,
+                   round(score_snapshot, 3) AS score
             FROM kizuna.alerts WHERE startsWith(customer_id, '{tag}')"""),
         "dead_letters": rows(f"""
             SELECT stage, reason, count() AS n FROM kizuna.dead_letters

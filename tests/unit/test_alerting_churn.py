@@ -10,6 +10,7 @@ from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import CHURN, AlertProcessor, churn_record
 from services.engagement_scorer.weights import load_weights
+from services.sessionizer.processor import moved_touch
 
 T0 = 1_710_000_000_000
 MIN = 60_000
@@ -221,6 +222,33 @@ def test_a_device_history_moved_at_login_does_not_inflate_the_peak() -> None:
     ordered.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": sorted(own + login + device)}}])
     true_peak = max(ordered.store["C1"]["churn"]["peaks"].values())
     assert true_peak * 0.9 <= peak <= true_peak * (1 + 1e-9)
+
+
+def test_a_signal_in_a_device_history_counts_from_the_login_however_late_it_arrives() -> None:
+    # The device abandoned a credit application on day 2, anonymously; the customer's own
+    # unsubscribe on day 4; the device logs in on day 8. Whether the customer's own alert had
+    # gone out when the history came (a slow hand-over) or not, the same alert must win the
+    # 7-day cool-down: valued at its own time, the device's signal took it in one order and
+    # was held back in the other.
+    own = daily_visits(8) + [touch(901, T0 + 4 * DAY, "email_unsubscribe", "email")]
+    own.sort()
+    login = T0 + 8 * DAY
+    device = [moved_touch(touch(50_001, T0 + 2 * DAY, "credit_application_abandoned", "web"),
+                          login)]
+    rules = ChurnRules(dormancy_ms=200 * DAY)
+
+    def deliver(first: list, then: list, now: int) -> list:
+        proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
+        out = proc.process(0, [{"t": now, "c": {"C1": first}}])
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
+        out += proc.process(0, [{"t": login + DAY, "c": {}}])
+        return sorted((a["alert_id"], a["detected_at"], a["reasons"][0])
+                      for _, kind, a, _ in out if kind == CHURN)
+
+    slow = deliver(own, device, login - MIN)  # the customer's own alert is out already
+    fast = deliver(own[:24], own[24:] + device, own[23][0])  # the unsubscribe not out yet
+    assert slow == fast
+    assert [reason for _, _, reason in slow] == ["email_unsubscribe"]  # the device's: held
 
 
 def test_an_erased_customer_is_forgotten() -> None:

@@ -10,12 +10,20 @@ from __future__ import annotations
 import random
 from collections import deque
 
+import pytest
 from aiokafka.partitioner import murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.sessionizer import sessions as s
-from services.sessionizer.processor import PartitionProcessor, Touchpoint, Watermark
+from services.sessionizer.processor import (
+    Handoff,
+    PartitionProcessor,
+    Touchpoint,
+    Watermark,
+    handoffs_by_partition,
+    time_message,
+)
 from services.sessionizer.sessions import MINUTE_MS, SessionRules
 
 T0 = 1_710_000_000_000
@@ -42,7 +50,7 @@ class Pipeline:
         self.n = partitions
         self.batch = batch
         self.store = {} if store is None else store
-        self.proc = PartitionProcessor(rules, self.store)
+        self.proc = PartitionProcessor(rules, self.store, partitions)
         self.queues = [deque() for _ in range(partitions)]
         self.sessions: list[dict] = []
         self.dead_letters = []
@@ -61,7 +69,6 @@ class Pipeline:
         return self
 
     def run(self) -> Pipeline:
-        from services.sessionizer.processor import Handoff
 
         while any(self.queues):
             for p, q in enumerate(self.queues):
@@ -78,8 +85,9 @@ class Pipeline:
                             x[s.EVENT_ID] for x in touches)
                 for k, v in out.counts.items():
                     self.counts[k] = self.counts.get(k, 0) + v
-                for key, message in out.handoffs:
-                    self.queues[partition_of(key, self.n)].append(Handoff(message))
+                routed = handoffs_by_partition(out, p, self.n, lambda k: partition_of(k, self.n))
+                for target, handoffs in routed.items():
+                    self.queues[target].extend(handoffs)
         return self
 
     def close_all(self) -> Pipeline:
@@ -197,6 +205,64 @@ def test_anonymous_browsing_then_login_attributes_the_earlier_sessions() -> None
     assert p.store["a:dev-1"]["linked_to"] == "C9"
     # The scorer gets every touch of the customer, the device's earlier ones included.
     assert sorted(set(p.attributed["C9"])) == ["login", "w1", "w2", "w3", "w4"]
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 4])
+def test_a_forward_slower_than_the_customers_partition_still_joins_their_session(
+        partitions: int) -> None:
+    # Regression (seen in `make chaos`, on a clean copy too): the device, linked already,
+    # browses at minute 100; the customer's own touch at 101 and a later touch at 300 on the
+    # customer's partition come in one batch. Closing by that partition's own event time closed
+    # the customer's session before the device's forwarded touch arrived, and the forward then
+    # started a session of its own.
+    other = next(f"X{i}" for i in range(100)
+                 if partition_of(f"X{i}", partitions) == partition_of("C1", partitions))
+    p = Pipeline(partitions=partitions).send(
+        tp("login", 0, "C1", device="d1", event_type="identify")).run()
+    p.send(tp("d", 100, device="d1"), tp("c", 101, "C1"), tp("x", 300, other)).close_all()
+    assert spans(p) == sorted([("C1", T0, T0, 1), ("C1", T0 + 100 * MINUTE_MS,
+                                                    T0 + 101 * MINUTE_MS, 2),
+                               (other, T0 + 300 * MINUTE_MS, T0 + 300 * MINUTE_MS, 1)])
+
+
+def test_handoffs_sent_again_by_a_redone_batch_do_not_show_twice() -> None:
+    # The device's partition crashed after producing its outputs and before storing its
+    # state: it redoes the batch, and its forward and transfer arrive a second time, after the
+    # customer's sessions have closed.
+    p = Pipeline(partitions=2)
+    p.send(tp("w1", 0, device="d1"), tp("login", 5, "C1", device="d1", event_type="identify"),
+           tp("w2", 10, device="d1")).run()
+    forward = {"kind": "forward", "customer_id": "C1", "touch": p.store["c:C1"]["runs"][0][-1]}
+    transfer = {"kind": "transfer", "customer_id": "C1", "anonymous_id": "d1",
+                "runs": [[p.store["c:C1"]["runs"][0][0]]], "emitted": {}}
+    p.close_all()
+    before = spans(p)
+
+
+    p.queues[partition_of("C1", 2)].extend([Handoff(forward), Handoff(transfer)])
+    p.run()
+    assert spans(p) == before == [("C1", T0, T0 + 10 * MINUTE_MS, 3)]
+    assert p.counts["duplicates"] == 2
+
+
+def test_event_time_for_the_next_stages_waits_for_a_logins_device_history() -> None:
+    p = Pipeline().send(tp("w1", 0, device="d1"), tp("x1", 5, "X")).run()
+    proc = p.proc
+    assert proc.output_time(0) == T0 + 5 * MINUTE_MS
+    login = T0 + 10 * MINUTE_MS
+    out = proc.process(0, [Touchpoint(tp("login", 10, "C1", device="d1", event_type="identify")),
+                           Touchpoint(tp("x2", 30, "X"))])
+    (link,) = [Handoff(m) for _, m in out.handoffs]
+    # Every partition is at minute 30 now, but the device has not answered the login yet.
+    out = proc.process(0, [Handoff(time_message(0, T0 + 30 * MINUTE_MS))])
+    assert proc.aligned_time(0) == T0 + 30 * MINUTE_MS and proc.output_time(0) == login
+    (transfer,) = [Handoff(m) for _, m in proc.process(0, [link]).handoffs]
+    out = proc.process(0, [transfer])
+    assert proc.output_time(0) == T0 + 30 * MINUTE_MS == out.output_time
+    # The device's history reaches the customer's stages marked with the login's time.
+    (moved,) = out.attributed["C1"]
+    assert moved[s.EVENT_ID] == "w1" and moved[s.MOVED_AT] == login
+    assert s.counts_at(moved) == login and s.counts_at(moved[:s.MOVED_AT]) == T0
 
 
 def test_touches_of_devices_that_never_identify_are_not_scored() -> None:
