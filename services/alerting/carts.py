@@ -44,6 +44,8 @@ class CartTouch:
     quantity: int | None = None
     unit_price: float | None = None
     currency: str | None = None
+    #: A device's touch claimed at a later login: the login's event time (else None).
+    moved_at: int | None = None
 
 
 def new_state() -> dict:
@@ -85,6 +87,8 @@ def _add(state: dict, touch: CartTouch) -> None:
     if any(event_id == touch.event_id for _, event_id in cart["evidence"]):
         return  # redelivered
     cart["evidence"].append([touch.t, touch.event_id])
+    if touch.moved_at is not None:
+        cart["moved_at"] = max(cart.get("moved_at") or touch.moved_at, touch.moved_at)
     if touch.t < cart["first"]:
         cart["first"], cart["first_event_id"] = touch.t, touch.event_id
     if touch.product_id and touch.event_type in ("cart_add", "cart_remove"):
@@ -140,7 +144,7 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
             "evidence": [event_id for _, event_id in sorted(cart["evidence"])],
             "items": [[p, q, price] for p, (q, price) in sorted(cart["items"].items())],
             "value": round(sum(q * (price or 0.0) for q, price in cart["items"].values()), 2),
-            "currency": cart["currency"], "resolved": False,
+            "currency": cart["currency"], "resolved": False, "moved_at": cart.get("moved_at"),
         }
         state["alerts"].append(record)
         out.append(record)
@@ -154,6 +158,14 @@ def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> l
             out.append({**alert, "status": "resolved", "resolved_at": bought})
     _forget(state, stream_time, rules)
     return out
+
+
+def decided_at(alert: dict) -> int:
+    """The event time an alert or resolution stands for, for its profile snapshot: its
+    deadline (or the purchase that resolves it), or, for a cart from a device's history claimed
+    at a later login, that login: the cart became the customer's only then."""
+    at = alert["resolved_at"] if alert["status"] == "resolved" else alert["detected_at"]
+    return max(at, alert.get("moved_at") or at)
 
 
 def due_at(state: dict, rules: CartRules) -> int | None:

@@ -25,7 +25,15 @@ from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
 from services.engagement_scorer import profile
 from services.engagement_scorer.weights import Weights
-from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, T, counts_at
+from services.sessionizer.sessions import (
+    CHANNEL,
+    EVENT_ID,
+    EVENT_TYPE,
+    EXTRA,
+    MOVED_AT,
+    T,
+    counts_at,
+)
 
 STREAM_TIME = "t:"
 NEVER = -(2**62)
@@ -39,7 +47,8 @@ def cart_touch(touch: list) -> CartTouch | None:
     extra = touch[EXTRA] or {}
     return CartTouch(touch[T], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL],
                      extra.get("cart"), extra.get("product"), extra.get("qty"),
-                     extra.get("price"), extra.get("currency"))
+                     extra.get("price"), extra.get("currency"),
+                     touch[MOVED_AT] if len(touch) > MOVED_AT else None)
 
 
 def upgraded(state: dict) -> dict:
@@ -49,6 +58,7 @@ def upgraded(state: dict) -> dict:
     state.setdefault("profile", profile.new_state())
     state.setdefault("churn", churn.new_state())
     state.setdefault("pending", [])
+    state.setdefault("decided", [])
     return state
 
 
@@ -74,6 +84,8 @@ class AlertProcessor:
     def due_at(self, state: dict) -> int | None:
         """The partition event time after which this customer has something to decide."""
         times = [carts.due_at(state["cart"], self.rules)]
+        if state["decided"]:
+            times.append(min(at for at, _ in state["decided"]) + self.rules.lateness_ms)
         if state["pending"]:
             times.append(min(map(counts_at, state["pending"])) + self.rules.lateness_ms)
         due = churn.due_at(state["churn"], state["profile"], self.churn_rules, self.weights)
@@ -125,8 +137,8 @@ class AlertProcessor:
                     now = max(now, touch[T])
                     ct = cart_touch(touch)
                     if ct is not None:
-                        out += self._with_snapshot(customer, state, CART, carts.add(
-                            state["cart"], customer, ct, now, self.rules))
+                        self._decided(state, carts.add(state["cart"], customer, ct, now,
+                                                       self.rules))
                 self._hold(heap, customer, state, touches)
             for customer, touches in message.get("l", {}).items():  # too late for sessions
                 self._hold(heap, customer, state_of(customer), touches)
@@ -160,24 +172,40 @@ class AlertProcessor:
         snap = profile.snapshot(state["profile"], customer, self.weights)
         return [(customer, kind, alert, snap) for alert in alerts]
 
+    def _decided(self, state: dict, alerts: list[dict]) -> None:
+        """Queue cart alerts and resolutions until the profile can stand at their time."""
+        state["decided"].extend([carts.decided_at(alert), alert] for alert in alerts)
+
     def _decide(self, customer: str, state: dict, stream_time: int,
                 final: int) -> list[tuple[str, str, dict, dict]]:
         """Everything due for this customer before `stream_time`, in event-time order: each
-        cart decision (an abandonment at its deadline, a resolution at its purchase) with the
-        profile holding exactly the touches up to that time, so an alert's score snapshot and
-        recommended channel do not depend on batching; then the rest of the touches."""
+        cart judged at its deadline, and each cart alert or resolution sent with the profile
+        holding exactly the touches up to its time (`carts.decided_at`), so an alert's score
+        snapshot and recommended channel do not depend on batching or on when a device's
+        history was claimed; then the rest of the touches.
+
+        A cart can be judged ahead of the partition's event time (by the customer's own later
+        touch, or in a device's history), so judging and sending are apart: alerts wait in
+        `decided` until event time is past their time plus the allowed lateness."""
         out: list[tuple[str, str, dict, dict]] = []
         lateness = self.rules.lateness_ms
-        for _ in range(10_000):  # each round decides a cart or a resolution
-            due = carts.due_at(state["cart"], self.rules)
-            if due is None or due >= stream_time:
+        for _ in range(10_000):  # each round judges carts or sends alerts of one time
+            judge = carts.due_at(state["cart"], self.rules)
+            send = min((at for at, _ in state["decided"]), default=None)
+            if send is not None and send + lateness < stream_time and (
+                    judge is None or send + lateness <= judge):
+                out += self._release(customer, state, send)
+                ready = [alert for at, alert in state["decided"] if at == send]
+                state["decided"] = [x for x in state["decided"] if x[0] != send]
+                out += self._with_snapshot(customer, state, CART, ready)
+            elif judge is not None and judge < stream_time:
+                out += self._release(customer, state, judge - lateness)
+                self._decided(state, carts.advance(state["cart"], customer, judge + 1,
+                                                   self.rules))
+            else:
                 break
-            out += self._release(customer, state, due - lateness)
-            out += self._with_snapshot(customer, state, CART, carts.advance(
-                state["cart"], customer, due + 1, self.rules))
         out += self._release(customer, state, final)
-        out += self._with_snapshot(customer, state, CART, carts.advance(
-            state["cart"], customer, stream_time, self.rules))
+        self._decided(state, carts.advance(state["cart"], customer, stream_time, self.rules))
         return out
 
     def _release(self, customer: str, state: dict,

@@ -136,3 +136,64 @@ def test_a_cart_claimed_at_login_days_later_is_judged_by_its_own_event_time() ->
     first = {"t": T0 + 3 * day + 2 * 60 * MIN, "c": {"C1": thursday}}
     later = {"t": T0 + 4 * day, "c": {"C1": monday}}
     assert alerts([[first], [later]]) == alerts([[first, later]]) == ["K1", "K2"]
+
+
+def test_a_cart_alerts_snapshot_is_the_profile_at_its_time_however_it_was_delivered() -> None:
+    # The customer's morning: app opens, an email click, a cart left at 0:10, then a store
+    # purchase at 2:00 (which resolves the alert). Delivered as it happens, the cart is judged
+    # when event time passes its deadline; in one message (an import batch, a slow hop), it is
+    # judged ahead of event time, at the purchase. Both must send the alert with the profile
+    # at its deadline: before, the one message sent it with none of the morning applied.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+
+    def raw(i: int, minute: int, kind: str, channel: str, extra: dict | None = None) -> list:
+        return [T0 + minute * MIN, f"e{i:03d}", kind, channel, 0.0, None, extra]
+
+    cart = {"cart": "K1", "product": "P1", "qty": 1, "price": 30.0}
+    day = [raw(1, 0, "app_open", "app"), raw(2, 5, "app_open", "app"),
+           raw(3, 8, "email_click", "email"), raw(4, 10, "cart_add", "web", cart),
+           raw(5, 120, "purchase", "pos")]
+
+    def alerts(messages: list[dict]) -> list[tuple]:
+        proc = AlertProcessor(RULES, load_weights(), {})
+        out = [x for m in messages for x in proc.process(0, [m])]
+        out += proc.process(0, [{"t": T0 + 600 * MIN, "c": {}}])
+        return [(a["alert_id"], a["detected_at"], snap["preferred_channel"],
+                 round(snap["engagement_score"], 6)) for _, _, a, snap in out]
+
+    live = alerts([{"t": x[0], "c": {"C1": [x]}} for x in day]
+                  + [{"t": T0 + m * MIN, "c": {}} for m in range(20, 140, 10)])
+    at_once = alerts([{"t": day[-1][0], "c": {"C1": day}}])
+    assert live == at_once
+    (_, detected, channel, score), resolved = live
+    assert detected == T0 + 70 * MIN and channel is not None and score > 0
+    assert resolved[0] == live[0][0]  # the same alert, resolved by the purchase
+
+
+def test_a_cart_from_a_device_claimed_at_login_gets_the_profile_at_the_login() -> None:
+    # A device's cart on day 0 reaches the customer at their login on day 2 (marked with the
+    # login's time). Whether alerting had applied the customer's own touches up to the login
+    # or not yet when it came, the alert carries the profile at the login.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+    from services.sessionizer.processor import moved_touch
+
+    day = 24 * 60 * MIN
+    login = T0 + 2 * day
+    own = [[T0 + day + k * 60 * MIN, f"o{k}", "app_open", "app", 0.0, None, None]
+           for k in range(20)] + [[login, "login", "identify", "app", 0.0, "dev", None]]
+    cart = moved_touch([T0, "d1", "cart_add", "web", 0.0, "dev",
+                        {"cart": "K1", "product": "P1", "qty": 1, "price": 9.0}], login)
+
+    def alerts(first: list, then: list, now: int) -> list[tuple]:
+        proc = AlertProcessor(RULES, load_weights(), {})
+        out = proc.process(0, [{"t": now, "c": {"C1": first}}])
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
+        out += proc.process(0, [{"t": login + day, "c": {}}])
+        return [(a["detected_at"], snap["preferred_channel"], round(snap["engagement_score"], 6))
+                for _, _, a, snap in out]
+
+    slow = alerts(own[:-1], own[-1:] + [cart], login - MIN)  # own touches applied already
+    fast = alerts(own[:5], own[5:] + [cart], own[4][0])  # most of them still held
+    assert slow == fast and [detected for detected, _, _ in slow] == [T0 + 60 * MIN]
