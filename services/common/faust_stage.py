@@ -68,6 +68,7 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
         broker_max_poll_records=batch_size,
         stream_buffer_maxsize=2 * batch_size,
         producer_acks=-1,
+        consumer_group_instance_id=common.group_instance_id(name),
     )
     # faust's own sensor: consumer and table metrics (about 25 us a message, see benchmarks).
     setup_prometheus_sensors(app, name_prefix=f"kizuna_{name}_faust")

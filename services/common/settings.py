@@ -159,7 +159,18 @@ class Settings:
         "KIZUNA_BATCH_WAIT_SECONDS", "0.2",
         "Longest a stage waits to fill a batch before processing what it has: lower gives "
         "fresher outputs under live traffic (a backlog always fills whole batches).")
+    worker_id: str = setting(
+        "KIZUNA_WORKER_ID", "",
+        "A name for this worker that stays the same across its restarts (a StatefulSet pod's "
+        "name; `kizuna up` uses `local`). Set, each stage joins its consumer group as a static "
+        "member (`group.instance.id`): killed and restarted under the same name, it takes its "
+        "partitions back at once instead of after the session timeout. A worker stopped for "
+        "good hands its partitions on after the session timeout. Empty: dynamic membership.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def group_instance_id(self, stage: str) -> str | None:
+        """This worker's static member name in `stage`'s consumer group (None: dynamic)."""
+        return f"{self.topic_prefix}{stage}-{self.worker_id}" if self.worker_id else None
 
     def validate(self) -> None:
         if not 0 < self.batch_wait_seconds <= 10:

@@ -96,6 +96,9 @@ def child_environment(settings: Settings) -> dict[str, str]:
     env["KIZUNA_HOME"] = str(settings.home)
     env[STACK_MARKER] = str(settings.home)
     env.setdefault("TZ", "UTC")
+    # Static consumer-group members: a stage killed and restarted by supervisord takes its
+    # partitions back at once (a second worker started by hand stays dynamic).
+    env.setdefault("KIZUNA_WORKER_ID", "local")
     return env
 
 

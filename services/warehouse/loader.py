@@ -176,6 +176,8 @@ class Loader:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "topic.metadata.refresh.interval.ms": 2000,  # pick up topics created after start
+            **({"group.instance.id": instance}
+               if (instance := settings.group_instance_id("warehouse")) else {}),
         })
 
     def run(self) -> None:

@@ -46,3 +46,8 @@ def test_a_fault_mid_stream_changes_no_result(stack, clean, tmp_path, name, faul
                           expected=expected)
     assert (outcome.lost, outcome.duplicates_visible) == (0, 0)
     assert outcome.equal, {t: (len(expected[t]), len(got[t])) for t in expected}
+    if name.startswith("kill-"):
+        # Restarted under the same static member name (KIZUNA_WORKER_ID), the stage takes its
+        # partitions back at once: the dead member's 60 s session timeout is not waited out
+        # (45 s for the warehouse's librdkafka consumer). Typically 5-10 s here.
+        assert outcome.recovery_s < 40

@@ -69,3 +69,13 @@ def test_every_setting_is_documented_in_the_readme():
         for env, _, _, doc in describe(load(cls, {})):
             assert doc
             assert f"`{env}`" in readme, f"{env} missing from README's configuration table"
+
+
+def test_a_worker_id_makes_each_stage_a_static_group_member() -> None:
+    from services.localstack.supervisor import child_environment
+
+    assert load(Settings, {}).group_instance_id("sessionizer") is None  # dynamic by default
+    named = load(Settings, {"KIZUNA_WORKER_ID": "pod-3", "KIZUNA_TOPIC_PREFIX": "acme."})
+    assert named.group_instance_id("sessionizer") == "acme.sessionizer-pod-3"
+    # `kizuna up` runs its stages as static members named `local`, unless told otherwise.
+    assert child_environment(load(Settings, {}))["KIZUNA_WORKER_ID"] == "local"
