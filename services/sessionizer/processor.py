@@ -7,7 +7,8 @@ customer's. Identity therefore travels on a co-partitioned *handoff* topic:
 
 - a touch carrying both ids sends `link` to the device's partition (once per customer state);
 - the device, when not linked yet, links to that customer and sends its whole state (open
-  runs, live sessions, recently closed sessions) to the customer as `transfer`; later
+  runs, live sessions, recently closed sessions) to the customer as `transfer`, where it joins
+  the customer's sessions that were open at the login's event time (`merge_at_login`); later
   device-only touches go on as `forward`;
 - a device already linked to another customer refuses: two known customers are never merged,
   and the refused link becomes a dead letter (`identity_conflict`).
@@ -217,12 +218,16 @@ class PartitionProcessor:
         return heap
 
     def due_at(self, key: str, state: dict) -> int | None:
-        """When this profile next needs attention without new input: a run to close, or a
-        device's closed-session history to expire."""
+        """When this profile next needs attention without new input: a run to close, a
+        customer's recently closed run to forget, or a device's closed-session history to
+        expire."""
         if state.get("pending"):
             return None  # waiting for a device's answer; its transfer reschedules
         if state["runs"]:
             return min(self.rules.close_at(run) for run in state["runs"])
+        if state.get("recent"):
+            return min(self.rules.close_at(run) for run in state["recent"]) \
+                + self.rules.lateness_ms
         if state.get("closed"):  # sorted by start; the last ends last
             return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
         return None
@@ -404,9 +409,12 @@ class _Batch:
             self.out.counts["duplicates"] += 1
             return
         self.changed.add(key)
-        s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
         at = self.logins.pop(f"{customer}\x00{message['anonymous_id']}", None)
         at = message.get("at", at)  # None: a transfer from before logins were timed
+        if at is None:
+            s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
+        else:
+            self.merge_at_login(state, message["runs"], at)
         if message["runs"]:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(
                 touch if at is None else moved_touch(touch, at)
@@ -418,6 +426,39 @@ class _Batch:
         if due is not None:
             heapq.heappush(self.heap, (due, key))
         state["emitted"].update(message["emitted"])
+
+    def merge_at_login(self, state: dict, runs: list, at: int) -> None:
+        """Merge a device's runs into the customer's sessions that were open at the login's
+        event time `at`, and only those: a session of the customer's that had closed before
+        the login stays as it was (the device's touches within its gap form their own
+        session). Whether it has actually closed in this process by now depends on batching
+        and on how far the other partitions are; event time does not. A session closed after
+        the login is reopened: it is kept in `recent` until no login before its close can
+        come any more."""
+        close_at, gap = self.rules.close_at, self.rules.gap_ms
+        recent = state.get("recent", [])
+        reopened = [run for run in recent if close_at(run) >= at]
+        fixed = [run for run in state["runs"] if close_at(run) < at]
+        mergeable = sorted([run for run in state["runs"] if close_at(run) >= at] + reopened,
+                           key=lambda run: (run[0][s.T], run[0][s.EVENT_ID]))
+        # A reopened session the device's touches do not join stays closed.
+        unchanged = {(run[0][s.T], run[0][s.EVENT_ID], len(run)): list(run) for run in reopened}
+        s.merge_runs(mergeable, runs, gap)
+        back = [run for run in mergeable
+                if (run[0][s.T], run[0][s.EVENT_ID], len(run)) in unchanged]
+        kept = {(run[0][s.T], run[0][s.EVENT_ID], len(run)) for run in back}
+        for key, run in unchanged.items():
+            if key not in kept:  # joined: its closed sessions are live again, or merged away
+                for piece in s.pieces(run, self.rules.max_length_ms):
+                    state["emitted"][s.session_id(piece[0])] = [
+                        piece[0][s.T], piece[0][s.EVENT_ID],
+                        s.version(len(piece), True, s.CLOSED)]
+        state["runs"] = sorted(fixed + [run for run in mergeable
+                                        if not any(run is other for other in back)],
+                               key=lambda run: (run[0][s.T], run[0][s.EVENT_ID]))
+        state["recent"] = [run for run in recent if close_at(run) < at] + back
+        if not state["recent"]:
+            state.pop("recent")
 
     # -- time --------------------------------------------------------------------------------
 
@@ -456,7 +497,14 @@ class _Batch:
                 self.out.counts["sessions_closed"] += 1
             if key.startswith(DEVICE):  # kept, so that a later login can still claim it
                 state.setdefault("closed", []).append(run)
+            else:  # kept while a login before its close can still come (`merge_at_login`)
+                state.setdefault("recent", []).append(run)
         state["runs"] = keep
+        if state.get("recent"):
+            state["recent"] = [run for run in state["recent"]
+                               if self.rules.close_at(run) + self.rules.lateness_ms >= now]
+            if not state["recent"]:
+                del state["recent"]
         if key.startswith(DEVICE) and state.get("closed"):
             # Measured from the device's own latest touch, not from the partition's event
             # time at this moment, so what a later login claims depends on the events only.
@@ -507,7 +555,7 @@ class _Batch:
             # A customer's devices are kept after their sessions close: `kizuna erase` must
             # find the links to undo.
             if state["runs"] or state["emitted"] or state.get("closed") \
-                    or state.get("linked_to") or state.get("devices"):
+                    or state.get("recent") or state.get("linked_to") or state.get("devices"):
                 self.store[key] = state
             elif key in self.store:
                 del self.store[key]

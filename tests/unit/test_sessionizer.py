@@ -126,7 +126,9 @@ def test_sessions_close_when_event_time_passes_gap_plus_lateness() -> None:
     p.watermark(T0 + 41 * MINUTE_MS).run()
     assert {r["status"] for r in p.table().values()} == {s.CLOSED}
     assert p.counts["sessions_closed"] == 1
-    assert "c:C1" not in p.store  # closed state leaves the store
+    assert "c:C1" in p.store  # kept while a login from before its close may still come
+    p.watermark(T0 + 51 * MINUTE_MS).run()
+    assert "c:C1" not in p.store  # then closed state leaves the store
 
 
 def test_a_session_is_split_at_the_maximum_length() -> None:
@@ -263,6 +265,44 @@ def test_event_time_for_the_next_stages_waits_for_a_logins_device_history() -> N
     (moved,) = out.attributed["C1"]
     assert moved[s.EVENT_ID] == "w1" and moved[s.MOVED_AT] == login
     assert s.counts_at(moved) == login and s.counts_at(moved[:s.MOVED_AT]) == T0
+
+
+CONFIGS = [(1, 1), (1, 1000), (4, 3), (4, 1000)]
+
+
+def customer_sessions(p: Pipeline, customer: str) -> list[tuple[int, int]]:
+    """(start minute, event count) of the customer's sessions."""
+    return sorted(((r["started_at"] - T0) // MINUTE_MS, r["event_count"])
+                  for r in p.table().values() if r["customer_id"] == customer)
+
+
+@pytest.mark.parametrize(("partitions", "batch"), CONFIGS)
+def test_a_device_history_does_not_join_a_session_closed_before_its_login(
+        partitions: int, batch: int) -> None:
+    # Seen in `make chaos` through the collector: the device browses at 8:12-8:13 on day 0,
+    # the customer's support contact follows at 8:14 (no device), the login comes 3 days
+    # later. The 8:14 session had closed long before the login, so the device's touches stay
+    # a session of their own. Before, they joined it when the whole stretch came in one batch
+    # (an import) and not when it came in small ones (the collector).
+    p = Pipeline(partitions=partitions, batch=batch).send(
+        tp("d1", 492, device="d"), tp("d2", 493, device="d"),
+        tp("c1", 494, "C1", channel="support"), tp("x", 694, "X"),
+        tp("login", 3 * 24 * 60, "C1", device="d", event_type="identify")).close_all()
+    assert customer_sessions(p, "C1") == [(492, 2), (494, 1), (3 * 24 * 60, 1)]
+
+
+@pytest.mark.parametrize(("partitions", "batch"), CONFIGS)
+def test_a_device_history_joins_a_session_open_at_its_login_even_if_closed_since(
+        partitions: int, batch: int) -> None:
+    # The customer's session (c1 at minute 100) is open until 140. A login at 139.5, late
+    # but within the allowed lateness, comes after event time reached 149 and the session
+    # closed (on one partition). The device's touch at 95 still joins it: it was open at the
+    # login. On 4 partitions it has not closed yet when the login comes: the same result.
+    p = Pipeline(partitions=partitions, batch=batch).send(
+        tp("d1", 95, device="d"), tp("c1", 100, "C1")).watermark(T0 + 149 * MINUTE_MS).run()
+    p.send(tp("login", 139.5, "C1", device="d", event_type="identify")).close_all()
+    assert not p.dead_letters
+    assert customer_sessions(p, "C1") == [(95, 2), (139, 1)]
 
 
 def test_touches_of_devices_that_never_identify_are_not_scored() -> None:
