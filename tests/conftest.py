@@ -26,6 +26,7 @@ WRITE_KEYS = {  # key -> source:channels; one source per test concern keeps rate
     "key-fuzz": f"fuzz:{ALL_CHANNELS}",
     "key-rate": f"ratetest:{ALL_CHANNELS}",
     "key-broker": f"brokertest:{ALL_CHANNELS}",
+    "key-chaos": f"chaos:{ALL_CHANNELS}",
 }
 WEBHOOK_SECRET = "whsec-test"
 INGEST_RATE = 2000

@@ -22,6 +22,7 @@ MATRIX = [
     ("kill-sessionizer", sc.sigkill("sessionizer"), False),
     ("kill-scorer", sc.sigkill("engagement_scorer"), False),
     ("kill-alerting", sc.sigkill("alerting"), False),
+    ("kill-collector", sc.CollectorKilled(), False),
     ("kill-warehouse", sc.sigkill("warehouse"), False),
     ("stop-start-sessionizer", sc.graceful_restart("sessionizer"), False),
     ("stop-start-alerting", sc.graceful_restart("alerting"), False),

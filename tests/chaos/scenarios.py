@@ -18,7 +18,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,6 +163,52 @@ def graceful_restart(name: str) -> Callable[[dict, str], str]:
     return fault
 
 
+class CollectorKilled:
+    """The copy is posted to the collector's HTTP API, 100 events a request, by a client that
+    sends again whatever got no 2xx answer (the same events: their `event_id`s make a resend
+    harmless); the collector is SIGKILLed while requests are in flight, a third of the way in,
+    and the process runner starts it again. A 2xx means Kafka had the events, so nothing may be
+    lost, and nothing may show twice."""
+
+    key = "key-chaos"
+
+    def __init__(self) -> None:
+        self.resent = 0
+
+    def deliver(self, env: dict, kizuna: Callable, copy: list[dict], until_ms: int,
+                path: Path) -> None:
+        url = f"http://127.0.0.1:{env['KIZUNA_INGEST_PORT']}/v1/events"
+        requests = [copy[i:i + 100] for i in range(0, len(copy), 100)]
+        self.resent = 0
+        for i, events in enumerate(requests):
+            if i == len(requests) // 3:
+                threading.Timer(0.02, psutil.Process(program_pid(env, "ingest")).kill).start()
+            self._post(url, json.dumps({"events": events}).encode())
+        import_events(env, kizuna, [], until_ms, path)  # then event time moves on, as usual
+
+    def _post(self, url: str, body: bytes) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            request = urllib.request.Request(url, data=body, method="POST", headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    if 200 <= answer.status < 300:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 and exc.code != 429:
+                    raise
+            except OSError:  # refused or reset: the collector is down or restarting
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the collector did not come back within 120 s")
+            self.resent += 1
+            time.sleep(0.2)
+
+    def __call__(self, env: dict, tag: str) -> str:
+        return f"SIGKILL collector mid-request; {self.resent} requests sent again"
+
+
 PORT_SETTINGS = {"sessionizer": "KIZUNA_SESSIONIZER_PORT",
                  "engagement_scorer": "KIZUNA_SCORER_PORT", "alerting": "KIZUNA_ALERTING_PORT"}
 
@@ -260,7 +308,10 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     until = BASE_MS + shift + (days + 1) * DAY_MS
     if hasattr(fault, "prepare"):  # a fault set up before the input arrives
         fault.prepare(env)
-    import_events(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
+    if hasattr(fault, "deliver"):  # a fault in the delivery itself
+        fault.deliver(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
+    else:
+        import_events(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
     started = time.monotonic()
     faults = fault(env, tag) if fault else "none"
     kizuna(env, "wait", "--timeout", "300")
