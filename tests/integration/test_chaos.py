@@ -1,7 +1,7 @@
-"""The fast subset of `make chaos` on the shared stack: the warehouse and the sessionizer
-SIGKILLed mid-stream, poison records on the raw topic, every event delivered twice. Each must
-give exactly the results of a clean run of the same customers (every table, every row), with
-nothing lost or shown twice."""
+"""The fast subset of `make chaos` on the shared stack: the warehouse, the sessionizer and the
+collector (with requests in flight) SIGKILLed mid-stream, poison records on the raw topic,
+every event delivered twice. Each must give exactly the results of a clean run of the same
+customers (every table, every row), with nothing lost or shown twice."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _slot() -> int:
 @pytest.mark.parametrize(("name", "fault", "doubled"), [
     ("kill-warehouse", sc.sigkill("warehouse"), False),
     ("kill-sessionizer", sc.sigkill("sessionizer"), False),
+    ("kill-collector", sc.CollectorKilled(), False),
     ("poison", sc.poison, False),
     ("delivered-twice", None, True),
 ])
