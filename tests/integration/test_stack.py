@@ -162,6 +162,13 @@ def test_every_service_reports_its_work_and_status_shows_the_pipeline_caught_up(
               in sessionizer["kizuna_stage_latency_seconds_count"]}
     assert clocks["wall"] > 0 and clocks["event"] > 0
     assert sessionizer["kizuna_stage_state_keys"][0][1] > 0
+    # the time given downstream moved, and never runs ahead of the partition's own
+    reached_at = {labels["partition"]: value for labels, value
+                  in sessionizer["kizuna_sessionizer_event_time_seconds"]}
+    given = {labels["partition"]: value for labels, value
+             in sessionizer["kizuna_sessionizer_output_time_seconds"]}
+    assert max(given.values()) > 0
+    assert all(value <= reached_at.get(partition, 0) for partition, value in given.items())
     for port, name in (("KIZUNA_ALERTING_PORT", "kizuna_alerting_pending_decisions"),
                        ("KIZUNA_ALERTING_PORT", "kizuna_alerting_event_time_seconds"),
                        ("KIZUNA_WAREHOUSE_PORT", "kizuna_warehouse_consumer_lag")):
