@@ -8,7 +8,7 @@ customer's. Identity therefore travels on a co-partitioned *handoff* topic:
 - a touch carrying both ids sends `link` to the device's partition (once per customer state);
 - the device, when not linked yet, links to that customer and sends its whole state (open
   runs, live sessions, recently closed sessions) to the customer as `transfer`, where it joins
-  the customer's sessions that were open at the login's event time (`merge_at_login`); later
+  the customer's sessions that were open at the login's event time (`rejoin`); later
   device-only touches go on as `forward`;
 - a device already linked to another customer refuses: two known customers are never merged,
   and the refused link becomes a dead letter (`identity_conflict`).
@@ -318,7 +318,11 @@ class _Batch:
         self.add(key, state, touch)
 
     def add(self, key: str, state: dict, touch: list) -> None:
-        if s.insert(state["runs"], touch, self.rules.gap_ms):
+        if touch[s.T] < state.get("moved", NEVER):  # before a login that claimed touches
+            added = self.rejoin(state, [touch])
+        else:
+            added = s.insert(state["runs"], touch, self.rules.gap_ms)
+        if added:
             heapq.heappush(self.heap, (self.rules.close_at(state["runs"][0]), key))
         else:
             self.out.counts["duplicates"] += 1
@@ -411,10 +415,12 @@ class _Batch:
         self.changed.add(key)
         at = self.logins.pop(f"{customer}\x00{message['anonymous_id']}", None)
         at = message.get("at", at)  # None: a transfer from before logins were timed
-        if at is None:
+        if at is None and "moved" not in state:
             s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
-        else:
-            self.merge_at_login(state, message["runs"], at)
+        else:  # the device's touches before its login count from the login
+            self.rejoin(state, [touch if at is None or touch[s.T] >= at
+                                else moved_touch(touch, at)
+                                for run in message["runs"] for touch in run])
         if message["runs"]:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(
                 touch if at is None else moved_touch(touch, at)
@@ -427,38 +433,41 @@ class _Batch:
             heapq.heappush(self.heap, (due, key))
         state["emitted"].update(message["emitted"])
 
-    def merge_at_login(self, state: dict, runs: list, at: int) -> None:
-        """Merge a device's runs into the customer's sessions that were open at the login's
-        event time `at`, and only those: a session of the customer's that had closed before
-        the login stays as it was (the device's touches within its gap form their own
-        session). Whether it has actually closed in this process by now depends on batching
-        and on how far the other partitions are; event time does not. A session closed after
-        the login is reopened: it is kept in `recent` until no login before its close can
-        come any more."""
-        close_at, gap = self.rules.close_at, self.rules.gap_ms
+    def rejoin(self, state: dict, touches: list[list]) -> bool:
+        """Add touches to a customer whose runs hold a device's touches claimed at a login
+        (or will): the runs are formed again in event time (`sessions.build`). A device's
+        touches join the customer's sessions that were open at the login's event time, and
+        only those: one that had closed before the login stays as it was, and the device's
+        touches within its gap form a session of their own. Whether a session has closed in
+        this process by now depends on batching and on the other partitions' pace; event time
+        does not. So does the order claimed touches and later touches arrive in. A session
+        closed in the process but open at a login is in `recent` (kept for the allowed
+        lateness after it closed: no login before its close can come later) and is reopened
+        if the device's touches join it. False if every touch was here already."""
         recent = state.get("recent", [])
-        reopened = [run for run in recent if close_at(run) >= at]
-        fixed = [run for run in state["runs"] if close_at(run) < at]
-        mergeable = sorted([run for run in state["runs"] if close_at(run) >= at] + reopened,
-                           key=lambda run: (run[0][s.T], run[0][s.EVENT_ID]))
-        # A reopened session the device's touches do not join stays closed.
-        unchanged = {(run[0][s.T], run[0][s.EVENT_ID], len(run)): list(run) for run in reopened}
-        s.merge_runs(mergeable, runs, gap)
-        back = [run for run in mergeable
-                if (run[0][s.T], run[0][s.EVENT_ID], len(run)) in unchanged]
-        kept = {(run[0][s.T], run[0][s.EVENT_ID], len(run)) for run in back}
-        for key, run in unchanged.items():
-            if key not in kept:  # joined: its closed sessions are live again, or merged away
+        held = [touch for run in state["runs"] + recent for touch in run]
+        have = {(touch[s.T], touch[s.EVENT_ID]) for touch in held}
+        fresh = [touch for touch in touches if (touch[s.T], touch[s.EVENT_ID]) not in have]
+        if not fresh:
+            return False
+        runs = s.build(held + fresh, self.rules.gap_ms, self.rules.close_at)
+
+        def signature(run: list) -> tuple:
+            return run[0][s.T], run[0][s.EVENT_ID], len(run)
+
+        closed = {signature(run): run for run in recent}
+        stay = [run for run in runs if signature(run) in closed]
+        for sig, run in closed.items():
+            if not any(signature(other) == sig for other in stay):
+                # joined: its sessions are live again, or merged into the one that has them
                 for piece in s.pieces(run, self.rules.max_length_ms):
                     state["emitted"][s.session_id(piece[0])] = [
                         piece[0][s.T], piece[0][s.EVENT_ID],
                         s.version(len(piece), True, s.CLOSED)]
-        state["runs"] = sorted(fixed + [run for run in mergeable
-                                        if not any(run is other for other in back)],
-                               key=lambda run: (run[0][s.T], run[0][s.EVENT_ID]))
-        state["recent"] = [run for run in recent if close_at(run) < at] + back
-        if not state["recent"]:
-            state.pop("recent")
+        state["runs"] = [run for run in runs if signature(run) not in closed]
+        state["recent"] = stay
+        _note_moved(state)
+        return True
 
     # -- time --------------------------------------------------------------------------------
 
@@ -497,14 +506,14 @@ class _Batch:
                 self.out.counts["sessions_closed"] += 1
             if key.startswith(DEVICE):  # kept, so that a later login can still claim it
                 state.setdefault("closed", []).append(run)
-            else:  # kept while a login before its close can still come (`merge_at_login`)
+            else:  # kept while a login before its close can still come (`rejoin`)
                 state.setdefault("recent", []).append(run)
         state["runs"] = keep
         if state.get("recent"):
             state["recent"] = [run for run in state["recent"]
                                if self.rules.close_at(run) + self.rules.lateness_ms >= now]
-            if not state["recent"]:
-                del state["recent"]
+        if key.startswith(CUSTOMER):
+            _note_moved(state)
         if key.startswith(DEVICE) and state.get("closed"):
             # Measured from the device's own latest touch, not from the partition's event
             # time at this moment, so what a later login claims depends on the events only.
@@ -577,6 +586,21 @@ def _transfer(customer: str, device: str, at: int, runs: list | None = None,
     has nothing to give."""
     return {"kind": "transfer", "customer_id": customer, "anonymous_id": device, "at": at,
             "runs": runs or [], "emitted": emitted or {}}
+
+
+def _note_moved(state: dict) -> None:
+    """Note the latest login whose claimed touches a customer's runs (live or recent) hold:
+    a touch before it goes through `rejoin`; one after it cannot change what that login
+    decided, and is inserted by the plain gap rule (the same result, see `sessions.build`).
+    Drop empty parts."""
+    if not state.get("recent"):
+        state.pop("recent", None)
+    logins = [touch[s.MOVED_AT] for run in state["runs"] + state.get("recent", [])
+              for touch in run if len(touch) > s.MOVED_AT]
+    if logins:
+        state["moved"] = max(logins)
+    else:
+        state.pop("moved", None)
 
 
 def _ids(key: str) -> tuple[str, str | None]:

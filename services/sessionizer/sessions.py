@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MINUTE_MS = 60_000
@@ -92,6 +93,39 @@ def insert(runs: list[list[list]], touch: list, gap_ms: int) -> bool:
             del runs[i]
     insort(merged, touch, key=_order)
     return True
+
+
+def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int]
+          ) -> list[list[list]]:
+    """The runs of `touches` as event time forms them: each touch is taken when it counts
+    (`counts_at`: its own time, or for a device's touch claimed at a later login, the
+    login's) and joins the runs within the gap of it that are still open then. Without
+    claimed touches this is the plain gap rule of `insert`, in any order; with them, a claimed
+    touch never joins a session that had closed before its login, whatever arrived since."""
+    runs: list[list[list]] = []
+    latest: list[int] = []  # per run, the latest time one of its touches counts at
+    for touch in sorted(touches, key=lambda x: (counts_at(x), x[T], x[EVENT_ID])):
+        at, t = counts_at(touch), touch[T]
+        # Open then: not closed before it, or holding touches that count at that same instant
+        # (a device's history comes in whole at its login: its runs form among themselves).
+        hit = [i for i, run in enumerate(runs)
+               if run[0][T] - gap_ms <= t <= run[-1][T] + gap_ms
+               and (close_at(run) >= at or latest[i] == at)]
+        if not hit:
+            runs.append([touch])
+            latest.append(at)
+            continue
+        merged = runs[hit[0]]
+        for i in hit[1:]:
+            merged.extend(runs[i])
+        for i in reversed(hit[1:]):
+            del runs[i]
+            del latest[i]
+        merged.append(touch)
+        merged.sort(key=_order)
+        latest[hit[0]] = at
+    runs.sort(key=lambda run: _order(run[0]))
+    return runs
 
 
 def contains(runs: list[list[list]], t: int, event_id: str) -> bool:
