@@ -142,7 +142,6 @@ class PartitionBatcher:
                   len(batch), partition=partition, headers={"kizuna-type": TOUCHPOINT_BATCH})
 
 
-
 class MessageBuilder:
     """Kafka messages of the collector and the importer: touchpoints and dead letters."""
 

@@ -243,6 +243,7 @@ class _Batch:
         self.start_time = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         self.stream_time = self.start_time
         self.announced = proc.announced(partition)
+        self.aligned = min(self.announced)  # kept up to date as announcements come
         #: Logins waiting for their device's history: (customer, NUL, device) -> the login's time.
         self.logins: dict[str, int] = dict(self.store.get(f"{LOGINS}{partition}") or {})
         self.start_output = proc.output_time(partition)
@@ -357,10 +358,12 @@ class _Batch:
             self.receive(message)
         elif kind == "time":
             q = message["partition"]
-            self.announced[q] = max(self.announced[q], message["t"])
+            if message["t"] > self.announced[q]:
+                self.announced[q] = message["t"]
+                self.aligned = min(self.announced)
         elif kind == "forward":
             touch = message["touch"]
-            if touch[s.T] + self.rules.lateness_ms < min(self.announced):
+            if touch[s.T] + self.rules.lateness_ms < self.aligned:
                 # A fresh forward is never this far behind its partition's announced time: this
                 # one was sent again by a batch redone after a crash, and its session may be
                 # closed already. It was counted the first time.
@@ -472,7 +475,7 @@ class _Batch:
     # -- time --------------------------------------------------------------------------------
 
     def close_due(self) -> None:
-        heap, now = self.heap, min(self.stream_time, *self.announced)
+        heap, now = self.heap, min(self.stream_time, self.aligned)
         while heap and heap[0][0] < now:
             _, key = heapq.heappop(heap)
             state = self.states.get(key) if key in self.states else self.store.get(key)

@@ -84,6 +84,12 @@ def insert(runs: list[list[list]], touch: list, gap_ms: int) -> bool:
         starts = [run[0][T] for run in runs]
         runs.insert(bisect_left(starts, t), [touch])
         return True
+    _join(runs, hit, touch)
+    return True
+
+
+def _join(runs: list[list[list]], hit: list[int], touch: list) -> None:
+    """Merge the runs at the (ascending) indexes `hit` into the first of them, with `touch`."""
     merged = runs[hit[0]]
     for i in hit[1:]:
         merged.extend(runs[i])
@@ -92,7 +98,6 @@ def insert(runs: list[list[list]], touch: list, gap_ms: int) -> bool:
         for i in reversed(hit[1:]):
             del runs[i]
     insort(merged, touch, key=_order)
-    return True
 
 
 def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int]
@@ -115,14 +120,9 @@ def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int
             runs.append([touch])
             latest.append(at)
             continue
-        merged = runs[hit[0]]
-        for i in hit[1:]:
-            merged.extend(runs[i])
         for i in reversed(hit[1:]):
-            del runs[i]
             del latest[i]
-        merged.append(touch)
-        merged.sort(key=_order)
+        _join(runs, hit, touch)
         latest[hit[0]] = at
     runs.sort(key=lambda run: _order(run[0]))
     return runs

@@ -170,15 +170,17 @@ class Loader:
         self.serde = default_serde()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
-        self.consumer = Consumer({
+        config = {
             **client_config(settings),
             "group.id": f"{self.prefix}warehouse",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "topic.metadata.refresh.interval.ms": 2000,  # pick up topics created after start
-            **({"group.instance.id": instance}
-               if (instance := settings.group_instance_id("warehouse")) else {}),
-        })
+        }
+        instance = settings.group_instance_id("warehouse")
+        if instance:  # a static member (KIZUNA_WORKER_ID)
+            config["group.instance.id"] = instance
+        self.consumer = Consumer(config)
 
     def run(self) -> None:
         self.consumer.subscribe([self.prefix + suffix for suffix in LOADS])
