@@ -18,15 +18,13 @@ from __future__ import annotations
 import statistics
 
 from services.engagement_scorer.weights import DAY_MS, Weights
-from services.sessionizer.sessions import CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, REVENUE, T
+from services.sessionizer.sessions import CHANNEL, DEDUP_MS, EVENT_ID, EVENT_TYPE, EXTRA, REVENUE, T
 
 #: Channels a downstream system can reach a customer on (a store visit is not one).
 CONTACTABLE = ("email", "app", "web", "support", "social")
 #: Consent: event type -> (channel, reachable afterwards). opt_in / opt_out name theirs.
 CONSENT = {"email_unsubscribe": ("email", False), "email_spam_report": ("email", False),
            "app_uninstall": ("app", False)}
-#: Touch ids remembered for deduplication, behind the customer's latest touch.
-RECENT_MS = 60 * DAY_MS
 
 
 def new_state() -> dict:
@@ -84,7 +82,7 @@ def apply(state: dict, touch: list, weights: Weights) -> bool:
             state["consent"][consent[0]] = [t, event_id, consent[1]]
     state["applied"] += 1
     if len(recent) > 64 and len(recent) % 64 == 0:
-        horizon = state["last_event_at"] - RECENT_MS
+        horizon = state["last_event_at"] - DEDUP_MS
         state["recent"] = {e: at for e, at in recent.items() if at >= horizon}
     return True
 

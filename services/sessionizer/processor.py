@@ -230,6 +230,8 @@ class PartitionProcessor:
                 + self.rules.lateness_ms
         if state.get("closed"):  # sorted by start; the last ends last
             return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
+        if state.get("seen"):
+            return max(state["seen"].values()) + s.DEDUP_MS
         return None
 
 
@@ -275,8 +277,9 @@ class _Batch:
         touch = touch_of(record)
         if self.rules.too_late(t, self.stream_time):
             key = CUSTOMER + customer if customer else DEVICE + device
-            if s.contains(self.state(key)["runs"], t, record["event_id"]):
-                self.out.counts["duplicates"] += 1  # redelivered after a restart: not late
+            if _took(self.state(key), t, record["event_id"]):
+                # delivered again (a client's resend, a producer's retry): a duplicate, not late
+                self.out.counts["duplicates"] += 1
                 self.reemit.add(key)
                 self.changed.add(key)
                 if customer:
@@ -314,6 +317,7 @@ class _Batch:
         if state.get("linked_to"):
             self.out.handoffs.append((state["linked_to"], {
                 "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
+            s.remember(self.touched(key).setdefault("seen", {}), [touch])
             return
         self.changed.add(key)
         self.add(key, state, touch)
@@ -403,7 +407,11 @@ class _Batch:
                     piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
         self.out.handoffs.append((customer, _transfer(
             customer, device, at, state["runs"] + state.get("closed", []), emitted)))
+        seen = state.get("seen", {})  # its closed touches are in already
+        s.remember(seen, (touch for run in state["runs"] for touch in run))
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
+        if seen:
+            self.states[key]["seen"] = seen
 
     def receive(self, message: dict) -> None:
         customer = message["customer_id"]
@@ -507,6 +515,7 @@ class _Batch:
                 state["emitted"].pop(record["session_id"], None)
                 self.out.sessions.append(record)
                 self.out.counts["sessions_closed"] += 1
+            s.remember(state.setdefault("seen", {}), run)
             if key.startswith(DEVICE):  # kept, so that a later login can still claim it
                 state.setdefault("closed", []).append(run)
             else:  # kept while a login before its close can still come (`rejoin`)
@@ -515,6 +524,9 @@ class _Batch:
         if state.get("recent"):
             state["recent"] = [run for run in state["recent"]
                                if self.rules.close_at(run) + self.rules.lateness_ms >= now]
+        seen = state.get("seen")
+        if seen and not state["runs"] and max(seen.values()) + s.DEDUP_MS < now:
+            del state["seen"]  # idle for the whole window (a busy one prunes as it goes)
         if key.startswith(CUSTOMER):
             _note_moved(state)
         if key.startswith(DEVICE) and state.get("closed"):
@@ -526,6 +538,7 @@ class _Batch:
             kept = [r for r in history if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
             if now > latest + DEVICE_HISTORY_MS:
                 kept = []  # the device stayed anonymous for the whole window: forget it
+                state.pop("seen", None)
             while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
                 kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
             state["closed"] = kept
@@ -566,8 +579,8 @@ class _Batch:
                 self.emit(key, state)
             # A customer's devices are kept after their sessions close: `kizuna erase` must
             # find the links to undo.
-            if state["runs"] or state["emitted"] or state.get("closed") \
-                    or state.get("recent") or state.get("linked_to") or state.get("devices"):
+            if state["runs"] or state["emitted"] or state.get("closed") or state.get("recent") \
+                    or state.get("seen") or state.get("linked_to") or state.get("devices"):
                 self.store[key] = state
             elif key in self.store:
                 del self.store[key]
@@ -604,6 +617,12 @@ def _note_moved(state: dict) -> None:
         state["moved"] = max(logins)
     else:
         state.pop("moved", None)
+
+
+def _took(state: dict, t: int, event_id: str) -> bool:
+    """Whether a profile took this touch already: in its open runs, or among the touches that
+    left them (`seen`, `sessions.remember`)."""
+    return event_id in state.get("seen", ()) or s.contains(state["runs"], t, event_id)
 
 
 def _ids(key: str) -> tuple[str, str | None]:

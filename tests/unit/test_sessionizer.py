@@ -128,7 +128,8 @@ def test_sessions_close_when_event_time_passes_gap_plus_lateness() -> None:
     assert p.counts["sessions_closed"] == 1
     assert "c:C1" in p.store  # kept while a login from before its close may still come
     p.watermark(T0 + 51 * MINUTE_MS).run()
-    assert "c:C1" not in p.store  # then closed state leaves the store
+    left = p.store["c:C1"]  # then the closed run leaves; its ids stay (the dedup window)
+    assert (left["runs"], "recent" in left, left["seen"]) == ([], False, {"e1": T0})
 
 
 def test_a_session_is_split_at_the_maximum_length() -> None:
@@ -417,10 +418,37 @@ def test_a_restart_from_the_stored_state_changes_nothing() -> None:
     second = Pipeline(partitions=2, store=store).send(*records[100:]).close_all()
     first.sessions += second.sessions
     assert spans(first) == spans(whole)
-    # Each redelivered touch counts once: a duplicate, or (when its session had closed
-    # already, a documented limit) a too_late dead letter; never a second count.
-    too_late = second.counts.get("too_late", 0)
-    assert second.counts["duplicates"] + too_late == 20 and too_late <= 2
+    # Each redelivered touch is known as a duplicate, its session open or closed since.
+    assert second.counts["duplicates"] == 20 and "too_late" not in second.counts
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_a_copy_delivered_again_days_later_is_a_duplicate_not_a_late_touch(partitions) -> None:
+    # As when a client sends a request again after the collector died having written part
+    # of it: the copy comes after event time moved on, its sessions closed since.
+    day = 24 * 60
+    history = [
+        tp("d1", 0, device="dev-r"),                      # anonymous, then claimed at login
+        tp("c1", 5, "C-r", device="dev-r", event_type="identify"),
+        tp("d2", 2 * day, device="dev-r"),                # forwarded: the device is linked
+        tp("c2", 3 * day, "C-r"),
+        tp("o1", 3 * day, "C-other"),
+    ]
+    later = [tp(f"n{i}", 10 * day + i, "C-r") for i in range(3)]
+    once = Pipeline(partitions).send(*history).run().send(*later).close_all()
+    twice = Pipeline(partitions).send(*history).run().send(*later).run()
+    twice.send(*history).close_all()
+    assert spans(twice) == spans(once) and len(spans(once)) == 5
+    assert twice.dead_letters == [] and twice.counts["duplicates"] == len(history)
+    assert "too_late" not in twice.counts
+
+
+def test_a_profile_forgets_the_ids_it_took_after_the_dedup_window() -> None:
+    p = Pipeline().send(tp("e1", 0, "C-idle")).run()
+    p.watermark(T0 + 5 * 24 * s.HOUR_MS).run()
+    assert "e1" in p.store["c:C-idle"]["seen"]  # its session closed, the id stays
+    p.watermark(T0 + s.DEDUP_MS + 24 * s.HOUR_MS).run()
+    assert "c:C-idle" not in p.store
 
 
 def test_attributed_touches_go_out_in_bounded_messages() -> None:
