@@ -54,7 +54,7 @@ def cart_touch(touch: list) -> CartTouch | None:
 def upgraded(state: dict) -> dict:
     """A customer's state with every part, whatever version of the stage stored it (states
     written before churn risk existed have no `churn` and `pending`)."""
-    state.setdefault("cart", carts.new_state())
+    state["cart"] = carts.upgraded(state.get("cart") or carts.new_state())
     state.setdefault("profile", profile.new_state())
     state.setdefault("churn", churn.new_state())
     state.setdefault("pending", [])
@@ -128,20 +128,15 @@ class AlertProcessor:
                 out = [x for x in out if x[0] != customer]
             for customer, touches in message["c"].items():
                 state = state_of(customer)
-                # The customer's own time, not the partition's: a device's history moved here
-                # at login is days old, and each of its carts must be judged with its own
-                # later touches (its purchase) already added. Nothing that could still save a
-                # cart lags the customer's latest touch by more than the allowed lateness.
-                now = NEVER
-                for touch in sorted(touches, key=lambda x: (x[T], x[EVENT_ID])):
-                    now = max(now, touch[T])
+                fresh = _fresh(state, touches)
+                for touch in fresh:  # judged later, by the partition's event time (`_decide`)
                     ct = cart_touch(touch)
                     if ct is not None:
-                        self._decided(state, carts.add(state["cart"], customer, ct, now,
-                                                       self.rules))
-                self._hold(heap, customer, state, touches)
+                        carts.add(state["cart"], ct)
+                self._hold(heap, customer, state, fresh)
             for customer, touches in message.get("l", {}).items():  # too late for sessions
-                self._hold(heap, customer, state_of(customer), touches)
+                state = state_of(customer)
+                self._hold(heap, customer, state, _fresh(state, touches))
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         while heap and heap[0][0] < stream_time:
@@ -184,8 +179,8 @@ class AlertProcessor:
         snapshot and recommended channel do not depend on batching or on when a device's
         history was claimed; then the rest of the touches.
 
-        A cart can be judged ahead of the partition's event time (by the customer's own later
-        touch, or in a device's history), so judging and sending are apart: alerts wait in
+        A cart from a device's history is judged at its deadline but stands for the login
+        that claimed it, which can be later, so judging and sending are apart: alerts wait in
         `decided` until event time is past their time plus the allowed lateness."""
         out: list[tuple[str, str, dict, dict]] = []
         lateness = self.rules.lateness_ms
@@ -234,6 +229,20 @@ class AlertProcessor:
             due = churn.due_at(risk, prof, rules, weights)
         state["pending"] = pending[i:]
         return out
+
+
+def _fresh(state: dict, touches: list[list]) -> list[list]:
+    """The touches this customer's state has not taken yet: a batch of the sessionizer redone
+    after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
+    profile's ids (`profile.apply`), held ones in `pending`."""
+    applied = state["profile"]["recent"]
+    taken = {touch[EVENT_ID] for touch in state["pending"]}
+    fresh = []
+    for touch in touches:
+        if touch[EVENT_ID] not in applied and touch[EVENT_ID] not in taken:
+            taken.add(touch[EVENT_ID])
+            fresh.append(touch)
+    return fresh
 
 
 def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,

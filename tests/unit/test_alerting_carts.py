@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from services.alerting.carts import CartRules, CartTouch, add, advance, new_state
+from services.alerting.carts import CartRules, CartTouch, add, advance, new_state, upgraded
 
 T0 = 1_710_000_000_000
 MIN = 60_000
@@ -23,7 +23,8 @@ def run(touches: list[CartTouch], until_minute: float, step: float = 5) -> tuple
     state, out, now = new_state(), [], T0 - MIN
     for x in touches:
         now = max(now, x.t)
-        out += add(state, "C1", x, now, RULES)
+        add(state, x)
+        out += advance(state, "C1", now, RULES)
     while now < T0 + until_minute * MIN:
         now += int(step * MIN)
         out += advance(state, "C1", now, RULES)
@@ -197,3 +198,120 @@ def test_a_cart_from_a_device_claimed_at_login_gets_the_profile_at_the_login() -
     slow = alerts(own[:-1], own[-1:] + [cart], login - MIN)  # own touches applied already
     fast = alerts(own[:5], own[5:] + [cart], own[4][0])  # most of them still held
     assert slow == fast and [detected for detected, _, _ in slow] == [T0 + 60 * MIN]
+
+
+def alerting(messages: list[dict]) -> list[tuple]:
+    """Alerts (id, status, detected_at, evidence) of attributed messages, fed one by one."""
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+
+    proc = AlertProcessor(RULES, load_weights(), {})
+    out = [x for m in messages for x in proc.process(0, [m])]
+    return sorted((a["alert_id"], a["status"], a["detected_at"], tuple(a["evidence"]))
+                  for _, _, a, _ in out)
+
+
+def raw(event_id: str, minute: float, kind: str, cart: str | None = "K1",
+        device: str | None = None) -> list:
+    extra = {"cart": cart, "product": "P1", "qty": 1, "price": 9.0} if kind != "purchase" \
+        else None
+    return [T0 + int(minute * MIN), event_id, kind, "web", 9.0 if kind == "purchase" else 0.0,
+            device, extra]
+
+
+def test_a_purchase_forwarded_after_the_customers_later_cart_touch_still_saves_the_cart(
+) -> None:
+    # The customer's own partition runs ahead: their cart at 0:00 and another look at the
+    # cart at 2:00 reach alerting while the partition's event time is 0:05. A purchase at
+    # 0:50 on their linked phone takes the hop through the handoff topic and comes next. In
+    # event time the 0:00 episode was bought: no alert; the 2:00 one was not.
+    own = [raw("c1", 0, "cart_add"), raw("c2", 120, "cart_view")]
+    forwarded = [raw("p1", 50, "purchase", device="phone")]
+    end = {"t": T0 + 24 * 60 * MIN, "c": {}}
+    live = alerting([{"t": T0 + 5 * MIN, "c": {"C1": own}},
+                     {"t": T0 + 60 * MIN, "c": {"C1": forwarded}}, end])
+    at_once = alerting([{"t": T0 + 180 * MIN, "c": {"C1": own + forwarded}}, end])
+    assert live == at_once
+    assert [(status, detected) for _, status, detected, _ in live] == [
+        ("open", T0 + 180 * MIN)]
+
+
+def test_episodes_are_formed_in_event_time_whatever_order_the_touches_come_in() -> None:
+    # 0:00 and 1:40 are one episode only through the touch at 0:50 (each within the hour of
+    # the next); it comes last, as a device's touch forwarded slowly would.
+    touches = [raw("a", 0, "cart_add"), raw("c", 100, "cart_view"),
+               raw("b", 50, "cart_view", device="phone")]
+    end = {"t": T0 + 24 * 60 * MIN, "c": {}}
+    slow = alerting([{"t": T0 + 5 * MIN, "c": {"C1": touches[:2]}},
+                     {"t": T0 + 60 * MIN, "c": {"C1": touches[2:]}}, end])
+    ordered = alerting([{"t": T0 + 100 * MIN, "c": {"C1": touches}}, end])
+    assert slow == ordered
+    ((_, _, detected, evidence),) = ordered
+    assert detected == T0 + 160 * MIN and evidence == ("a", "b", "c")
+
+
+def test_random_histories_give_the_same_alerts_however_they_are_delivered() -> None:
+    # A customer's touches out of order within the allowed lateness, in messages of random
+    # sizes, each with a partition time anywhere from the last one to the newest touch so far
+    # (the customer's own partition may run ahead of the aligned time), against one message.
+    rnd = random.Random(11)
+    for _ in range(300):
+        touches = sorted((raw(f"e{i:02d}", rnd.randint(0, 8 * 60),
+                              rnd.choice(["cart_add", "cart_add", "cart_view", "purchase",
+                                          "cart_remove"]), cart=rnd.choice(["K1", "K2"]))
+                          for i in range(rnd.randint(1, 10))), key=lambda x: (x[0], x[1]))
+        arrival = sorted(touches, key=lambda x: x[0] + rnd.uniform(0, RULES.lateness_ms * 0.9))
+        messages, clock, newest = [], T0 - MIN, T0 - MIN
+        while arrival:
+            n = rnd.randint(1, 3)
+            take, arrival = arrival[:n], arrival[n:]
+            newest = max(newest, *(x[0] for x in take))
+            clock = rnd.randint(clock, newest)
+            messages.append({"t": clock, "c": {"C1": take}})
+        end = {"t": T0 + 30 * 24 * 60 * MIN, "c": {}}
+        assert alerting(messages + [end]) == alerting(
+            [{"t": touches[-1][0], "c": {"C1": touches}}, end])
+
+
+def test_a_cart_stored_by_the_earlier_version_is_judged_as_it_stood() -> None:
+    old = {"carts": {"K1": {"items": {"P1": [2, 10.0]}, "had_items": True, "currency": "EUR",
+                            "last_activity": T0 + 10 * MIN, "first": T0, "first_event_id": "e1",
+                            "evidence": [[T0, "e1"], [T0 + 10 * MIN, "e2"]], "done": False},
+                     "K0": {"items": {}, "had_items": True, "currency": None, "done": True,
+                            "last_activity": T0, "first": T0, "first_event_id": "e0",
+                            "evidence": [[T0, "e0"]]}},
+           "purchases": [T0 - 600 * MIN], "alerts": [], "last_sent_at": None, "capped": 0}
+    (alert,) = advance(upgraded(old), "C1", T0 + 90 * MIN, RULES)
+    fresh = new_state()
+    add(fresh, touch(1, 0, qty=2))
+    add(fresh, touch(2, 10, "cart_view"))
+    assert alert == advance(fresh, "C1", T0 + 90 * MIN, RULES)[0]
+    assert alert["items"] == [["P1", 2, 10.0]] and alert["detected_at"] == T0 + 70 * MIN
+
+
+def test_a_resolution_by_a_purchase_claimed_at_login_gets_the_profile_at_the_login() -> None:
+    # The customer's own cart alerts at 1:00; they buy at 2:00 on a device that is theirs
+    # only from its login on day 2. The resolution stands at the login, whether alerting had
+    # applied the customer's touches up to it or not yet when the purchase came.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+    from services.sessionizer.processor import moved_touch
+
+    day = 24 * 60 * MIN
+    login = T0 + 2 * day
+    own = [[T0 + day + k * 60 * MIN, f"o{k:02d}", "app_open", "app", 0.0, None, None]
+           for k in range(20)] + [[login, "login", "identify", "app", 0.0, "dev", None]]
+    bought = moved_touch(raw("p1", 120, "purchase", device="dev"), login)
+
+    def resolutions(first: list, then: list, now: int) -> list[tuple]:
+        proc = AlertProcessor(RULES, load_weights(), {})
+        out = proc.process(0, [{"t": T0 + 180 * MIN, "c": {"C1": [raw("c1", 0, "cart_add")]}}])
+        out += proc.process(0, [{"t": now, "c": {"C1": first}}])
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
+        out += proc.process(0, [{"t": login + day, "c": {}}])
+        return [(a["status"], snap["preferred_channel"], round(snap["engagement_score"], 6))
+                for _, kind, a, snap in out if kind == "cart_abandonment"]
+
+    slow = resolutions(own[:-1], own[-1:] + [bought], login - MIN)  # applied up to the login
+    fast = resolutions(own[:5], own[5:] + [bought], own[4][0])  # most of them still held
+    assert slow == fast and [status for status, _, _ in slow] == ["open", "resolved"]
