@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from bisect import insort
 from collections import Counter
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from typing import Any
 from services.sessionizer import sessions as s
 from services.sessionizer.sessions import SessionRules
 
-CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS = "c:", "a:", "t:", "w:", "l:"
+CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS, SEEN = "c:", "a:", "t:", "w:", "l:", "s:"
 CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
 NEVER = -(2**62)
 #: Closed sessions a device keeps so that identifying later still attributes them.
@@ -230,8 +231,8 @@ class PartitionProcessor:
                 + self.rules.lateness_ms
         if state.get("closed"):  # sorted by start; the last ends last
             return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
-        if state.get("seen"):
-            return max(state["seen"].values()) + s.DEDUP_MS
+        if state.get("seen"):  # the days of ids kept: forgotten the window after the last
+            return (state["seen"][-1] + 1) * s.DAY_MS + s.DEDUP_MS
         return None
 
 
@@ -252,6 +253,8 @@ class _Batch:
         self.states: dict[str, dict] = {}  # key -> its state, read once per batch
         self.changed: set[str] = set()
         self.reemit: set[str] = set()  # profiles to re-emit whole (after a redelivery)
+        self.seen: dict[str, list[str]] = {}  # `s:` key -> the ids kept (`remember`)
+        self.seen_changed: set[str] = set()
         self.out = Outputs()
 
     # -- state -------------------------------------------------------------------------------
@@ -267,6 +270,49 @@ class _Batch:
         self.changed.add(key)
         return self.state(key)
 
+    # Ids of the touches that left a profile's open runs (closed, handed over at a login,
+    # forwarded), kept so that a copy delivered again, however late, is known as a duplicate
+    # and not taken for a late touch: a list per profile and day of event time under
+    # `s:<profile key>:<day>`, apart from the profile's state so a batch writes only the days
+    # it adds to. The state lists the days (`seen`); those more than `DEDUP_MS` behind the
+    # newest go, and an idle profile's all go `DEDUP_MS` after it.
+
+    def seen_ids(self, key: str, day: int) -> list[str]:
+        ids_key = f"{SEEN}{key}:{day}"
+        ids = self.seen.get(ids_key)
+        if ids is None:
+            ids = self.seen[ids_key] = list(self.store.get(ids_key) or [])
+        return ids
+
+    def took(self, key: str, t: int, event_id: str) -> bool:
+        """Whether the profile took this touch already."""
+        state, day = self.state(key), t // s.DAY_MS
+        return s.contains(state["runs"], t, event_id) or (
+            day in state.get("seen", ()) and event_id in self.seen_ids(key, day))
+
+    def remember(self, key: str, state: dict, touches: list[list]) -> None:
+        if not touches:
+            return
+        days = state.setdefault("seen", [])
+        for touch in touches:
+            day = touch[s.T] // s.DAY_MS
+            ids = self.seen_ids(key, day)
+            if touch[s.EVENT_ID] not in ids:
+                ids.append(touch[s.EVENT_ID])
+                self.seen_changed.add(f"{SEEN}{key}:{day}")
+            if day not in days:
+                insort(days, day)
+        while days[0] < days[-1] - s.DEDUP_MS // s.DAY_MS:
+            self.drop_seen(key, days.pop(0))
+
+    def forget_seen(self, key: str, state: dict) -> None:
+        for day in state.pop("seen", []):
+            self.drop_seen(key, day)
+
+    def drop_seen(self, key: str, day: int) -> None:
+        self.seen[f"{SEEN}{key}:{day}"] = []
+        self.seen_changed.add(f"{SEEN}{key}:{day}")
+
     # -- input -------------------------------------------------------------------------------
 
     def touchpoint(self, tp: Touchpoint) -> None:
@@ -277,7 +323,7 @@ class _Batch:
         touch = touch_of(record)
         if self.rules.too_late(t, self.stream_time):
             key = CUSTOMER + customer if customer else DEVICE + device
-            if _took(self.state(key), t, record["event_id"]):
+            if self.took(key, t, record["event_id"]):
                 # delivered again (a client's resend, a producer's retry): a duplicate, not late
                 self.out.counts["duplicates"] += 1
                 self.reemit.add(key)
@@ -317,7 +363,7 @@ class _Batch:
         if state.get("linked_to"):
             self.out.handoffs.append((state["linked_to"], {
                 "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
-            s.remember(self.touched(key).setdefault("seen", {}), [touch])
+            self.remember(key, self.touched(key), [touch])
             return
         self.changed.add(key)
         self.add(key, state, touch)
@@ -341,6 +387,7 @@ class _Batch:
             self.out.handoffs.append((device, {"kind": "forget", "anonymous_id": device,
                                                "customer_id": customer}))
             self.logins.pop(f"{customer}\x00{device}", None)
+        self.forget_seen(key, state)
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
         self.changed.add(key)
         self.out.erased.append(customer)
@@ -353,6 +400,7 @@ class _Batch:
         if kind == "forget":
             key = DEVICE + message["anonymous_id"]
             if self.state(key).get("linked_to") == message["customer_id"]:
+                self.forget_seen(key, self.state(key))
                 self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
                 self.changed.add(key)
             return
@@ -407,11 +455,10 @@ class _Batch:
                     piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
         self.out.handoffs.append((customer, _transfer(
             customer, device, at, state["runs"] + state.get("closed", []), emitted)))
-        seen = state.get("seen", {})  # its closed touches are in already
-        s.remember(seen, (touch for run in state["runs"] for touch in run))
+        self.remember(key, state, [touch for run in state["runs"] for touch in run])
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
-        if seen:
-            self.states[key]["seen"] = seen
+        if state.get("seen"):  # its closed touches' ids are kept already
+            self.states[key]["seen"] = state["seen"]
 
     def receive(self, message: dict) -> None:
         customer = message["customer_id"]
@@ -515,7 +562,7 @@ class _Batch:
                 state["emitted"].pop(record["session_id"], None)
                 self.out.sessions.append(record)
                 self.out.counts["sessions_closed"] += 1
-            s.remember(state.setdefault("seen", {}), run)
+            self.remember(key, state, run)
             if key.startswith(DEVICE):  # kept, so that a later login can still claim it
                 state.setdefault("closed", []).append(run)
             else:  # kept while a login before its close can still come (`rejoin`)
@@ -524,9 +571,9 @@ class _Batch:
         if state.get("recent"):
             state["recent"] = [run for run in state["recent"]
                                if self.rules.close_at(run) + self.rules.lateness_ms >= now]
-        seen = state.get("seen")
-        if seen and not state["runs"] and max(seen.values()) + s.DEDUP_MS < now:
-            del state["seen"]  # idle for the whole window (a busy one prunes as it goes)
+        due = self.proc.due_at(key, state)
+        if state.get("seen") and not state["runs"] and due is not None and due < now:
+            self.forget_seen(key, state)  # idle for the whole window (a busy one prunes)
         if key.startswith(CUSTOMER):
             _note_moved(state)
         if key.startswith(DEVICE) and state.get("closed"):
@@ -538,7 +585,7 @@ class _Batch:
             kept = [r for r in history if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
             if now > latest + DEVICE_HISTORY_MS:
                 kept = []  # the device stayed anonymous for the whole window: forget it
-                state.pop("seen", None)
+                self.forget_seen(key, state)
             while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
                 kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
             state["closed"] = kept
@@ -584,6 +631,11 @@ class _Batch:
                 self.store[key] = state
             elif key in self.store:
                 del self.store[key]
+        for ids_key in self.seen_changed:
+            if self.seen[ids_key]:
+                self.store[ids_key] = self.seen[ids_key]
+            elif ids_key in self.store:
+                del self.store[ids_key]
         if self.stream_time != self.start_time:
             self.store[f"{STREAM_TIME}{self.partition}"] = self.stream_time
             self.out.stream_time = self.stream_time
@@ -617,12 +669,6 @@ def _note_moved(state: dict) -> None:
         state["moved"] = max(logins)
     else:
         state.pop("moved", None)
-
-
-def _took(state: dict, t: int, event_id: str) -> bool:
-    """Whether a profile took this touch already: in its open runs, or among the touches that
-    left them (`seen`, `sessions.remember`)."""
-    return event_id in state.get("seen", ()) or s.contains(state["runs"], t, event_id)
 
 
 def _ids(key: str) -> tuple[str, str | None]:

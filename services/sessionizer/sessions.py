@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
 #: How far behind a profile's latest touch a touch delivered again is still known as a
 #: duplicate (the sessionizer's `seen`, the scorer's `recent`).
-DEDUP_MS = 60 * 24 * HOUR_MS
+DEDUP_MS = 60 * DAY_MS
 
 # A touch: [event_time_ms, event_id, event_type, channel, value, anonymous_id, extra]. A list,
 # not a class: it is stored as is, and there are many of them. `value` is the order value of a
@@ -134,19 +135,6 @@ def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int
 def contains(runs: list[list[list]], t: int, event_id: str) -> bool:
     return any(run[0][T] <= t <= run[-1][T] and any(x[EVENT_ID] == event_id for x in run)
                for run in runs)
-
-
-def remember(seen: dict[str, int], touches: Iterable[list]) -> None:
-    """Note the ids of touches leaving a profile's runs (closed, handed over, forwarded), so
-    that a copy delivered again, however late, is known as a duplicate and not taken for a
-    late touch. Every 64 new ids, those more than `DEDUP_MS` behind the latest go."""
-    before = len(seen)
-    for touch in touches:
-        seen[touch[EVENT_ID]] = touch[T]
-    if len(seen) // 64 > before // 64:
-        horizon = max(seen.values()) - DEDUP_MS
-        for event_id in [e for e, t in seen.items() if t < horizon]:
-            del seen[event_id]
 
 
 def merge_runs(runs: list[list[list]], other: list[list[list]], gap_ms: int) -> int:

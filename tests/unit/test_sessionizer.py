@@ -129,7 +129,9 @@ def test_sessions_close_when_event_time_passes_gap_plus_lateness() -> None:
     assert "c:C1" in p.store  # kept while a login from before its close may still come
     p.watermark(T0 + 51 * MINUTE_MS).run()
     left = p.store["c:C1"]  # then the closed run leaves; its ids stay (the dedup window)
-    assert (left["runs"], "recent" in left, left["seen"]) == ([], False, {"e1": T0})
+    day = T0 // s.DAY_MS
+    assert (left["runs"], "recent" in left, left["seen"]) == ([], False, [day])
+    assert p.store[f"s:c:C1:{day}"] == ["e1"]
 
 
 def test_a_session_is_split_at_the_maximum_length() -> None:
@@ -446,9 +448,10 @@ def test_a_copy_delivered_again_days_later_is_a_duplicate_not_a_late_touch(parti
 def test_a_profile_forgets_the_ids_it_took_after_the_dedup_window() -> None:
     p = Pipeline().send(tp("e1", 0, "C-idle")).run()
     p.watermark(T0 + 5 * 24 * s.HOUR_MS).run()
-    assert "e1" in p.store["c:C-idle"]["seen"]  # its session closed, the id stays
-    p.watermark(T0 + s.DEDUP_MS + 24 * s.HOUR_MS).run()
-    assert "c:C-idle" not in p.store
+    day = T0 // s.DAY_MS
+    assert p.store[f"s:c:C-idle:{day}"] == ["e1"]  # its session closed, the id stays
+    p.watermark(T0 + s.DEDUP_MS + s.DAY_MS).run()
+    assert "c:C-idle" not in p.store and f"s:c:C-idle:{day}" not in p.store
 
 
 def test_attributed_touches_go_out_in_bounded_messages() -> None:
@@ -492,6 +495,8 @@ def test_an_erased_customer_and_their_device_links_are_forgotten() -> None:
     p.run()
     assert erased == ["C-erase"]
     assert "c:C-erase" not in p.store and "a:dev-e" not in p.store  # the link too
+    assert not [k for k in p.store if k.startswith(("s:c:C-erase:", "s:a:dev-e:"))]  # its ids
+    assert [k for k in p.store if k.startswith("s:c:C-keep:")]
     assert "c:C-keep" in p.store and "a:dev-k" in p.store
     # the device browsing again is a new anonymous profile, not the erased customer's
     p.send(tp("w2", 5000, device="dev-e")).close_all()
