@@ -571,8 +571,8 @@ class _Batch:
         if state.get("recent"):
             state["recent"] = [run for run in state["recent"]
                                if self.rules.close_at(run) + self.rules.lateness_ms >= now]
-        due = self.proc.due_at(key, state)
-        if state.get("seen") and not state["runs"] and due is not None and due < now:
+        days = state.get("seen")
+        if days and not state["runs"] and (days[-1] + 1) * s.DAY_MS + s.DEDUP_MS < now:
             self.forget_seen(key, state)  # idle for the whole window (a busy one prunes)
         if key.startswith(CUSTOMER):
             _note_moved(state)
