@@ -17,12 +17,12 @@ with something to decide.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import MutableMapping
 
 from services.alerting import carts, churn
 from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
+from services.common.schedule import Schedule
 from services.engagement_scorer import profile
 from services.engagement_scorer.weights import Weights
 from services.sessionizer.sessions import (
@@ -69,14 +69,14 @@ class AlertProcessor:
         self.churn_rules = churn_rules or ChurnRules()
         self.weights = weights
         self.store = store
-        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._schedules: dict[int, Schedule] = {}
 
     def forget_partition(self, partition: int) -> None:
-        self._heaps.pop(partition, None)
+        self._schedules.pop(partition, None)
 
     def pending(self) -> int:
-        """Entries of the due-time indexes (customers waiting for a decision; an upper bound)."""
-        return sum(len(heap) for heap in self._heaps.values())
+        """Customers waiting for a decision (in the due-time indexes)."""
+        return sum(map(len, self._schedules.values()))
 
     def stream_time(self, partition: int) -> int:
         return self.store.get(f"{STREAM_TIME}{partition}", NEVER)
@@ -94,22 +94,18 @@ class AlertProcessor:
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
-    def _heap(self, partition: int) -> list[tuple[int, str]]:
-        heap = self._heaps.get(partition)
-        if heap is None:  # first batch of this partition here: index the store
-            heap = []
-            for key, state in list(self.store.items()):
-                if isinstance(state, dict) and state.get("p") == partition:
-                    due = self.due_at(upgraded(state))
-                    if due is not None:
-                        heap.append((due, key))
-            heapq.heapify(heap)
-            self._heaps[partition] = heap
-        return heap
+    def _schedule(self, partition: int) -> Schedule:
+        schedule = self._schedules.get(partition)
+        if schedule is None:  # first batch of this partition here: index the store
+            due = ((self.due_at(upgraded(state)), key) for key, state in list(self.store.items())
+                   if isinstance(state, dict) and state.get("p") == partition)
+            schedule = Schedule((t, key) for t, key in due if t is not None)
+            self._schedules[partition] = schedule
+        return schedule
 
     def process(self, partition: int, messages: list[dict]) -> list[tuple[str, str, dict, dict]]:
         """(customer, alert type, alert, profile snapshot) for every alert to emit."""
-        heap = self._heap(partition)
+        schedule = self._schedule(partition)
         before = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         stream_time = before
         states: dict[str, dict] = {}
@@ -133,31 +129,31 @@ class AlertProcessor:
                     ct = cart_touch(touch)
                     if ct is not None:
                         carts.add(state["cart"], ct)
-                self._hold(heap, customer, state, fresh)
+                self._hold(schedule, customer, state, fresh)
             for customer, touches in message.get("l", {}).items():  # too late for sessions
                 state = state_of(customer)
-                self._hold(heap, customer, state, _fresh(state, touches))
+                self._hold(schedule, customer, state, _fresh(state, touches))
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
-        while heap and heap[0][0] < stream_time:
-            _, customer = heapq.heappop(heap)
+        while (customer := schedule.pop_due(stream_time)) is not None:
             state = state_of(customer) if customer in states or customer in self.store else None
             if state is None:
                 continue
             out += self._decide(customer, state, stream_time, final)
             due = self.due_at(state)
             if due is not None and due >= stream_time:
-                heapq.heappush(heap, (due, customer))
+                schedule.wake(due, customer)
         for customer, state in states.items():
             self.store[customer] = state
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
         return out
 
-    def _hold(self, heap: list, customer: str, state: dict, touches: list[list]) -> None:
+    def _hold(self, schedule: Schedule, customer: str, state: dict,
+              touches: list[list]) -> None:
         if touches:
             state["pending"].extend(touches)
-            heapq.heappush(heap, (self.due_at(state), customer))
+            schedule.wake(self.due_at(state), customer)
 
     def _with_snapshot(self, customer: str, state: dict, kind: str,
                        alerts: list[dict]) -> list[tuple[str, str, dict, dict]]:

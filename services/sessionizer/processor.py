@@ -41,7 +41,6 @@ key once at the end.
 
 from __future__ import annotations
 
-import heapq
 import json
 from bisect import insort
 from collections import Counter
@@ -49,6 +48,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.schedule import Schedule
 from services.sessionizer import sessions as s
 from services.sessionizer.sessions import SessionRules
 
@@ -164,7 +164,7 @@ class PartitionProcessor:
         self.rules = rules
         self.store = store
         self.partitions = partitions
-        self._deadlines: dict[int, list[tuple[int, str]]] = {}
+        self._deadlines: dict[int, Schedule] = {}
 
     # -- the batch ---------------------------------------------------------------------------
 
@@ -205,18 +205,14 @@ class PartitionProcessor:
         """After a rebalance took `partition` away; rebuilt from the store if it comes back."""
         self._deadlines.pop(partition, None)
 
-    def deadlines(self, partition: int) -> list[tuple[int, str]]:
-        heap = self._deadlines.get(partition)
-        if heap is None:  # first batch of this partition in this process: index the store
-            heap = []
-            for key, state in list(self.store.items()):
-                if key[:2] in (CUSTOMER, DEVICE) and state.get("p") == partition:
-                    due = self.due_at(key, state)
-                    if due is not None:
-                        heap.append((due, key))
-            heapq.heapify(heap)
-            self._deadlines[partition] = heap
-        return heap
+    def deadlines(self, partition: int) -> Schedule:
+        schedule = self._deadlines.get(partition)
+        if schedule is None:  # first batch of this partition in this process: index the store
+            due = ((self.due_at(key, state), key) for key, state in list(self.store.items())
+                   if key[:2] in (CUSTOMER, DEVICE) and state.get("p") == partition)
+            schedule = Schedule((t, key) for t, key in due if t is not None)
+            self._deadlines[partition] = schedule
+        return schedule
 
     def due_at(self, key: str, state: dict) -> int | None:
         """When this profile next needs attention without new input: a run to close, a
@@ -242,7 +238,7 @@ class _Batch:
         self.rules = proc.rules
         self.store = proc.store
         self.partition = partition
-        self.heap = proc.deadlines(partition)
+        self.schedule = proc.deadlines(partition)
         self.start_time = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         self.stream_time = self.start_time
         self.announced = proc.announced(partition)
@@ -364,6 +360,7 @@ class _Batch:
             self.out.handoffs.append((state["linked_to"], {
                 "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
             self.remember(key, self.touched(key), [touch])
+            self.schedule.wake(self.proc.due_at(key, state), key)  # to forget the ids
             return
         self.changed.add(key)
         self.add(key, state, touch)
@@ -374,7 +371,7 @@ class _Batch:
         else:
             added = s.insert(state["runs"], touch, self.rules.gap_ms)
         if added:
-            heapq.heappush(self.heap, (self.rules.close_at(state["runs"][0]), key))
+            self.schedule.wake(self.rules.close_at(state["runs"][0]), key)
         else:
             self.out.counts["duplicates"] += 1
             self.reemit.add(key)
@@ -488,7 +485,7 @@ class _Batch:
             state.pop("pending", None)
         due = self.proc.due_at(key, state)
         if due is not None:
-            heapq.heappush(self.heap, (due, key))
+            self.schedule.wake(due, key)
         state["emitted"].update(message["emitted"])
 
     def rejoin(self, state: dict, touches: list[list]) -> bool:
@@ -530,23 +527,19 @@ class _Batch:
     # -- time --------------------------------------------------------------------------------
 
     def close_due(self) -> None:
-        heap, now = self.heap, min(self.stream_time, self.aligned)
-        while heap and heap[0][0] < now:
-            _, key = heapq.heappop(heap)
+        now = min(self.stream_time, self.aligned)
+        while (key := self.schedule.pop_due(now)) is not None:
             state = self.states.get(key) if key in self.states else self.store.get(key)
             if state is None:
                 continue
             self.states[key] = state
             due = self.proc.due_at(key, state)
-            if due is None or due >= now:
-                if due is not None:
-                    heapq.heappush(heap, (due, key))
-                continue
-            self.changed.add(key)
-            self.close(key, state, now)
-            due = self.proc.due_at(key, state)
+            if due is not None and due < now:
+                self.changed.add(key)
+                self.close(key, state, now)
+                due = self.proc.due_at(key, state)
             if due is not None and due >= now:  # never a past time: that would spin here
-                heapq.heappush(heap, (due, key))
+                self.schedule.wake(due, key)
 
     def close(self, key: str, state: dict, now: int) -> None:
         # Bring the live sessions up to date first, so merges are emitted before closing.

@@ -445,6 +445,16 @@ def test_a_copy_delivered_again_days_later_is_a_duplicate_not_a_late_touch(parti
     assert "too_late" not in twice.counts
 
 
+def test_a_linked_device_forgets_the_ids_it_forwarded_after_the_dedup_window() -> None:
+    p = Pipeline(partitions=4).send(tp("login", 0, "C-f", device="dev-f", event_type="identify"))
+    p.run().send(tp("fwd", 24 * 60, device="dev-f")).run()  # linked: forwarded to the customer
+    assert p.counts["identity_links"] == 1 and "fwd" in p.attributed["C-f"]
+    assert [k for k in p.store if k.startswith("s:a:dev-f:")]
+    p.watermark(T0 + s.DEDUP_MS + 3 * s.DAY_MS).run()
+    assert not [k for k in p.store if k.startswith("s:a:dev-f:")]
+    assert p.store["a:dev-f"]["linked_to"] == "C-f"  # the link stays (`kizuna erase`)
+
+
 def test_a_profile_forgets_the_ids_it_took_after_the_dedup_window() -> None:
     p = Pipeline().send(tp("e1", 0, "C-idle")).run()
     p.watermark(T0 + 5 * 24 * s.HOUR_MS).run()
