@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from services.common.errors import ConfigError
+from services.sessionizer.sessions import DAY_MS
 
 SHIPPED = Path(__file__).with_name("weights.yaml")
-DAY_MS = 24 * 3600 * 1000
 NPS_BANDS = ("detractor", "passive", "promoter")
 NEGATIVE_TIER = "negative"
 

@@ -273,8 +273,7 @@ class _Batch:
     # it adds to. The state lists the days (`seen`); those more than `DEDUP_MS` behind the
     # newest go, and an idle profile's all go `DEDUP_MS` after it.
 
-    def seen_ids(self, key: str, day: int) -> list[str]:
-        ids_key = f"{SEEN}{key}:{day}"
+    def seen_ids(self, ids_key: str) -> list[str]:
         ids = self.seen.get(ids_key)
         if ids is None:
             ids = self.seen[ids_key] = list(self.store.get(ids_key) or [])
@@ -284,7 +283,7 @@ class _Batch:
         """Whether the profile took this touch already."""
         state, day = self.state(key), t // s.DAY_MS
         return s.contains(state["runs"], t, event_id) or (
-            day in state.get("seen", ()) and event_id in self.seen_ids(key, day))
+            day in state.get("seen", ()) and event_id in self.seen_ids(_seen_key(key, day)))
 
     def remember(self, key: str, state: dict, touches: list[list]) -> None:
         if not touches:
@@ -292,10 +291,11 @@ class _Batch:
         days = state.setdefault("seen", [])
         for touch in touches:
             day = touch[s.T] // s.DAY_MS
-            ids = self.seen_ids(key, day)
+            ids_key = _seen_key(key, day)
+            ids = self.seen_ids(ids_key)
             if touch[s.EVENT_ID] not in ids:
                 ids.append(touch[s.EVENT_ID])
-                self.seen_changed.add(f"{SEEN}{key}:{day}")
+                self.seen_changed.add(ids_key)
             if day not in days:
                 insort(days, day)
         while days[0] < days[-1] - s.DEDUP_MS // s.DAY_MS:
@@ -306,8 +306,9 @@ class _Batch:
             self.drop_seen(key, day)
 
     def drop_seen(self, key: str, day: int) -> None:
-        self.seen[f"{SEEN}{key}:{day}"] = []
-        self.seen_changed.add(f"{SEEN}{key}:{day}")
+        ids_key = _seen_key(key, day)
+        self.seen[ids_key] = []
+        self.seen_changed.add(ids_key)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -662,6 +663,11 @@ def _note_moved(state: dict) -> None:
         state["moved"] = max(logins)
     else:
         state.pop("moved", None)
+
+
+def _seen_key(key: str, day: int) -> str:
+    """The state key of the ids a profile kept for a day of event time."""
+    return f"{SEEN}{key}:{day}"
 
 
 def _ids(key: str) -> tuple[str, str | None]:
