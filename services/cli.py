@@ -133,7 +133,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from services.ingest.importer import import_file
+    from services.ingest.importer import import_paths
     from services.ingest.validation import parse_instant
 
     until_ms = None
@@ -142,15 +142,13 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
             until_ms = parse_instant(args.until, "--until")
         except ValueError as exc:
             raise KizunaError(str(exc)) from None
-    path = Path(args.path)
-    fmt = args.format or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
-    report = import_file(load(IngestSettings), path, fmt,
-                         Path(args.mapping) if args.mapping else None, until_ms,
-                         batch=args.batch)
+    report = import_paths(load(IngestSettings), [Path(p) for p in args.path], args.format,
+                          Path(args.mapping) if args.mapping else None, until_ms,
+                          batch=args.batch)
     print(report.summary())
     if report.failed:
         raise KizunaError(f"{report.failed} event(s) were not acknowledged by Kafka; "
-                          "import the file again (events are deduplicated by event_id)")
+                          "import the files again (events are deduplicated by event_id)")
     return 0
 
 
@@ -286,9 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="read the query from a file")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv with a header line, json (JSON Lines)")
-    p = add("import", cmd_import, "validate a file of events and send it to Kafka")
-    p.add_argument("path", help="JSONL (one event a line) or CSV file")
-    p.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
+    p = add("import", cmd_import, "validate files of events and send them to Kafka in event time")
+    p.add_argument("path", nargs="+",
+                   help="JSONL (one event a line) or CSV files, gzipped or not, or directories "
+                        "of them; sorted by event time together before they are sent")
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="of every file (default: from each file's extension)")
     p.add_argument("--mapping", help="CSV column mapping (YAML: columns:, defaults:)")
     p.add_argument("--until", help="then move event time on to this RFC 3339 instant")
     p.add_argument("--batch", type=int, default=500,

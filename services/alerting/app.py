@@ -18,13 +18,20 @@ from prometheus_client import Counter, Gauge
 
 from services.alerting.carts import HOUR_MS, MINUTE_MS, CartRules
 from services.alerting.churn import ChurnRules
-from services.alerting.processor import CART, CHURN, AlertProcessor, alert_record, churn_record
+from services.alerting.processor import (
+    CART,
+    CHURN,
+    AlertProcessor,
+    alert_record,
+    churn_record,
+    published,
+)
 from services.common import faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ALERT, default_serde
 from services.common.settings import AlertingSettings, ScorerSettings, SessionizerSettings, load
-from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK
+from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK, ALERTS_HISTORY
 from services.engagement_scorer.weights import DAY_MS, Weights, load_weights
 from services.sessionizer.app import ATTRIBUTED
 
@@ -42,7 +49,8 @@ def rules_of(settings: AlertingSettings) -> CartRules:
     lateness = load(SessionizerSettings).lateness_minutes  # one lateness for the pipeline
     return CartRules(delay_ms=int(settings.abandonment_minutes * MINUTE_MS),
                      cap_ms=int(settings.cart_cap_hours * HOUR_MS),
-                     lateness_ms=int(lateness * MINUTE_MS))
+                     lateness_ms=int(lateness * MINUTE_MS),
+                     horizon_ms=int(settings.correction_horizon_days * DAY_MS))
 
 
 def churn_rules_of(settings: AlertingSettings) -> ChurnRules:
@@ -57,13 +65,14 @@ def churn_rules_of(settings: AlertingSettings) -> ChurnRules:
 def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
-    ensure_topics(common, (ATTRIBUTED,))
+    ensure_topics(common, (ATTRIBUTED, ALERTS_HISTORY))
     parts = faust_stage.stage(STAGE, common, sources=(ATTRIBUTED.name(prefix),),
                               table="customers", port=settings.port, store=settings.store,
                               batch_size=settings.batch_size)
     rules = rules_of(settings)
     processor = AlertProcessor(rules, weights, parts.store, churn_rules_of(settings))
     topics = {CART: ALERTS_CART_ABANDONMENT.name(prefix), CHURN: ALERTS_CHURN_RISK.name(prefix)}
+    history = ALERTS_HISTORY.name(prefix)
     serde = default_serde()
 
     def handle(partition: int, events: list) -> None:
@@ -74,7 +83,8 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
         for customer, kind, found, snapshot in processor.process(partition, messages):
             record = (alert_record(customer, found, snapshot, now, rules)
                       if kind == CART else churn_record(customer, found, snapshot, now))
-            parts.outbox.produce(topics[kind], serde.encode(ALERT, record), customer.encode())
+            topic = topics[kind] if published(record) else history
+            parts.outbox.produce(topic, serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
         faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))

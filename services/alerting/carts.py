@@ -1,20 +1,32 @@
 """Cart abandonment (contract section 2), pure: a customer's carts, purchases and alerts.
 
-A cart (its `cart_id`, or one implicit cart per customer) is abandoned when no purchase by
-the customer, on any channel, follows within the abandonment delay of its last cart activity
-(`cart_add`, `cart_view`, `checkout_start`). An *episode* of a cart is its touches in event
-time until one comes after the deadline (last activity plus the delay): that one starts the
-next episode. An episode raises an alert unless a purchase came between its last activity and
-its deadline, or it ended with the cart emptied. At most one alert per customer per cap window
-(default 24 h): a capped episode is counted, not sent. A purchase after the alert resolves it
-(same `alert_id`, status `resolved`).
+The rule. A cart is one `cart_id`, or the customer's implicit cart. Its content comes from
+`cart_add` and `cart_remove`. A purchase by the customer, on any channel, converts every cart
+and empties it. An *episode* opens with a `cart_add`, or with a `cart_view` /
+`checkout_start` on a cart that still holds items (after an alert, say); a view or checkout
+on an empty cart opens nothing. Each activity (`cart_add`, `cart_view`, `checkout_start`)
+moves the episode's deadline to the abandonment delay after it. The episode ends:
+- with a purchase up to its deadline: converted, nothing raised;
+- with the cart emptied by removals: nothing raised;
+- at its deadline otherwise: abandoned, an alert (after which the cart still holds its items).
+At most one alert per customer per cap window (default 24 h): a capped episode is counted,
+not sent. A purchase after an alert resolves it (same `alert_id`, status `resolved`).
 
-Event time: a cart keeps its touches, and its episodes are formed and judged only once its
-partition's event time is past the deadline plus the allowed lateness. Nothing that could
-change the judgement arrives after that (a later touch would be too late), so the alerts are
-a function of the touches, whatever order and batches they came in, and however long a
-device's touch took to reach its customer. `detected_at` is the deadline itself, so replays
-give the same alerts.
+Event time. The decisions are a function of the touches: each cart keeps its touches, and
+`advance` judges, from what is kept, every episode whose deadline plus the allowed lateness
+event time has passed, then reconciles those decisions with the ones recorded before. In
+order, nothing changes a decision once made. A touch later than that (a store's receipts
+uploaded at night, a backfill of history) makes `advance` judge again:
+- a decision that is new is sent if it is at most the correction horizon (default 7 days)
+  behind the partition's event time, and otherwise recorded as `historical`, never sent;
+- a decision already sent is never sent again or moved: if the late touches now say it
+  would not have been raised (a purchase in time that arrived late, a cart emptied), it is
+  resolved with the reason `late_purchase` or `late_correction`;
+- a historical decision follows the touches: re-recorded when it changes, `withdrawn` when
+  it no longer stands.
+A cart keeps its touches for `retain_ms` (8 days) behind its customer's newest cart touch or
+purchase, and behind the last one that arrived (so a backfill, which arrives in event-time
+order, keeps the stretch it is working through).
 
 State is JSON-ready (the stage's changelog stores it).
 """
@@ -27,11 +39,15 @@ from dataclasses import dataclass
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
 CART_ACTIVITY = frozenset({"cart_add", "cart_view", "checkout_start"})
 IMPLICIT = "implicit"
 #: A cart's touch as stored: [t, event_id, event_type, product_id, quantity, unit_price,
 #: currency, moved_at].
 T, EVENT_ID, EVENT_TYPE, PRODUCT, QUANTITY, PRICE, CURRENCY, MOVED_AT = range(8)
+#: Statuses of a recorded decision. The first two are published on the alert topic.
+OPEN, RESOLVED, HISTORICAL, WITHDRAWN = "open", "resolved", "historical", "withdrawn"
+SENT = frozenset({OPEN, RESOLVED})
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,14 @@ class CartRules:
     delay_ms: int = 60 * MINUTE_MS
     cap_ms: int = 24 * HOUR_MS
     lateness_ms: int = 10 * MINUTE_MS
-    resolve_within_ms: int = 7 * 24 * HOUR_MS  # a purchase this long after an alert resolves it
+    resolve_within_ms: int = 7 * DAY_MS  # a purchase this long after an alert resolves it
+    #: A decision further than this behind the partition's event time is recorded, not sent.
+    horizon_ms: int = 7 * DAY_MS
+
+    @property
+    def retain_ms(self) -> int:
+        """How long a cart's judged touches are kept to judge again with late ones."""
+        return self.resolve_within_ms + self.cap_ms + self.lateness_ms
 
 
 @dataclass(frozen=True)
@@ -58,7 +81,12 @@ class CartTouch:
 
 
 def new_state() -> dict:
-    return {"carts": {}, "purchases": [], "alerts": [], "sent": [], "capped": 0}
+    """`carts`: cart -> its touches kept; `bases`: what a cart held before its first kept
+    touch; `purchases`: [time, counts_at, event_id]; `alerts`: decisions recorded; `sent`:
+    deadlines of sent alerts forgotten since (for the cap); `judged`: the event time
+    episodes were judged up to; `arrived`: the time of the last touch that came."""
+    return {"carts": {}, "bases": {}, "purchases": [], "alerts": [], "sent": [], "capped": 0,
+            "capped_ids": [], "judged": None, "arrived": None}
 
 
 def alert_id(customer: str, cart: str, first_event_id: str) -> str:
@@ -71,42 +99,259 @@ def add(state: dict, touch: CartTouch) -> None:
     if touch.event_type == "purchase":
         # with the time it counts for the customer from: a device's, claimed at a later
         # login, from the login (a resolution by it stands there, `decided_at`)
-        purchase = [touch.t, max(touch.t, touch.moved_at or touch.t)]
-        if purchase not in state["purchases"]:
-            insort(state["purchases"], purchase)
+        if any(p[2] == touch.event_id for p in state["purchases"]):
+            return  # redelivered
+        insort(state["purchases"], [touch.t, max(touch.t, touch.moved_at or touch.t),
+                                    touch.event_id])
+    elif touch.event_type in CART_ACTIVITY or touch.event_type == "cart_remove":
+        touches = state["carts"].setdefault(touch.cart_id or IMPLICIT, [])
+        if any(x[EVENT_ID] == touch.event_id for x in touches):
+            return  # redelivered
+        insort(touches, [touch.t, touch.event_id, touch.event_type, touch.product_id,
+                         touch.quantity, touch.unit_price, touch.currency, touch.moved_at],
+               key=_order)
+    else:
         return
-    if touch.event_type not in CART_ACTIVITY and touch.event_type != "cart_remove":
-        return
-    touches = state["carts"].setdefault(touch.cart_id or IMPLICIT, [])
-    if any(x[EVENT_ID] == touch.event_id for x in touches):
-        return  # redelivered
-    insort(touches, [touch.t, touch.event_id, touch.event_type, touch.product_id,
-                     touch.quantity, touch.unit_price, touch.currency, touch.moved_at],
-           key=_order)
+    state["arrived"] = touch.t
+    judged = state["judged"]
+    # Episodes judged so far ended before `judged` minus the lateness; a touch after that
+    # cannot belong to one of them (a touch after a deadline starts the next episode).
+    if judged is not None and touch.t < judged - state.get("lateness", 0):
+        state["stale"] = True  # it may change an episode judged already: judge again
 
 
 def _order(x: list) -> tuple[int, str]:
     return x[T], x[EVENT_ID]
 
 
-def episodes(touches: list[list], delay_ms: int) -> list[tuple[int, list[list]]]:
-    """A cart's sorted touches cut into episodes: (the time it ends, its touches). It ends at
-    its deadline (last activity plus the delay), or, with no activity (only removals), the
-    delay after its first touch; a touch after that starts the next one."""
-    out: list[tuple[int, list[list]]] = []
-    ends, current = 0, []
-    for x in touches:
-        if current and x[T] > ends:
-            out.append((ends, current))
-            current = []
-        if not current:
-            ends = x[T] + delay_ms
-        current.append(x)
-        if x[EVENT_TYPE] in CART_ACTIVITY:
-            ends = max(ends, x[T] + delay_ms)
-    if current:
-        out.append((ends, current))
+@dataclass
+class Episode:
+    """One episode of a cart, as the rule forms it."""
+
+    cart: str
+    touches: list[list]
+    deadline: int
+    outcome: str | None = None  # "abandoned", "converted", "emptied"; None: still open
+    items: dict | None = None  # product -> [quantity, unit price], at its end
+    currency: str | None = None
+
+
+class _Content:
+    """What a cart holds as its touches and the customer's purchases come in event time."""
+
+    def __init__(self, base: list | None) -> None:
+        items, stocked, currency = base or ({}, False, None)
+        self.items: dict[str, list] = {k: list(v) for k, v in items.items()}
+        self.stocked = stocked  # a cart_add since the last purchase or emptying
+        self.currency = currency
+
+    def bought(self) -> None:
+        self.items, self.stocked = {}, False
+
+    def take(self, x: list) -> bool:
+        """Apply a cart touch; True when it emptied the cart."""
+        kind, product = x[EVENT_TYPE], x[PRODUCT]
+        self.currency = x[CURRENCY] or self.currency
+        if kind not in ("cart_add", "cart_remove"):
+            return False
+        had = bool(self.items)
+        if product:
+            item = self.items.setdefault(product, [0, x[PRICE]])
+            item[0] += (1 if kind == "cart_add" else -1) * (x[QUANTITY] or 1)
+            if x[PRICE] is not None:
+                item[1] = x[PRICE]
+            if item[0] <= 0:
+                del self.items[product]
+        if kind == "cart_add":
+            self.stocked = True
+            return False
+        if had and not self.items:
+            self.stocked = False
+            return True
+        return False
+
+    def base(self) -> list:
+        return [{k: list(v) for k, v in self.items.items()}, self.stocked, self.currency]
+
+
+def _timeline(touches: list[list], purchases: list[list]):
+    """The cart's touches and the customer's purchases merged in event time: (time, touch or
+    None for a purchase). At equal times a touch comes first (bought at that instant:
+    converted)."""
+    i = j = 0
+    while i < len(touches) or j < len(purchases):
+        if j < len(purchases) and (i == len(touches) or purchases[j][0] < touches[i][T]):
+            yield purchases[j][0], None
+            j += 1
+        else:
+            yield touches[i][T], touches[i]
+            i += 1
+
+
+def episodes(key: str, touches: list[list], purchases: list[list], delay_ms: int,
+             base: list | None = None) -> list[Episode]:
+    """A cart's episodes in event time, from its sorted touches, the customer's sorted
+    purchases and what the cart held before them (`base`)."""
+    out: list[Episode] = []
+    content = _Content(base)
+    current: Episode | None = None
+    for t, x in _timeline(touches, purchases):
+        if current is not None and t > current.deadline:
+            current.outcome, current.items = "abandoned", content.base()[0]
+            current = None
+        if x is None:  # a purchase converts the cart and empties it
+            if current is not None:
+                current.outcome = "converted"
+                current = None
+            content.bought()
+            continue
+        emptied = content.take(x)
+        if emptied and current is not None:
+            current.touches.append(x)
+            current.outcome = "emptied"
+            current = None
+            continue
+        kind = x[EVENT_TYPE]
+        if current is None:
+            if kind not in CART_ACTIVITY or not content.stocked:
+                continue  # a view of an empty cart, or a removal: nothing to abandon
+            current = Episode(key, [], x[T] + delay_ms)
+            out.append(current)
+        current.touches.append(x)
+        current.currency = content.currency
+        if kind in CART_ACTIVITY:
+            current.deadline = max(current.deadline, x[T] + delay_ms)
+    if current is not None:
+        current.items = content.base()[0]
     return out
+
+
+def _cart_episodes(state: dict, key: str, rules: CartRules) -> list[Episode]:
+    return episodes(key, state["carts"][key], state["purchases"], rules.delay_ms,
+                    state["bases"].get(key))
+
+
+def _same(alert: dict, decision: dict) -> bool:
+    """The same situation: the same id, or the same cart with evidence in common (its first
+    touch changed: an earlier one came late)."""
+    return alert["alert_id"] == decision["alert_id"] or (
+        alert["cart_id"] == decision["cart_id"] and alert["status"] != WITHDRAWN
+        and not set(alert["evidence"]).isdisjoint(decision["evidence"]))
+
+
+def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict]:
+    """Every alert the kept touches give for the episodes event time `until` has judged
+    (their deadline plus the allowed lateness before it), in deadline order, with the cap
+    applied; an alert sent before stands in the cap whatever the touches say now."""
+    ended = []
+    for key in state["carts"]:
+        for episode in _cart_episodes(state, key, rules):
+            if episode.deadline + rules.lateness_ms >= until:
+                break
+            if episode.outcome in (None, "abandoned"):
+                ended.append(episode)
+    sent = [a for a in state["alerts"] if a["status"] in SENT]
+    accepted: list[int] = list(state["sent"])  # sent alerts whose touches are forgotten
+    decisions = []
+    capped = state.setdefault("capped_ids", [])
+    for episode in sorted(ended, key=lambda e: (e.deadline, e.cart)):
+        items = episode.items or {}
+        moved = [x[MOVED_AT] for x in episode.touches if x[MOVED_AT] is not None]
+        decision = {
+            "alert_id": alert_id(customer, episode.cart, episode.touches[0][EVENT_ID]),
+            "cart_id": episode.cart, "detected_at": episode.deadline,
+            "evidence": list(dict.fromkeys(x[EVENT_ID] for x in episode.touches)),
+            "items": [[p, q, price] for p, (q, price) in sorted(items.items())],
+            "value": round(sum(q * (price or 0.0) for q, price in items.values()), 2),
+            "currency": episode.currency, "moved_at": max(moved) if moved else None,
+            "start": episode.touches[0][T],
+        }
+        itself = next((a for a in sent if _same(a, decision)), None)
+        others = accepted + [a["detected_at"] for a in sent if a is not itself]
+        # Within the cap of an alert before or after it: a device's cart claimed at login can
+        # be older than an alert already sent.
+        if itself is None and any(abs(episode.deadline - t) < rules.cap_ms for t in others):
+            first = episode.touches[0][EVENT_ID]
+            if first not in capped:  # counted once, not sent
+                capped.append(first)
+                state["capped"] += 1
+            continue
+        accepted.append(episode.deadline)
+        decisions.append(decision)
+    return decisions
+
+
+def advance(state: dict, customer: str, until: int, rules: CartRules,
+            stream_time: int | None = None) -> list[dict]:
+    """Judge what event time `until` allows, against what was decided before; returns the
+    records to emit (the alert's fields, `status` and `version`): new alerts, resolutions,
+    and historical records. `stream_time` (default `until`) is the partition's event time,
+    which the correction horizon is measured from."""
+    stream_time = until if stream_time is None else stream_time
+    state["lateness"] = rules.lateness_ms
+    judged = state["judged"]
+    out: list[dict] = []
+    if judged is None or until > judged or state.get("stale"):
+        out += _reconcile(state, judge(state, customer, until, rules), stream_time, rules)
+        state["judged"] = until if judged is None else max(until, judged)
+        state.pop("stale", None)
+    out += _resolutions(state, until, rules)
+    _forget(state, rules)
+    return out
+
+
+def _reconcile(state: dict, decisions: list[dict], stream_time: int,
+               rules: CartRules) -> list[dict]:
+    kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
+    out: list[dict] = []
+    matched: list[dict] = []
+    for decision in decisions:
+        have = next((a for a in state["alerts"] if a["alert_id"] == decision["alert_id"]),
+                    None) or next((a for a in state["alerts"]
+                                   if all(a is not m for m in matched) and _same(a, decision)),
+                                  None)
+        if have is not None:
+            matched.append(have)
+            if have["status"] in (HISTORICAL, WITHDRAWN) and (
+                    have["status"] == WITHDRAWN or _moved(have, decision)):
+                out.append(_record(have, {**decision, "alert_id": have["alert_id"],
+                                          "status": HISTORICAL, "resolved": False,
+                                          "reasons": []}))
+            continue
+        # Sent only if event time has not gone further than the horizon past it.
+        status = HISTORICAL if decision["detected_at"] < stream_time - rules.horizon_ms \
+            else OPEN
+        record = {**decision, "status": status, "resolved": False, "version": 1,
+                  "reasons": []}
+        state["alerts"].append(record)
+        matched.append(record)
+        out.append(dict(record))
+    for alert in state["alerts"]:
+        if any(alert is m for m in matched) or kept.isdisjoint(alert["evidence"]):
+            continue  # standing, or judged from touches no longer kept: final
+        if alert["status"] == OPEN and not alert["resolved"]:
+            # Sent, and the touches no longer give it: a purchase in time that came late, or
+            # a cart emptied. Never taken back: resolved, saying why.
+            bought = _bought(state, alert["start"], alert["detected_at"])
+            at = bought[0] if bought else alert["detected_at"]
+            out.append(_record(alert, {
+                "status": RESOLVED, "resolved": True, "resolved_at": at,
+                "resolved_counts_at": bought[1] if bought else at,
+                "reasons": ["late_purchase" if bought else "late_correction"]}))
+        elif alert["status"] == HISTORICAL:
+            out.append(_record(alert, {"status": WITHDRAWN}))
+    return out
+
+
+def _moved(have: dict, decision: dict) -> bool:
+    return any(have.get(k) != decision[k] for k in ("detected_at", "evidence", "items", "value"))
+
+
+def _record(alert: dict, changes: dict) -> dict:
+    """`alert` with `changes` and the next version; a copy to emit."""
+    alert.update(changes)
+    alert["version"] += 1
+    return dict(alert)
 
 
 def _bought(state: dict, after: int, until: int) -> list | None:
@@ -114,91 +359,140 @@ def _bought(state: dict, after: int, until: int) -> list | None:
     return next((p for p in state["purchases"] if after <= p[0] <= until), None)
 
 
-def advance(state: dict, customer: str, stream_time: int, rules: CartRules) -> list[dict]:
-    """Judge the episodes whose time has come, in deadline order (the order event time
-    judges them in, across carts); returns alert records (schemas/alert.avsc) to emit: new
-    alerts, and resolutions of earlier ones."""
-    due = []
-    for key, touches in list(state["carts"].items()):
-        judged = 0
-        for ends, episode in episodes(touches, rules.delay_ms):
-            if stream_time <= ends + rules.lateness_ms:
-                break  # a purchase up to the deadline, or a touch of the episode, may come
-            due.append((ends, key, episode))
-            judged += len(episode)
-        if judged == len(touches):
-            del state["carts"][key]
-        elif judged:
-            state["carts"][key] = touches[judged:]
+def _resolutions(state: dict, until: int, rules: CartRules) -> list[dict]:
+    """Alerts resolved by a purchase after them, once event time is past the purchase. A
+    historical decision records its resolution too (analysts' recovery rate), still
+    historical."""
     out = []
-    for deadline, key, episode in sorted(due, key=lambda x: (x[0], x[1])):
-        record = _judge(state, customer, key, deadline, episode, rules)
-        if record is not None:
-            state["alerts"].append(record)
-            out.append(record)
     for alert in state["alerts"]:
-        if alert["resolved"]:
+        if alert["resolved"] or alert["status"] not in (OPEN, HISTORICAL):
             continue
         bought = _bought(state, alert["detected_at"],
                          alert["detected_at"] + rules.resolve_within_ms)
-        if bought is not None and bought[0] + rules.lateness_ms < stream_time:
-            alert["resolved"] = True
-            out.append({**alert, "status": "resolved", "resolved_at": bought[0],
-                        "resolved_counts_at": bought[1]})
-    _forget(state, stream_time, rules)
+        if bought is not None and bought[0] + rules.lateness_ms < until:
+            out.append(_record(alert, {
+                "status": RESOLVED if alert["status"] == OPEN else HISTORICAL,
+                "resolved": True, "resolved_at": bought[0], "resolved_counts_at": bought[1],
+                "reasons": ["purchased_after_alert"]}))
     return out
 
 
-def _judge(state: dict, customer: str, key: str, deadline: int, episode: list[list],
-           rules: CartRules) -> dict | None:
-    """The alert an ended episode raises, or None: no activity, emptied, saved by a
-    purchase, or capped (counted)."""
-    items: dict[str, list] = {}
-    had_items, currency, last = False, None, None
-    for x in episode:
-        kind, product = x[EVENT_TYPE], x[PRODUCT]
-        if product and kind in ("cart_add", "cart_remove"):
-            item = items.setdefault(product, [0, x[PRICE]])
-            item[0] += (1 if kind == "cart_add" else -1) * (x[QUANTITY] or 1)
-            if x[PRICE] is not None:
-                item[1] = x[PRICE]
-            had_items = True
-            if item[0] <= 0:
-                del items[product]
-        currency = x[CURRENCY] or currency
-        if kind in CART_ACTIVITY:
-            last = x[T]
-    if last is None or (had_items and not items):
-        return None  # only removals, or an emptied cart: nothing to remind of
-    if _bought(state, last, deadline) is not None:
-        return None
-    # Within the cap of an alert sent before or after it in event time: a device's cart
-    # claimed at login can be older than an alert already sent.
-    sent = state["sent"]
-    if any(abs(deadline - other) < rules.cap_ms for other in sent):
-        state["capped"] += 1  # counted, not sent
-        return None
-    sent.append(deadline)
-    moved = [x[MOVED_AT] for x in episode if x[MOVED_AT] is not None]
-    return {
-        "alert_id": alert_id(customer, key, episode[0][EVENT_ID]), "status": "open",
-        "cart_id": key, "detected_at": deadline,
-        "evidence": list(dict.fromkeys(x[EVENT_ID] for x in episode)),
-        "items": [[p, q, price] for p, (q, price) in sorted(items.items())],
-        "value": round(sum(q * (price or 0.0) for q, price in items.values()), 2),
-        "currency": currency, "resolved": False, "moved_at": max(moved) if moved else None,
-    }
+def decided_at(alert: dict) -> int:
+    """The event time an alert or resolution stands for, for its profile snapshot: its
+    deadline (or the purchase that resolves it), or, for a cart or a purchase from a device's
+    history claimed at a later login, that login: it became the customer's only then."""
+    if alert.get("resolved_at") is not None and alert["resolved"]:
+        at = max(alert["resolved_at"], alert.get("resolved_counts_at") or 0)
+    else:
+        at = alert["detected_at"]
+    return max(at, alert.get("moved_at") or at)
+
+
+def due_at(state: dict, rules: CartRules) -> int | None:
+    """The event time after which `advance` has something to decide without new touches."""
+    judged = state["judged"]
+    if state.get("stale"):
+        return judged
+    times = []
+    for key in state["carts"]:
+        for episode in _cart_episodes(state, key, rules):
+            at = episode.deadline + rules.lateness_ms
+            if judged is None or at >= judged:
+                times.append(at)
+                break
+    for alert in state["alerts"]:
+        if not alert["resolved"] and alert["status"] in (OPEN, HISTORICAL):
+            bought = _bought(state, alert["detected_at"],
+                             alert["detected_at"] + rules.resolve_within_ms)
+            if bought is not None:
+                times.append(bought[0] + rules.lateness_ms)
+    return min(times) if times else None
+
+
+def _forget(state: dict, rules: CartRules) -> None:
+    """Drop what can no longer change a decision: everything before a cut `retain_ms` behind
+    both the customer's newest cart touch or purchase and the last one that arrived, moved
+    back so that no episode still open or not yet judged spans it. Each cart keeps what it
+    held at the cut (`bases`). Recorded alerts stay while a purchase may still resolve them."""
+    newest = max([p[0] for p in state["purchases"]]
+                 + [touches[-1][T] for touches in state["carts"].values() if touches],
+                 default=None)
+    judged = state["judged"]
+    if newest is None or judged is None:
+        return
+    cut = min(newest, state["arrived"] if state["arrived"] is not None else newest) \
+        - rules.retain_ms
+    for key in state["carts"]:
+        for episode in _cart_episodes(state, key, rules):
+            final = episode.outcome is not None and episode.deadline + rules.lateness_ms < judged
+            if episode.deadline >= cut or not final:
+                cut = min(cut, episode.touches[0][T])
+                break
+    if not any(x[T] < cut for touches in state["carts"].values() for x in touches) \
+            and not any(p[0] < cut for p in state["purchases"]):
+        _forget_alerts(state, judged, rules)
+        return
+    gone_purchases = [p for p in state["purchases"] if p[0] < cut]
+    for key, touches in list(state["carts"].items()):
+        gone = [x for x in touches if x[T] < cut]
+        if gone or gone_purchases:
+            content = _Content(state["bases"].get(key))
+            for _, x in _timeline(gone, gone_purchases):
+                if x is None:
+                    content.bought()
+                else:
+                    content.take(x)
+            state["bases"][key] = content.base()
+        state["carts"][key] = touches[len(gone):]
+        if not state["carts"][key] and not content.stocked:
+            del state["carts"][key]
+            state["bases"].pop(key, None)
+    state["purchases"] = state["purchases"][len(gone_purchases):]
+    kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
+    state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]
+    _forget_alerts(state, judged, rules, kept)
+
+
+def _forget_alerts(state: dict, judged: int, rules: CartRules,
+                   kept: set[str] | None = None) -> None:
+    """Drop recorded decisions whose touches are forgotten and that no purchase can resolve
+    any more; a sent one's time stays for the cap."""
+    if kept is None:
+        kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
+    horizon = judged - rules.resolve_within_ms - rules.lateness_ms
+    gone = [a for a in state["alerts"] if kept.isdisjoint(a["evidence"])
+            and (a["resolved"] or a["status"] == WITHDRAWN or a["detected_at"] < horizon)]
+    if not gone:
+        return
+    state["sent"] = sorted(state["sent"] + [a["detected_at"] for a in gone
+                                            if a["status"] in SENT])
+    state["sent"] = [t for t in state["sent"] if t >= horizon - rules.cap_ms]
+    state["alerts"] = [a for a in state["alerts"] if all(a is not g for g in gone)]
 
 
 def upgraded(state: dict) -> dict:
     """The state as this version keeps it, whatever version stored it. Carts stored by an
     earlier one (one dict per open episode, judged eagerly) become touches: the episode's own
-    for its evidence and times, its items as they stood; purchases were times only."""
+    for its evidence and times, its items as they stood; purchases were times only, then
+    [time, counts_at]; alerts had no version and were all sent."""
     if "sent" not in state:  # stored before the list of sent deadlines existed
         last = state.pop("last_sent_at", None)
         state["sent"] = [] if last is None else [last]
-    if state["purchases"] and isinstance(state["purchases"][0], int):  # times only, before
-        state["purchases"] = [[t, t] for t in state["purchases"]]
+    state.setdefault("judged", None)
+    state.setdefault("arrived", None)
+    state.setdefault("bases", {})
+    state.setdefault("capped_ids", [])
+    purchases = state["purchases"]
+    if purchases and isinstance(purchases[0], int):  # times only, before
+        state["purchases"] = [[t, t, f"purchase@{t}"] for t in purchases]
+    elif purchases and len(purchases[0]) == 2:  # [time, counts_at], before
+        state["purchases"] = [[t, at, f"purchase@{t}"] for t, at in purchases]
+    for alert in state["alerts"]:
+        if "version" not in alert:  # every alert was sent, before
+            alert["version"] = 2 if alert["resolved"] else 1
+            alert["status"] = RESOLVED if alert["resolved"] else OPEN
+            alert.setdefault("start", alert["detected_at"] - 1)
+            alert.setdefault("reasons", [])
     for key, cart in list(state["carts"].items()):
         if not isinstance(cart, dict):
             continue
@@ -215,36 +509,3 @@ def upgraded(state: dict) -> dict:
             touches.append([*first, "cart_remove", "-", 0, None, currency, moved])
         state["carts"][key] = sorted(touches, key=_order)
     return state
-
-
-def decided_at(alert: dict) -> int:
-    """The event time an alert or resolution stands for, for its profile snapshot: its
-    deadline (or the purchase that resolves it), or, for a cart or a purchase from a device's
-    history claimed at a later login, that login: it became the customer's only then."""
-    if alert["status"] == "resolved":
-        at = max(alert["resolved_at"], alert.get("resolved_counts_at") or 0)
-    else:
-        at = alert["detected_at"]
-    return max(at, alert.get("moved_at") or at)
-
-
-def due_at(state: dict, rules: CartRules) -> int | None:
-    """The event time after which `advance` has something to decide without new touches."""
-    times = [episodes(touches, rules.delay_ms)[0][0] + rules.lateness_ms
-             for touches in state["carts"].values()]
-    for alert in state["alerts"]:
-        if not alert["resolved"]:
-            bought = _bought(state, alert["detected_at"],
-                             alert["detected_at"] + rules.resolve_within_ms)
-            if bought is not None:
-                times.append(bought[0] + rules.lateness_ms)
-    return min(times) if times else None
-
-
-def _forget(state: dict, stream_time: int, rules: CartRules) -> None:
-    """Drop what can no longer matter: old purchases, settled alerts."""
-    horizon = stream_time - rules.resolve_within_ms - rules.lateness_ms
-    state["purchases"] = [p for p in state["purchases"] if p[0] >= horizon]
-    state["alerts"] = [a for a in state["alerts"]
-                       if not a["resolved"] and a["detected_at"] >= horizon]
-    state["sent"] = [t for t in state["sent"] if t >= horizon - rules.cap_ms]

@@ -91,11 +91,21 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     out = []
     if kind == "purchase":
         state["last_purchase"] = _latest(state["last_purchase"], t, touch[EVENT_ID])
+        answered = []
         for alert in state["open"]:
             if alert["detected_at"] < t <= alert["detected_at"] + rules.resolve_within_ms:
-                out.append({**alert, "status": "resolved", "resolved_at": t,
-                            "reasons": alert["reasons"] + ["purchased_after_alert"]})
-        state["open"] = [a for a in state["open"] if not a["detected_at"] < t]
+                why = "purchased_after_alert"
+            elif alert.get("since") is not None and alert["since"] < t <= alert["detected_at"]:
+                # Bought before the alert, after what its time-based reasons counted from,
+                # and only heard of now: the alert would not have been raised.
+                why = "late_purchase"
+            else:
+                continue
+            answered.append(alert)
+            out.append({**alert, "status": "resolved" if alert["status"] == "open"
+                        else alert["status"], "resolved_at": t,
+                        "reasons": alert["reasons"] + [why]})
+        state["open"] = [a for a in state["open"] if all(a is not x for x in answered)]
     if kind not in NOT_ACTIVITY:
         state["last"] = _latest(state["last"], t, touch[EVENT_ID])
     # The score just after this touch. A touch older than the latest one (a device's history
@@ -178,11 +188,14 @@ def check(state: dict, prof: dict, customer: str, at: int, rules: ChurnRules,
         state["fired"][reason] = key
     reasons = [(reason, *TIMED[reason]) for _, reason, _, _ in now]
     return _raise(state, prof, customer, when, reasons, sorted({d[3] for d in now}), rules,
-                  weights)
+                  weights, since=max(d[2] for d in now))
 
 
 def _raise(state: dict, prof: dict, customer: str, at: int, reasons: list[tuple],
-           evidence: list[str], rules: ChurnRules, weights: Weights) -> list[dict]:
+           evidence: list[str], rules: ChurnRules, weights: Weights,
+           since: int | None = None) -> list[dict]:
+    """An alert, unless cooling down. `since`: for time-based reasons, the time they count
+    from (a purchase between it and the alert, heard of later, would have prevented it)."""
     reasons = sorted(reasons, key=lambda r: (-r[1], r[0]))
     severity = min(3, reasons[0][1] + (len(reasons) >= 3))
     sent = state["sent"]
@@ -192,7 +205,7 @@ def _raise(state: dict, prof: dict, customer: str, at: int, reasons: list[tuple]
     state["sent"] = [at, severity]
     alert = {"alert_id": alert_id(customer, at, reasons[0][0]), "status": "open",
              "detected_at": at, "reasons": [r[0] for r in reasons], "severity": severity,
-             "evidence": evidence, "action": reasons[0][2],
+             "evidence": evidence, "action": reasons[0][2], "since": since,
              "score": round(profile.decayed_value(prof["score"], at, weights.half_life_ms), 6)}
     state["open"].append(alert)
     return [alert]

@@ -122,24 +122,23 @@ class AlertProcessor:
                 if customer in self.store:
                     del self.store[customer]
                 out = [x for x in out if x[0] != customer]
-            for customer, touches in message["c"].items():
-                state = state_of(customer)
-                fresh = _fresh(state, touches)
-                for touch in fresh:  # judged later, by the partition's event time (`_decide`)
-                    ct = cart_touch(touch)
-                    if ct is not None:
-                        carts.add(state["cart"], ct)
-                self._hold(schedule, customer, state, fresh)
-            for customer, touches in message.get("l", {}).items():  # too late for sessions
-                state = state_of(customer)
-                self._hold(schedule, customer, state, _fresh(state, touches))
+            # `l`: touches the sessionizer of an earlier version found too late for sessions
+            for part in (message["c"], message.get("l", {})):
+                for customer, touches in part.items():
+                    state = state_of(customer)
+                    fresh = _fresh(state, touches)
+                    for touch in fresh:  # judged by the partition's event time (`_decide`)
+                        ct = cart_touch(touch)
+                        if ct is not None:
+                            carts.add(state["cart"], ct)
+                    self._hold(schedule, customer, state, fresh)
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         while (customer := schedule.pop_due(stream_time)) is not None:
             state = state_of(customer) if customer in states or customer in self.store else None
             if state is None:
                 continue
-            out += self._decide(customer, state, stream_time, final)
+            out += self._decide(customer, state, stream_time, final, before)
             due = self.due_at(state)
             if due is not None and due >= stream_time:
                 schedule.wake(due, customer)
@@ -167,8 +166,8 @@ class AlertProcessor:
         """Queue cart alerts and resolutions until the profile can stand at their time."""
         state["decided"].extend([carts.decided_at(alert), alert] for alert in alerts)
 
-    def _decide(self, customer: str, state: dict, stream_time: int,
-                final: int) -> list[tuple[str, str, dict, dict]]:
+    def _decide(self, customer: str, state: dict, stream_time: int, final: int,
+                reached: int) -> list[tuple[str, str, dict, dict]]:
         """Everything due for this customer before `stream_time`, in event-time order: each
         cart judged at its deadline, and each cart alert or resolution sent with the profile
         holding exactly the touches up to its time (`carts.decided_at`), so an alert's score
@@ -177,7 +176,13 @@ class AlertProcessor:
 
         A cart from a device's history is judged at its deadline but stands for the login
         that claimed it, which can be later, so judging and sending are apart: alerts wait in
-        `decided` until event time is past their time plus the allowed lateness."""
+        `decided` until event time is past their time plus the allowed lateness.
+
+        `reached` is the partition's event time before this batch: a decision further than
+        the correction horizon behind it was made possible only by touches that came that
+        late, and is recorded as historical instead of sent. (Measured before the batch, so
+        that a batch that moves event time far ahead, a bulk import in time order, still
+        sends what it decides.)"""
         out: list[tuple[str, str, dict, dict]] = []
         lateness = self.rules.lateness_ms
         for _ in range(10_000):  # each round judges carts or sends alerts of one time
@@ -185,25 +190,28 @@ class AlertProcessor:
             send = min((at for at, _ in state["decided"]), default=None)
             if send is not None and send + lateness < stream_time and (
                     judge is None or send + lateness <= judge):
-                out += self._release(customer, state, send)
+                out += self._release(customer, state, send, reached)
                 ready = [alert for at, alert in state["decided"] if at == send]
                 state["decided"] = [x for x in state["decided"] if x[0] != send]
                 out += self._with_snapshot(customer, state, CART, ready)
             elif judge is not None and judge < stream_time:
-                out += self._release(customer, state, judge - lateness)
+                out += self._release(customer, state, judge - lateness, reached)
                 self._decided(state, carts.advance(state["cart"], customer, judge + 1,
-                                                   self.rules))
+                                                   self.rules, reached))
             else:
                 break
-        out += self._release(customer, state, final)
-        self._decided(state, carts.advance(state["cart"], customer, stream_time, self.rules))
+        out += self._release(customer, state, final, reached)
+        self._decided(state, carts.advance(state["cart"], customer, stream_time, self.rules,
+                                           reached))
         return out
 
-    def _release(self, customer: str, state: dict,
-                 final: int) -> list[tuple[str, str, dict, dict]]:
+    def _release(self, customer: str, state: dict, final: int,
+                 reached: int) -> list[tuple[str, str, dict, dict]]:
         """Apply the customer's pending touches up to `final` in event-time order to the
         profile and the churn rules, firing churn deadlines that fall between them (each
-        alert with the profile at its own decision)."""
+        alert with the profile at its own decision). A churn alert further than the
+        correction horizon behind `reached` (from touches that came that late) is recorded
+        as historical, not sent."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
         pending = sorted(state["pending"], key=lambda x: (counts_at(x), x[EVENT_ID]))
@@ -213,15 +221,18 @@ class AlertProcessor:
         while True:
             touch = pending[i] if i < len(pending) and counts_at(pending[i]) <= final else None
             if due is not None and due <= final and (touch is None or due < counts_at(touch)):
-                out += self._with_snapshot(customer, state, CHURN, churn.check(
-                    risk, prof, customer, due, rules, weights))
+                found = churn.check(risk, prof, customer, due, rules, weights)
             elif touch is None:
                 break
             else:
                 i += 1
-                if profile.apply(prof, touch, weights):
-                    out += self._with_snapshot(customer, state, CHURN, churn.observe(
-                        risk, prof, touch, customer, rules, weights))
+                found = churn.observe(risk, prof, touch, customer, rules, weights) \
+                    if profile.apply(prof, touch, weights) else []
+            for alert in found:
+                if alert["status"] == "open" and \
+                        alert["detected_at"] < reached - self.rules.horizon_ms:
+                    alert["status"] = carts.HISTORICAL  # in the state's open alerts too
+            out += self._with_snapshot(customer, state, CHURN, found)
             due = churn.due_at(risk, prof, rules, weights)
         state["pending"] = pending[i:]
         return out
@@ -243,15 +254,14 @@ def _fresh(state: dict, touches: list[list]) -> list[list]:
 
 def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,
                  rules: CartRules) -> dict:
-    """The Alert (schemas/alert.avsc) of a cart alert or its resolution."""
+    """The Alert (schemas/alert.avsc) of a cart decision: an alert, its resolution, or one
+    recorded as historical or withdrawn (`carts.advance`)."""
     value = alert["value"]
-    resolved = alert["status"] == "resolved"
     return {
-        "alert_id": alert["alert_id"], "alert_type": "cart_abandonment",
-        "status": alert["status"], "customer_id": customer, "anonymous_id": None,
+        "alert_id": alert["alert_id"], "alert_type": CART, "status": alert["status"],
+        "customer_id": customer, "anonymous_id": None,
         "detected_at": alert["detected_at"], "emitted_at": emitted_at,
-        "reasons": [f"cart_inactive_{rules.delay_ms // 60_000}m"]
-        + (["purchased_after_alert"] if resolved else []),
+        "reasons": [f"cart_inactive_{rules.delay_ms // 60_000}m", *alert.get("reasons", ())],
         "severity": 3 if value >= 200 else 2 if value >= 50 else 1,
         "evidence_event_ids": alert["evidence"],
         "cart": {"cart_id": alert["cart_id"],
@@ -262,14 +272,15 @@ def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,
         # The channel the customer engages on most and most recently, among those they can
         # still be reached on: never email after an unsubscribe.
         "recommended_channel": snapshot["preferred_channel"],
-        "recommended_action": "none" if resolved else "cart_reminder",
-        "version": 2 if resolved else 1,
+        "recommended_action": "none" if alert["resolved"] else "cart_reminder",
+        "version": alert["version"],
     }
 
 
 def churn_record(customer: str, alert: dict, snapshot: dict, emitted_at: int) -> dict:
-    """The Alert (schemas/alert.avsc) of a churn-risk alert or its resolution."""
-    resolved = alert["status"] == "resolved"
+    """The Alert (schemas/alert.avsc) of a churn-risk alert or its resolution (a historical
+    one stays historical when resolved)."""
+    resolved = "resolved_at" in alert
     return {
         "alert_id": alert["alert_id"], "alert_type": CHURN, "status": alert["status"],
         "customer_id": customer, "anonymous_id": None, "detected_at": alert["detected_at"],
@@ -280,3 +291,9 @@ def churn_record(customer: str, alert: dict, snapshot: dict, emitted_at: int) ->
         "recommended_action": "none" if resolved else alert["action"],
         "version": 2 if resolved else 1,
     }
+
+
+def published(record: dict) -> bool:
+    """Whether an alert record goes out on the public alert topics; historical and withdrawn
+    decisions are recorded for analysts only (`topics.ALERTS_HISTORY`)."""
+    return record["status"] in carts.SENT

@@ -109,6 +109,17 @@ class AvroSerde:
         fastavro.schemaless_writer(buf, schema.parsed, record)
         return buf.getvalue()
 
+    def datum(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """The Avro binary datum alone, without framing: for values built from parts
+        (`array`)."""
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._current[name].parsed, record)
+        return buf.getvalue()
+
+    def frame(self, name: str, datum: bytes) -> bytes:
+        """A datum of schema `name` framed as a value on a topic."""
+        return MAGIC + self._current[name].fingerprint + datum
+
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         """Read `data` as schema `name`, whatever compatible schema version wrote it."""
         if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
@@ -131,6 +142,23 @@ class AvroSerde:
             raise DecodeError(
                 "undecodable", f"{name}: {len(data) - buf.tell()} trailing bytes after the datum")
         return record
+
+
+def array(items: list[bytes]) -> bytes:
+    """The Avro encoding of an array of already encoded items (one block, then the end):
+    the datum of a record whose only field is that array."""
+    return _long(len(items)) + b"".join(items) + b"\x00" if items else b"\x00"
+
+
+def _long(n: int) -> bytes:
+    """Avro's zig-zag varint of a long."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 @cache

@@ -271,10 +271,16 @@ class IngestSettings:
         "`provider=secret;...`: HMAC-SHA256 secrets of email-provider webhooks.", secret=True)
     webhook_tolerance: int = setting(
         "KIZUNA_WEBHOOK_TOLERANCE", "300", "Seconds a webhook signature's timestamp may be off.")
+    import_sort_memory_mb: float = setting(
+        "KIZUNA_IMPORT_SORT_MEMORY_MB", "256",
+        "Memory `kizuna import` sorts events in before it spills a sorted run to disk "
+        "(under $KIZUNA_HOME/import); bounds its memory whatever the files' size.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:
         _check_port("KIZUNA_INGEST_PORT", self.port)
+        if self.import_sort_memory_mb < 1:
+            raise ConfigError("KIZUNA_IMPORT_SORT_MEMORY_MB must be at least 1")
 
     @property
     def pii_names(self) -> frozenset[str]:
@@ -372,6 +378,11 @@ class AlertingSettings:
     churn_cooldown_days: float = setting(
         "KIZUNA_CHURN_COOLDOWN_DAYS", "7",
         "After a churn alert, no other for this long unless the severity rises (counted).")
+    correction_horizon_days: float = setting(
+        "KIZUNA_CORRECTION_HORIZON_DAYS", "7",
+        "An alert decision made further than this behind its partition's event time (late "
+        "touches, a backfill of history into a live pipeline) is recorded in ClickHouse with "
+        "status `historical`, never sent.")
     batch_size: int = setting(
         "KIZUNA_ALERTING_BATCH", "2000", "Most Kafka messages alerting processes as one batch.")
     store: str = setting(
@@ -381,6 +392,8 @@ class AlertingSettings:
 
     def validate(self) -> None:
         _check_port("KIZUNA_ALERTING_PORT", self.port)
+        if self.correction_horizon_days <= 0:
+            raise ConfigError("KIZUNA_CORRECTION_HORIZON_DAYS must be > 0")
         if self.abandonment_minutes <= 0 or self.cart_cap_hours < 0:
             raise ConfigError("KIZUNA_CART_ABANDONMENT_MINUTES must be > 0 and "
                               "KIZUNA_CART_ALERT_CAP_HOURS >= 0")

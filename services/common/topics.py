@@ -48,6 +48,14 @@ ALERTS_CART_ABANDONMENT = TopicSpec(
     "alerts.cart_abandonment", "cart alerts and their resolution", key="customer id")
 ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer id")
 
+#: Internal: alert decisions recorded for analysts and never sent (status `historical`: more
+#: than the correction horizon behind event time when made; `withdrawn`: a historical one the
+#: late touches no longer give). The warehouse loads it into `alerts`; no consumer should act
+#: on it.
+ALERTS_HISTORY = TopicSpec(
+    "alerting.history", "alert decisions recorded, never sent (internal)", key="customer id",
+    retention_ms=30 * DAY_MS)
+
 PUBLIC_TOPICS: tuple[TopicSpec, ...] = (
     TOUCHPOINTS_RAW, TOUCHPOINTS_DLQ, SESSIONS, ENGAGEMENT_SCORES,
     ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK,

@@ -14,6 +14,7 @@ from services.common.serde import (
     TOUCHPOINT,
     TOUCHPOINT_BATCH,
     AvroSerde,
+    array,
     default_serde,
 )
 from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
@@ -106,6 +107,11 @@ def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
     }
 
 
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java client (and faust, and Kafka Streams) gives `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class PartitionBatcher:
     """Packs accepted touchpoints into one Kafka message per partition and up to `size`
     touchpoints (schema touchpoint_batch, header kizuna-type), so that a bulk import costs
@@ -122,9 +128,13 @@ class PartitionBatcher:
 
     def add(self, record: dict) -> None:
         key = profile_id(record).encode()
-        partition = (murmur2(key) & 0x7FFFFFFF) % self.partitions  # the Java partitioner
+        self.add_encoded(partition_of(key, self.partitions), key,
+                         self.serde.datum(TOUCHPOINT, record))
+
+    def add_encoded(self, partition: int, key: bytes, datum: bytes) -> None:
+        """A touchpoint already encoded (its Avro datum), for `partition`, keyed by `key`."""
         batch = self.pending.setdefault(partition, [])
-        batch.append(record)
+        batch.append((key, datum))
         if len(batch) >= self.size:
             self._send(partition)
 
@@ -135,11 +145,12 @@ class PartitionBatcher:
     def _send(self, partition: int) -> None:
         batch = self.pending.pop(partition)
         if len(batch) == 1:
-            self.send(self.topic, self.serde.encode(TOUCHPOINT, batch[0]),
-                      profile_id(batch[0]).encode(), 1)
+            key, datum = batch[0]
+            self.send(self.topic, self.serde.frame(TOUCHPOINT, datum), key, 1)
             return
-        self.send(self.topic, self.serde.encode(TOUCHPOINT_BATCH, {"touchpoints": batch}), None,
-                  len(batch), partition=partition, headers={"kizuna-type": TOUCHPOINT_BATCH})
+        value = self.serde.frame(TOUCHPOINT_BATCH, array([datum for _, datum in batch]))
+        self.send(self.topic, value, None, len(batch), partition=partition,
+                  headers={"kizuna-type": TOUCHPOINT_BATCH})
 
 
 class MessageBuilder:

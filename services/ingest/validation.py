@@ -29,8 +29,10 @@ MAX_ID = 128
 MAX_MAP_ENTRIES = 100
 MAX_KEY = 128
 MAX_STRING_VALUE = 4096
-# Timestamps outside these bounds are almost certainly seconds-for-milliseconds or garbage.
-MIN_MS = 946_684_800_000  # 2000-01-01
+#: A numeric epoch below this is seconds, not milliseconds (10^11 ms is 1973-03-03; 10^11 s is
+#: the year 5138). RFC 3339 times are taken from 1970 on, whatever their age.
+MIN_EPOCH_MS = 10**11
+MAX_MS = 32_503_680_000_000  # year 3000
 MAX_FUTURE_MS = 24 * 3600 * 1000  # tolerated clock skew into the future
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -58,6 +60,9 @@ class Enrichment:
     allowed_channels: frozenset[str] | None = None  # None: any channel
     pii_properties: frozenset[str] = frozenset()
     pii_salt: str = ""
+    #: Correct the client's clock with `sent_at` (contract section 2). Off for imports: a file
+    #: does not hold the time its events were first received, which the correction needs.
+    skew_correction: bool = True
 
 
 class _Invalid(Exception):
@@ -103,8 +108,9 @@ def _validate(event: object, enrich: Enrichment) -> dict:
     sent_at = _timestamp(event, "sent_at")
     received_at = enrich.received_at_ms
     # Clock-skew correction (contract section 2), as Snowplow's derived_tstamp.
-    event_time = occurred_at if sent_at is None else received_at - (sent_at - occurred_at)
-    if occurred_at > received_at + MAX_FUTURE_MS and sent_at is None:
+    event_time = occurred_at if sent_at is None or not enrich.skew_correction \
+        else received_at - (sent_at - occurred_at)
+    if event_time == occurred_at and occurred_at > received_at + MAX_FUTURE_MS:
         raise _Invalid("invalid_value", "occurred_at", "more than 24 h in the future")
     properties = _flat_map(event, "properties")
     for key in enrich.pii_properties:
@@ -207,6 +213,10 @@ def _timestamp(obj: Mapping, field: str, *, required: bool = False) -> int | Non
         if not math.isfinite(value) or value != int(value):
             raise _Invalid("invalid_value", field, f"{field}: epoch milliseconds are integers")
         ms = int(value)
+        if 0 <= ms < MIN_EPOCH_MS:
+            raise _Invalid("invalid_value", field,
+                           f"{field}: {ms} looks like epoch seconds; give epoch milliseconds "
+                           "or an RFC 3339 time")
     elif isinstance(value, str):
         if not RFC3339.match(value):
             raise _Invalid("invalid_format", field,
@@ -219,10 +229,9 @@ def _timestamp(obj: Mapping, field: str, *, required: bool = False) -> int | Non
         ms = (parsed - EPOCH) // dt.timedelta(milliseconds=1)
     else:
         raise _Invalid("invalid_type", field, f"{field} must be RFC 3339 or epoch milliseconds")
-    if ms < MIN_MS:
-        raise _Invalid("invalid_value", field,
-                       f"{field}: {ms} is before 2000-01-01 (seconds instead of milliseconds?)")
-    if ms > 32_503_680_000_000:  # year 3000
+    if ms < 0:
+        raise _Invalid("invalid_value", field, f"{field}: {ms} is before 1970-01-01")
+    if ms > MAX_MS:
         raise _Invalid("invalid_value", field, f"{field}: {ms} is too far in the future")
     return ms
 

@@ -31,6 +31,7 @@ from services.common.settings import Settings
 from services.common.topics import (
     ALERTS_CART_ABANDONMENT,
     ALERTS_CHURN_RISK,
+    ALERTS_HISTORY,
     ENGAGEMENT_SCORES,
     SESSIONS,
     TOUCHPOINTS_DLQ,
@@ -141,6 +142,7 @@ LOADS = {
                                PROFILE_COLUMNS),
     ALERTS_CART_ABANDONMENT.suffix: (ALERT, "alerts", alert_row, ALERT_COLUMNS),
     ALERTS_CHURN_RISK.suffix: (ALERT, "alerts", alert_row, ALERT_COLUMNS),
+    ALERTS_HISTORY.suffix: (ALERT, "alerts", alert_row, ALERT_COLUMNS),
 }
 
 

@@ -21,7 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from services.common import logs
 from services.common.clickhouse import QueryError, connect, raw_query
 from services.common.errors import KizunaError
+from services.common.kafka import ensure_topics
 from services.common.settings import WarehouseSettings, load
+from services.common.topics import ALERTS_HISTORY
 from services.warehouse.erase import erase_rows
 from services.warehouse.loader import start as start_loader
 from services.warehouse.migrations import apply_migrations
@@ -168,6 +170,8 @@ def main() -> None:
         log.info("signal %d: stopping", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # alerting writes this internal topic; the loader reads it from the start either way
+    ensure_topics(common, (ALERTS_HISTORY,))
     loader = start_loader(common, warehouse.insert, settings.batch_seconds)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
