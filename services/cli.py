@@ -56,6 +56,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r['name']:<18} {r['state']:<9} {r['pid']:>7} {r['uptime_seconds']:>7}s "
                   f"{cell['lag']:>7} {cell['events_per_s']:>9}  {cell['event_time']:<20}  "
                   f"{cell['last_error'][:80]}")
+        late = health["sessionizer"].late if "sessionizer" in health else None
+        if late is not None:
+            by_channel = ", ".join(f"{c} {n}" for c, n in sorted(late.items(), key=lambda x: -x[1]))
+            print(f"late touchpoints corrected: {sum(late.values())}"
+                  + (f" ({by_channel})" if by_channel else "")
+                  + " (behind the allowed lateness; see kizuna_sessionizer_lateness_seconds)")
         print(f"(events/s over {args.sample:g} s; logs: {settings.home / 'logs'})")
     return 0 if all(p.state == "RUNNING" for p in programs) else 1
 

@@ -42,6 +42,9 @@ class StageHealth:
     events_per_s: float | None = None
     event_time: str | None = None
     last_error: str | None = None
+    #: sessionizer: touchpoints that came behind the allowed lateness and corrected their
+    #: sessions, by channel
+    late: dict[str, int] | None = None
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
@@ -99,6 +102,9 @@ def stage_health(settings: Settings, logs: dict[str, str], sample: float) -> dic
         before, after = series_total(first[stage], name, labels), series_total(second, name, labels)
         if before is not None and after is not None and elapsed > 0:
             out[stage].events_per_s = round((after - before) / elapsed, 1)
+        if stage == "sessionizer":
+            late = second.get("kizuna_sessionizer_late_touchpoints_total", [])
+            out[stage].late = {labels["channel"]: int(v) for labels, v in late if v}
         if stage in EVENT_TIME:
             reached = [v for _, v in second.get(EVENT_TIME[stage], []) if v > 0]
             if reached:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import faust
 import orjson
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import faust_stage, logs
 from services.common.kafka import ensure_topics
@@ -53,7 +53,7 @@ HANDOFF = TopicSpec(
     "partition (internal)", key="profile id", retention_ms=7 * 24 * HOUR_MS)
 ATTRIBUTED = TopicSpec(
     "sessionizer.attributed", "touches attributed to customers and the partition's event "
-    "time, {t, c: {customer: touches}, l: too-late ones} in JSON, a few messages per "
+    "time, {t, c: {customer: touches}, e: [customers erased]} in JSON, a few messages per "
     "partition and batch "
     "(internal; the scorer's and alerting's input)", key="none (partition of the customers)",
     retention_ms=7 * 24 * HOUR_MS)
@@ -62,6 +62,13 @@ EVENTS = Counter("kizuna_sessionizer_events", "Touchpoints and handoffs by outco
 SESSIONS_OUT = Counter("kizuna_sessionizer_sessions", "Session updates emitted", ["status"])
 OPEN_SESSIONS = Gauge("kizuna_sessionizer_open_sessions", "Sessions open in this worker's state")
 DEAD_LETTERS = Counter("kizuna_sessionizer_dead_letters", "Dead letters by reason", ["reason"])
+LATE = Counter("kizuna_sessionizer_late_touchpoints",
+               "Touchpoints behind the allowed lateness that corrected their sessions",
+               ["channel"])
+LATENESS = Histogram("kizuna_sessionizer_lateness_seconds",
+                     "How far behind its partition's event time a late touchpoint came",
+                     ["channel"], buckets=(600, 1800, 3600, 6 * 3600, 86400, 7 * 86400,
+                                           30 * 86400, 365 * 86400, 3650 * 86400))
 EVENT_TIME = Gauge("kizuna_sessionizer_event_time_seconds",
                    "Event time each partition has reached (epoch seconds)", ["partition"])
 OUTPUT_TIME = Gauge("kizuna_sessionizer_output_time_seconds",
@@ -182,9 +189,9 @@ def create_app(settings: SessionizerSettings) -> faust.App:
                 produce(handoff_name, announce, None, other)
         # The partition's customers are the same on the co-partitioned topic. Each message
         # carries the partition's output time (see processor.py), so downstream timers move
-        # even without touches. `c`: on time or moved by identity; `l`: too late for sessions
-        # (scores only).
-        if out.attributed or out.late or out.erased or out.output_time is not None:
+        # even without touches. `c`: the customers' touches, on time, late, or moved by
+        # identity.
+        if out.attributed or out.erased or out.output_time is not None:
             stream_time = processor.output_time(partition)
             OUTPUT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
             if out.erased:  # `e`: customers to forget (kizuna erase), before what follows
@@ -193,10 +200,9 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             for chunk in attributed_chunks(out.attributed) if out.attributed else [{}]:
                 produce(attributed_name, orjson.dumps({"t": stream_time, "c": chunk}), None,
                         partition)
-            for chunk in attributed_chunks(out.late):
-                produce(attributed_name, orjson.dumps({"t": stream_time, "c": {}, "l": chunk}),
-                        None, partition)
-
+        for channel, behind_ms in out.late:
+            LATE.labels(channel).inc()
+            LATENESS.labels(channel).observe(behind_ms / 1000)
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead)))

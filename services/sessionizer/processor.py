@@ -42,7 +42,6 @@ key once at the end.
 from __future__ import annotations
 
 import json
-from bisect import insort
 from collections import Counter
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from typing import Any
 
 from services.common.schedule import Schedule
 from services.sessionizer import sessions as s
+from services.sessionizer.archive import Archive
 from services.sessionizer.sessions import SessionRules
 
 CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS, SEEN = "c:", "a:", "t:", "w:", "l:", "s:"
@@ -99,9 +99,9 @@ class Outputs:
     #: Touches that belong to a customer, on time or moved by an identity link, for the
     #: scorer and alerting (at-least-once: they deduplicate).
     attributed: dict[str, list[list]] = field(default_factory=dict)
-    #: A customer's touches too late for sessions: they still count for the score, but may
-    #: not reopen decisions (alerts) already taken.
-    late: dict[str, list[list]] = field(default_factory=dict)
+    #: Touches that came behind the allowed lateness and corrected their sessions:
+    #: (channel, how far behind the partition's event time in ms), for the metrics.
+    late: list[tuple[str, int]] = field(default_factory=list)
     #: The partition's event time after the batch, when the batch moved it (else None): to
     #: be announced to every partition (`time_message`) after the batch's handoffs.
     stream_time: int | None = None
@@ -215,19 +215,16 @@ class PartitionProcessor:
         return schedule
 
     def due_at(self, key: str, state: dict) -> int | None:
-        """When this profile next needs attention without new input: a run to close, a
-        customer's recently closed run to forget, or a device's closed-session history to
-        expire."""
+        """When this profile next needs attention without new input: a run to close, or
+        an idle profile's archive to forget."""
         if state.get("pending"):
             return None  # waiting for a device's answer; its transfer reschedules
         if state["runs"]:
             return min(self.rules.close_at(run) for run in state["runs"])
-        if state.get("recent"):
-            return min(self.rules.close_at(run) for run in state["recent"]) \
-                + self.rules.lateness_ms
-        if state.get("closed"):  # sorted by start; the last ends last
-            return state["closed"][-1][-1][s.T] + DEVICE_HISTORY_MS
-        if state.get("seen"):  # the days of ids kept: forgotten the window after the last
+        expires = Archive.expires_at(state)
+        if expires is not None:
+            return expires
+        if state.get("seen"):  # ids an earlier version kept: forgotten the window after
             return (state["seen"][-1] + 1) * s.DAY_MS + s.DEDUP_MS
         return None
 
@@ -249,7 +246,8 @@ class _Batch:
         self.states: dict[str, dict] = {}  # key -> its state, read once per batch
         self.changed: set[str] = set()
         self.reemit: set[str] = set()  # profiles to re-emit whole (after a redelivery)
-        self.seen: dict[str, list[str]] = {}  # `s:` key -> the ids kept (`remember`)
+        self.archive = Archive(self.store)
+        self.seen: dict[str, list[str]] = {}  # `s:` key -> ids kept by an earlier version
         self.seen_changed: set[str] = set()
         self.out = Outputs()
 
@@ -258,7 +256,12 @@ class _Batch:
     def state(self, key: str) -> dict:
         state = self.states.get(key)
         if state is None:
-            state = self.store.get(key) or {"p": self.partition, "runs": [], "emitted": {}}
+            state = self.store.get(key)
+            if state is None:
+                state = {"p": self.partition, "runs": [], "emitted": {}}
+            elif "recent" in state or "closed" in state:  # stored by an earlier version
+                self.archive.put(key, state, state.pop("recent", []) + state.pop("closed", []))
+                self.changed.add(key)
             self.states[key] = state
         return state
 
@@ -266,12 +269,18 @@ class _Batch:
         self.changed.add(key)
         return self.state(key)
 
-    # Ids of the touches that left a profile's open runs (closed, handed over at a login,
-    # forwarded), kept so that a copy delivered again, however late, is known as a duplicate
-    # and not taken for a late touch: a list per profile and day of event time under
-    # `s:<profile key>:<day>`, apart from the profile's state so a batch writes only the days
-    # it adds to. The state lists the days (`seen`); those more than `DEDUP_MS` behind the
-    # newest go, and an idle profile's all go `DEDUP_MS` after it.
+    def closing_time(self) -> int:
+        """Runs whose close time is before this close (`close_due`)."""
+        return min(self.stream_time, self.aligned)
+
+    def took(self, key: str, t: int, event_id: str) -> bool:
+        """Whether the profile took this touch already: in its open runs, its archive, or
+        the ids an earlier version kept (`s:<key>:<day>`, until they expire)."""
+        state = self.state(key)
+        if s.contains(state["runs"], t, event_id) or self.archive.holds(key, state, t, event_id):
+            return True
+        day = t // s.DAY_MS
+        return day in state.get("seen", ()) and event_id in self.seen_ids(_seen_key(key, day))
 
     def seen_ids(self, ids_key: str) -> list[str]:
         ids = self.seen.get(ids_key)
@@ -279,36 +288,16 @@ class _Batch:
             ids = self.seen[ids_key] = list(self.store.get(ids_key) or [])
         return ids
 
-    def took(self, key: str, t: int, event_id: str) -> bool:
-        """Whether the profile took this touch already."""
-        state, day = self.state(key), t // s.DAY_MS
-        return s.contains(state["runs"], t, event_id) or (
-            day in state.get("seen", ()) and event_id in self.seen_ids(_seen_key(key, day)))
-
-    def remember(self, key: str, state: dict, touches: list[list]) -> None:
-        if not touches:
-            return
-        days = state.setdefault("seen", [])
-        for touch in touches:
-            day = touch[s.T] // s.DAY_MS
-            ids_key = _seen_key(key, day)
-            ids = self.seen_ids(ids_key)
-            if touch[s.EVENT_ID] not in ids:
-                ids.append(touch[s.EVENT_ID])
-                self.seen_changed.add(ids_key)
-            if day not in days:
-                insort(days, day)
-        while days[0] < days[-1] - s.DEDUP_MS // s.DAY_MS:
-            self.drop_seen(key, days.pop(0))
-
     def forget_seen(self, key: str, state: dict) -> None:
         for day in state.pop("seen", []):
-            self.drop_seen(key, day)
+            ids_key = _seen_key(key, day)
+            self.seen[ids_key] = []
+            self.seen_changed.add(ids_key)
 
-    def drop_seen(self, key: str, day: int) -> None:
-        ids_key = _seen_key(key, day)
-        self.seen[ids_key] = []
-        self.seen_changed.add(ids_key)
+    def forget(self, key: str, state: dict) -> None:
+        """Everything the profile kept of its closed sessions."""
+        self.archive.forget(key, state)
+        self.forget_seen(key, state)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -318,8 +307,9 @@ class _Batch:
         self.out.counts["events"] += 1
         customer, device = record.get("customer_id"), record.get("anonymous_id")
         touch = touch_of(record)
-        if self.rules.too_late(t, self.stream_time):
-            key = CUSTOMER + customer if customer else DEVICE + device
+        key = CUSTOMER + customer if customer else DEVICE + device
+        late = self.rules.too_late(t, self.stream_time)
+        if late:
             if self.took(key, t, record["event_id"]):
                 # delivered again (a client's resend, a producer's retry): a duplicate, not late
                 self.out.counts["duplicates"] += 1
@@ -328,52 +318,48 @@ class _Batch:
                 if customer:
                     self.out.attributed.setdefault(customer, []).append(touch)
                 return
-            if customer:  # scores count every touch of a customer, sessions or not
-                self.out.late.setdefault(customer, []).append(touch)
-            self.out.counts["too_late"] += 1
-            self.out.dead_letters.append(DeadLetter(
-                "too_late",
-                f"event_time {t} is more than the allowed lateness "
-                f"({self.rules.lateness_ms} ms) behind its partition's event time "
-                f"{self.stream_time}; its session may be closed already",
-                tp.payload, tp.origin, tp.record))
-            return
-        if t < self.stream_time:
+            # Late: it still counts, and corrects the sessions it belongs to (`reform`).
+            self.out.counts["corrections"] += 1
+            self.out.late.append((record["channel"], self.stream_time - t))
+        elif t < self.stream_time:
             self.out.counts["late"] += 1
         self.stream_time = max(self.stream_time, t)
         if customer:
             self.out.attributed.setdefault(customer, []).append(touch)
-            key = CUSTOMER + customer
             state = self.touched(key)
             if device and device not in state.setdefault("devices", []):
                 state["devices"].append(device)
                 # Its sessions wait for the device's answer before they may close.
                 state.setdefault("pending", []).append(device)
-                self.logins[f"{customer}\x00{device}"] = t
+                if not late:  # the next stages are past a late login already
+                    self.logins[f"{customer}\x00{device}"] = t
                 self.out.handoffs.append((device, {
                     "kind": "link", "anonymous_id": device, "customer_id": customer,
                     "event_id": record["event_id"], "event_time": t}))
             self.add(key, state, touch)
             return
-        key = DEVICE + device
         state = self.state(key)
         if state.get("linked_to"):
+            at = state.get("linked_at")
+            # Before its login, the touch is the customer's from the login on, as the
+            # device's history was (`moved_touch`).
+            moved = moved_touch(touch, at) if at is not None and t < at else touch
             self.out.handoffs.append((state["linked_to"], {
-                "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
-            self.remember(key, self.touched(key), [touch])
-            self.schedule.wake(self.proc.due_at(key, state), key)  # to forget the ids
+                "kind": "forward", "customer_id": state["linked_to"], "touch": moved}))
             return
         self.changed.add(key)
         self.add(key, state, touch)
 
     def add(self, key: str, state: dict, touch: list) -> None:
-        if touch[s.T] < state.get("moved", NEVER):  # before a login that claimed touches
-            added = self.rejoin(state, [touch])
+        closed_before = self.closing_time() - self.rules.lateness_ms
+        if touch[s.T] < max(state.get("moved", NEVER), closed_before):
+            # It may join a closed session, or come before a login that claimed touches.
+            added = self.reform(key, state, [touch])
         else:
             added = s.insert(state["runs"], touch, self.rules.gap_ms)
-        if added:
-            self.schedule.wake(self.rules.close_at(state["runs"][0]), key)
-        else:
+            if added:
+                self.schedule.wake(self.rules.close_at(state["runs"][0]), key)
+        if not added:
             self.out.counts["duplicates"] += 1
             self.reemit.add(key)
 
@@ -385,12 +371,11 @@ class _Batch:
             self.out.handoffs.append((device, {"kind": "forget", "anonymous_id": device,
                                                "customer_id": customer}))
             self.logins.pop(f"{customer}\x00{device}", None)
-        self.forget_seen(key, state)
+        self.forget(key, state)
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
         self.changed.add(key)
         self.out.erased.append(customer)
         self.out.attributed.pop(customer, None)
-        self.out.late.pop(customer, None)
         self.out.counts["erased"] += 1
 
     def handoff(self, message: dict) -> None:
@@ -398,7 +383,7 @@ class _Batch:
         if kind == "forget":
             key = DEVICE + message["anonymous_id"]
             if self.state(key).get("linked_to") == message["customer_id"]:
-                self.forget_seen(key, self.state(key))
+                self.forget(key, self.state(key))
                 self.states[key] = {"p": self.partition, "runs": [], "emitted": {}}
                 self.changed.add(key)
             return
@@ -413,13 +398,11 @@ class _Batch:
                 self.aligned = min(self.announced)
         elif kind == "forward":
             touch = message["touch"]
-            if touch[s.T] + self.rules.lateness_ms < self.aligned:
-                # A fresh forward is never this far behind its partition's announced time: this
-                # one was sent again by a batch redone after a crash, and its session may be
-                # closed already. It was counted the first time.
+            key = CUSTOMER + message["customer_id"]
+            if self.took(key, touch[s.T], touch[s.EVENT_ID]):
+                # sent again by a batch redone after a crash, or a copy delivered again
                 self.out.counts["duplicates"] += 1
                 return
-            key = CUSTOMER + message["customer_id"]
             self.add(key, self.touched(key), touch)
             self.out.attributed.setdefault(message["customer_id"], []).append(touch)
 
@@ -446,17 +429,18 @@ class _Batch:
         self.changed.add(key)
         # Its closed sessions travel as touches too: on the customer's side they may merge
         # with the session of the login itself.
+        history = _claimable(self.archive.runs(key, state))
         emitted = dict(state["emitted"])
-        for run in state.get("closed", []):
+        for run in history:
             for piece in s.pieces(run, self.rules.max_length_ms):
                 emitted[s.session_id(piece[0])] = [
                     piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
         self.out.handoffs.append((customer, _transfer(
-            customer, device, at, state["runs"] + state.get("closed", []), emitted)))
-        self.remember(key, state, [touch for run in state["runs"] for touch in run])
-        self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer}
-        if state.get("seen"):  # its closed touches' ids are kept already
-            self.states[key]["seen"] = state["seen"]
+            customer, device, at, state["runs"] + history, emitted)))
+        # The customer holds its touches from now on, and sees to their duplicates.
+        self.forget(key, state)
+        self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer,
+                            "linked_at": at}
 
     def receive(self, message: dict) -> None:
         customer = message["customer_id"]
@@ -471,69 +455,104 @@ class _Batch:
         self.changed.add(key)
         at = self.logins.pop(f"{customer}\x00{message['anonymous_id']}", None)
         at = message.get("at", at)  # None: a transfer from before logins were timed
-        if at is None and "moved" not in state:
-            s.merge_runs(state["runs"], message["runs"], self.rules.gap_ms)
-        else:  # the device's touches before its login count from the login
-            self.rejoin(state, [touch if at is None or touch[s.T] >= at
-                                else moved_touch(touch, at)
-                                for run in message["runs"] for touch in run])
-        if message["runs"]:  # the device's touches now count for the customer
-            self.out.attributed.setdefault(customer, []).extend(
-                touch if at is None else moved_touch(touch, at)
-                for run in message["runs"] for touch in run)
+        touches = [touch if at is None or touch[s.T] >= at else moved_touch(touch, at)
+                   for run in message["runs"] for touch in run]
         pending.remove(message["anonymous_id"])
         if not pending:
             state.pop("pending", None)
+        # the device's touches before its login count from the login
+        self.reform(key, state, touches)
+        if touches:  # the device's touches now count for the customer
+            self.out.attributed.setdefault(customer, []).extend(touches)
+        for sid, entry in message["emitted"].items():
+            state["emitted"].setdefault(sid, entry)
         due = self.proc.due_at(key, state)
         if due is not None:
             self.schedule.wake(due, key)
-        state["emitted"].update(message["emitted"])
 
-    def rejoin(self, state: dict, touches: list[list]) -> bool:
-        """Add touches to a customer whose runs hold a device's touches claimed at a login
-        (or will): the runs are formed again in event time (`sessions.build`). A device's
-        touches join the customer's sessions that were open at the login's event time, and
-        only those: one that had closed before the login stays as it was, and the device's
-        touches within its gap form a session of their own. Whether a session has closed in
-        this process by now depends on batching and on the other partitions' pace; event time
-        does not. So does the order claimed touches and later touches arrive in. A session
-        closed in the process but open at a login is in `recent` (kept for the allowed
-        lateness after it closed: no login before its close can come later) and is reopened
-        if the device's touches join it. False if every touch was here already."""
-        recent = state.get("recent", [])
-        held = [touch for run in state["runs"] + recent for touch in run]
-        have = {(touch[s.T], touch[s.EVENT_ID]) for touch in held}
-        fresh = [touch for touch in touches if (touch[s.T], touch[s.EVENT_ID]) not in have]
+    def reform(self, key: str, state: dict, touches: list[list]) -> bool:
+        """Add touches that may join closed sessions, or come before a login that claimed a
+        device's touches: the profile's open runs and the archived runs around the touches
+        are formed again in event time (`sessions.build`), so the sessions are what the
+        events give, whatever came when. A device's touches claimed at a login join the
+        sessions that were open at the login's event time, and only those. Runs that event
+        time has closed go back to the archive, re-emitted where they changed; sessions
+        absorbed by another are re-emitted as merged. False if every touch was here."""
+        fresh = [x for x in touches if not self.took(key, x[s.T], x[s.EVENT_ID])]
         if not fresh:
             return False
-        runs = s.build(held + fresh, self.rules.gap_ms, self.rules.close_at)
-
-        def signature(run: list) -> tuple:
-            return run[0][s.T], run[0][s.EVENT_ID], len(run)
-
-        closed = {signature(run): run for run in recent}
-        stay = [run for run in runs if signature(run) in closed]
-        for sig, run in closed.items():
-            if not any(signature(other) == sig for other in stay):
-                # joined: its sessions are live again, or merged into the one that has them
-                for piece in s.pieces(run, self.rules.max_length_ms):
-                    state["emitted"][s.session_id(piece[0])] = [
-                        piece[0][s.T], piece[0][s.EVENT_ID],
-                        s.version(len(piece), True, s.CLOSED)]
-        state["runs"] = [run for run in runs if signature(run) not in closed]
-        state["recent"] = stay
+        gap = self.rules.gap_ms
+        lo, hi = min(x[s.T] for x in fresh), max(x[s.T] for x in fresh)
+        old: list[list[list]] = []
+        while True:  # the archived runs around them, and around those
+            more = [run for run in self.archive.near(key, state, lo, hi, gap)
+                    if all(run is not o for o in old)]
+            if not more:
+                break
+            old += more
+            lo = min(lo, *(run[0][s.T] for run in more))
+            hi = max(hi, *(run[-1][s.T] for run in more))
+        held = [x for run in state["runs"] + old for x in run]
+        runs = s.build(held + fresh, gap, self.rules.close_at)
+        now = NEVER if state.get("pending") else self.closing_time()
+        closed = [run for run in runs if self.rules.close_at(run) < now]
+        state["runs"] = [run for run in runs if self.rules.close_at(run) >= now]
+        self.archive.remove(key, state, old)
+        self.archive.put(key, state, closed)
+        if fresh[-1][s.T] + self.rules.lateness_ms < self.stream_time:
+            state["late"] = [max(x[s.T] for x in fresh), self.stream_time]
+        self.settle(key, state, old, closed, state["runs"] + closed)
+        if state["runs"]:
+            self.schedule.wake(min(self.rules.close_at(run) for run in state["runs"]), key)
+        due = self.proc.due_at(key, state)
+        if due is not None:
+            self.schedule.wake(due, key)
         _note_moved(state)
         return True
+
+    def settle(self, key: str, state: dict, old: list[list[list]], closed: list[list[list]],
+               now: list[list[list]]) -> None:
+        """Emit what a correction changed among closed sessions: each closed session that is
+        new or changed, and each one that an earlier closed session merged into. An earlier
+        closed session that is live again is re-emitted by `emit` (it goes into `emitted`)."""
+        profile_id, customer = _ids(key)
+        attributed = customer is not None
+        before = {}
+        for run in old:
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                before[s.session_id(piece[0])] = (piece[0][s.T], piece[0][s.EVENT_ID],
+                                                  s.version(len(piece), attributed, s.CLOSED))
+        after = set()
+        for run in closed:
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                record = s.summary(piece, profile_id, customer, s.CLOSED)
+                after.add(record["session_id"])
+                was = before.get(record["session_id"])
+                if was is None or was[2] != record["version"]:
+                    self.out.sessions.append(record)
+                    self.out.counts["sessions_corrected"] += 1
+        live = {s.session_id(piece[0]) for run in state["runs"]
+                for piece in s.pieces(run, self.rules.max_length_ms)}
+        for sid, (started_at, first_event_id, last_version) in before.items():
+            if sid in after:
+                continue
+            if sid in live:  # `emit` re-emits it
+                state["emitted"][sid] = [started_at, first_event_id, last_version]
+                continue
+            target = s.locate(now, (started_at, first_event_id), self.rules.max_length_ms)
+            self.out.sessions.append(s.merged(sid, profile_id, customer, started_at, target,
+                                              s.merged_version(last_version)))
+            self.out.counts["sessions_merged"] += 1
 
     # -- time --------------------------------------------------------------------------------
 
     def close_due(self) -> None:
-        now = min(self.stream_time, self.aligned)
+        now = self.closing_time()
         while (key := self.schedule.pop_due(now)) is not None:
             state = self.states.get(key) if key in self.states else self.store.get(key)
             if state is None:
                 continue
-            self.states[key] = state
+            state = self.state(key)
             due = self.proc.due_at(key, state)
             if due is not None and due < now:
                 self.changed.add(key)
@@ -556,33 +575,21 @@ class _Batch:
                 state["emitted"].pop(record["session_id"], None)
                 self.out.sessions.append(record)
                 self.out.counts["sessions_closed"] += 1
-            self.remember(key, state, run)
-            if key.startswith(DEVICE):  # kept, so that a later login can still claim it
-                state.setdefault("closed", []).append(run)
-            else:  # kept while a login before its close can still come (`rejoin`)
-                state.setdefault("recent", []).append(run)
+            # kept: a late touch may still join it, and a later login claim a device's
+            self.archive.put(key, state, [run])
         state["runs"] = keep
-        if state.get("recent"):
-            state["recent"] = [run for run in state["recent"]
-                               if self.rules.close_at(run) + self.rules.lateness_ms >= now]
-        days = state.get("seen")
+        index = state.get("archive")
+        if index:
+            latest = max([end for _, end in index] + [run[-1][s.T] for run in keep])
+            self.archive.prune(key, state, latest, self.rules.gap_ms)
+            expires = self.archive.expires_at(state)
+            if not keep and expires is not None and expires < now:
+                self.forget(key, state)  # idle for the whole window
+        days = state.get("seen")  # ids kept by an earlier version expire by its rule
         if days and not state["runs"] and (days[-1] + 1) * s.DAY_MS + s.DEDUP_MS < now:
-            self.forget_seen(key, state)  # idle for the whole window (a busy one prunes)
+            self.forget_seen(key, state)
         if key.startswith(CUSTOMER):
             _note_moved(state)
-        if key.startswith(DEVICE) and state.get("closed"):
-            # Measured from the device's own latest touch, not from the partition's event
-            # time at this moment, so what a later login claims depends on the events only.
-            history = sorted(state["closed"], key=lambda run: run[0][s.T])
-            latest = max(run[-1][s.T] for run in history)
-            horizon = latest - DEVICE_HISTORY_MS
-            kept = [r for r in history if r[-1][s.T] >= horizon][-DEVICE_HISTORY:]
-            if now > latest + DEVICE_HISTORY_MS:
-                kept = []  # the device stayed anonymous for the whole window: forget it
-                self.forget_seen(key, state)
-            while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
-                kept.pop(0)  # the oldest first: a transfer stays well under 1 MB
-            state["closed"] = kept
 
     # -- output ------------------------------------------------------------------------------
 
@@ -600,7 +607,12 @@ class _Batch:
             if sid in live:
                 continue
             target = s.locate(state["runs"], (started_at, first_event_id),
-                              self.rules.max_length_ms)
+                              self.rules.max_length_ms) or s.locate(
+                self.archive.near(key, state, started_at, started_at, 0), (
+                    started_at, first_event_id), self.rules.max_length_ms)
+            if target == sid:  # closed meanwhile (a device's session, now the customer's)
+                del emitted[sid]
+                continue
             self.out.sessions.append(s.merged(sid, profile_id, customer, started_at, target,
                                               s.merged_version(last_version)))
             self.out.counts["sessions_merged"] += 1
@@ -620,11 +632,12 @@ class _Batch:
                 self.emit(key, state)
             # A customer's devices are kept after their sessions close: `kizuna erase` must
             # find the links to undo.
-            if state["runs"] or state["emitted"] or state.get("closed") or state.get("recent") \
+            if state["runs"] or state["emitted"] or state.get("archive") \
                     or state.get("seen") or state.get("linked_to") or state.get("devices"):
                 self.store[key] = state
             elif key in self.store:
                 del self.store[key]
+        self.archive.flush()
         for ids_key in self.seen_changed:
             if self.seen[ids_key]:
                 self.store[ids_key] = self.seen[ids_key]
@@ -642,6 +655,19 @@ class _Batch:
             self.out.output_time = output_time
 
 
+def _claimable(history: list[list[list]]) -> list[list[list]]:
+    """A device's closed sessions that a login claims: those ending within 30 days of its
+    latest touch, the last 20, at most 2,000 touches (a transfer stays well under 1 MB)."""
+    if not history:
+        return []
+    latest = max(run[-1][s.T] for run in history)
+    kept = [run for run in history if run[-1][s.T] >= latest - DEVICE_HISTORY_MS]
+    kept = kept[-DEVICE_HISTORY:]
+    while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
+        kept.pop(0)  # the oldest first
+    return kept
+
+
 def _transfer(customer: str, device: str, at: int, runs: list | None = None,
               emitted: dict | None = None) -> dict:
     """A device's state for its customer, linked at event time `at`; empty when the device
@@ -651,13 +677,10 @@ def _transfer(customer: str, device: str, at: int, runs: list | None = None,
 
 
 def _note_moved(state: dict) -> None:
-    """Note the latest login whose claimed touches a customer's runs (live or recent) hold:
-    a touch before it goes through `rejoin`; one after it cannot change what that login
-    decided, and is inserted by the plain gap rule (the same result, see `sessions.build`).
-    Drop empty parts."""
-    if not state.get("recent"):
-        state.pop("recent", None)
-    logins = [touch[s.MOVED_AT] for run in state["runs"] + state.get("recent", [])
+    """Note the latest login whose claimed touches a customer's open runs hold: a touch
+    before it goes through `reform`; one after it cannot change what that login decided,
+    and is inserted by the plain gap rule (the same result, see `sessions.build`)."""
+    logins = [touch[s.MOVED_AT] for run in state["runs"]
               for touch in run if len(touch) > s.MOVED_AT]
     if logins:
         state["moved"] = max(logins)

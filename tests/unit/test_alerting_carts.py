@@ -317,3 +317,104 @@ def test_a_resolution_by_a_purchase_claimed_at_login_gets_the_profile_at_the_log
     slow = resolutions(own[:-1], own[-1:] + [bought], login - MIN)  # applied up to the login
     fast = resolutions(own[:5], own[5:] + [bought], own[4][0])  # most of them still held
     assert slow == fast and [status for status, _, _ in slow] == ["open", "resolved"]
+
+
+# -- the cart rule: a purchase empties the cart (contract section 2) ---------------------------
+
+def test_a_view_or_checkout_after_a_purchase_with_nothing_added_raises_nothing() -> None:
+    # An order confirmation or receipt page: the customer just bought.
+    for kind in ("cart_view", "checkout_start"):
+        _, out = run([touch(1, 0), touch(2, 5, "purchase", product=None),
+                      touch(3, 6, kind, product=None)], 300)
+        assert out == [], kind
+
+
+def test_a_view_of_a_cart_never_filled_raises_nothing() -> None:
+    _, out = run([touch(1, 0, "cart_view", product=None),
+                  touch(2, 3, "checkout_start", product=None)], 300)
+    assert out == []
+
+
+def test_a_cart_add_after_a_purchase_gives_the_cart_something_to_abandon() -> None:
+    _, out = run([touch(1, 0), touch(2, 5, "purchase", product=None),
+                  touch(3, 30, "cart_add", product="P2", price=4.0)], 300)
+    (alert,) = out
+    assert alert["evidence"] == ["e3"] and alert["items"] == [["P2", 1, 4.0]]
+    assert alert["detected_at"] == T0 + 90 * MIN
+
+
+def test_after_an_alert_the_cart_still_holds_its_items() -> None:
+    # Abandoned at 1:00 (alert); a look at the cart the next day opens a new episode with
+    # the items still in it: a second reminder, past the 24 h cap.
+    _, out = run([touch(1, 0, qty=2), touch(2, 26 * 60, "cart_view", product=None)], 30 * 60)
+    first, second = out
+    assert second["evidence"] == ["e2"] and second["items"] == first["items"] == [
+        ["P1", 2, 10.0]]
+
+
+def test_a_cart_emptied_then_viewed_raises_nothing() -> None:
+    _, out = run([touch(1, 0), touch(2, 5, "cart_remove"),
+                  touch(3, 8, "cart_view", product=None)], 300)
+    assert out == []
+
+
+# -- late touches: decisions follow the events, sending follows timeliness ---------------------
+
+def at_once(touches: list[CartTouch], until: int, stream_time: int) -> list[dict]:
+    state = new_state()
+    for x in touches:
+        add(state, x)
+    return advance(state, "C1", until, RULES, stream_time)
+
+
+def test_a_purchase_that_comes_late_resolves_the_alert_it_would_have_prevented() -> None:
+    # The web cart at 0:00 is alerted at 1:00; the store's receipt of a purchase at 0:40
+    # comes with the night's upload, hours later.
+    state = new_state()
+    add(state, touch(1, 0))
+    (alert,) = advance(state, "C1", T0 + 3 * 60 * MIN, RULES)
+    add(state, touch(2, 40, "purchase", channel="pos", product=None))
+    (resolved,) = advance(state, "C1", T0 + 10 * 60 * MIN, RULES)
+    assert (alert["status"], resolved["status"]) == ("open", "resolved")
+    assert resolved["alert_id"] == alert["alert_id"] and resolved["reasons"] == ["late_purchase"]
+    assert resolved["version"] == 2 and resolved["detected_at"] == alert["detected_at"]
+    assert advance(state, "C1", T0 + 20 * 60 * MIN, RULES) == []  # never sent again
+
+
+def test_a_decision_further_than_the_horizon_behind_event_time_is_historical() -> None:
+    day = 24 * 60 * MIN
+    (alert,) = at_once([touch(1, 0)], T0 + 30 * day, stream_time=T0 + 30 * day)
+    assert alert["status"] == "historical"
+    (alert,) = at_once([touch(1, 0)], T0 + 6 * day, stream_time=T0 + 6 * day)
+    assert alert["status"] == "open"
+
+
+def test_a_backfill_in_event_time_gives_the_decisions_of_the_touches_at_once() -> None:
+    # History arrives in event-time order, a few touches per batch, far behind event time:
+    # each batch judges again what it changes; the historical records end as the decisions
+    # of all the touches judged at once, and nothing is sent.
+    day = 24 * 60 * MIN
+    rnd = random.Random(3)
+    for _ in range(100):
+        history = sorted((touch(i, rnd.randint(0, 3 * 24 * 60),
+                                rnd.choice(["cart_add", "cart_add", "cart_view", "purchase",
+                                            "cart_remove", "checkout_start"]),
+                                cart=rnd.choice(["K1", "K2", None]),
+                                product=rnd.choice(["P1", "P2"]))
+                          for i in range(rnd.randint(1, 25))), key=lambda x: (x.t, x.event_id))
+        now = T0 + 400 * day
+        state, latest = new_state(), {}
+        i = 0
+        while i < len(history):
+            n = rnd.randint(1, 4)
+            for x in history[i:i + n]:
+                add(state, x)
+            i += n
+            for record in advance(state, "C1", now, RULES):
+                assert record["status"] in ("historical", "withdrawn")
+                latest[record["alert_id"]] = record
+        final = {k: v for k, v in latest.items() if v["status"] != "withdrawn"}
+        whole = {r["alert_id"]: r for r in at_once(history, now, now)}
+        key = ("detected_at", "evidence", "items", "value", "resolved")
+        assert {k: [v[f] for f in key] for k, v in final.items()} == \
+            {k: [v[f] for f in key] for k, v in whole.items()}

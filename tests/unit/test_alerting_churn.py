@@ -272,3 +272,37 @@ def test_a_state_stored_before_churn_risk_existed_is_upgraded_not_a_crash() -> N
     proc.process(0, [{"t": T0, "c": {"C1": [touch(1, T0, "complaint", "support")]}}])
     (_, kind, alert, _), = proc.process(0, [{"t": T0 + DAY, "c": {}}])
     assert kind == CHURN and alert["reasons"] == ["complaint"]
+
+
+def test_a_purchase_reported_late_resolves_the_silence_alert_it_would_have_prevented() -> None:
+    # Purchases on days 0, 6, 12: the silence alert fires on day 30. A store purchase of day
+    # 25 is reported on day 32: the alert would not have been raised; it is resolved so.
+    buys = [touch(d, T0 + d * DAY, "purchase", value=50.0) for d in (0, 6, 12)]
+    rules = ChurnRules(dormancy_ms=100 * DAY)
+    proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
+    out = proc.process(0, [{"t": T0 + 12 * DAY, "c": {"C1": buys}}])
+    out += proc.process(0, [{"t": T0 + 32 * DAY, "c": {}}])
+    (opened,) = [a for _, kind, a, _ in out if kind == CHURN]
+    assert opened["reasons"] == ["purchase_silence"] and opened["status"] == "open"
+    late = touch(25, T0 + 25 * DAY, "purchase", "pos", 20.0)
+    out = proc.process(0, [{"t": T0 + 32 * DAY, "c": {"C1": [late]}}])
+    out += proc.process(0, [{"t": T0 + 33 * DAY, "c": {}}])
+    (resolved,) = [a for _, kind, a, _ in out if kind == CHURN]
+    assert resolved["alert_id"] == opened["alert_id"] and resolved["status"] == "resolved"
+    assert resolved["reasons"] == ["purchase_silence", "late_purchase"]
+
+
+def test_a_signal_further_than_the_horizon_behind_event_time_is_historical() -> None:
+    # A complaint from a backfill of last year's history, into a pipeline that is live now.
+    proc = AlertProcessor(CART_RULES, WEIGHTS, {})
+    proc.process(0, [{"t": T0 + 400 * DAY, "c": {"C1": [touch(1, T0 + 400 * DAY)]}}])
+    out = proc.process(0, [{"t": T0 + 400 * DAY, "c": {"C1": [
+        touch(2, T0 + 30 * DAY, "complaint", "support")]}}])
+    out += proc.process(0, [{"t": T0 + 401 * DAY, "c": {}}])
+    # the complaint, then 21 days without a touch of the customer's own: both decided as the
+    # events say, both recorded, neither sent
+    alert, dormant = [a for _, kind, a, _ in out if kind == CHURN]
+    assert alert["status"] == "historical" and alert["detected_at"] == T0 + 30 * DAY
+    assert (dormant["status"], dormant["reasons"]) == ("historical", ["dormant"])
+    assert dormant["detected_at"] == T0 + 51 * DAY
+    assert churn_record("C1", alert, {"preferred_channel": None}, 0)["status"] == "historical"
