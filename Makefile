@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-sessionizer bench-scorer bench-warehouse chaos
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse chaos order-check
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,12 @@ bench-sessionizer: setup  ## the sessionizer alone: pure, then one worker on Kaf
 
 bench-scorer: setup  ## the engagement scorer alone: pure, then one worker on Kafka (own stack)
 	$(BIN)/python -m benchmarks.stages engagement_scorer
+
+bench-import: setup  ## kizuna import of ~1M events ordered by customer vs in time order (own stack)
+	$(BIN)/python -m benchmarks.importer
+
+order-check: setup  ## import order independence at full size: 5,000 customers, 90 days, 5 orders
+	KIZUNA_ORDER_CUSTOMERS=5000 KIZUNA_ORDER_DAYS=90 $(BIN)/pytest -q tests/integration/test_bounded_input.py
 
 bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
 	$(BIN)/python -m benchmarks.warehouse

@@ -4,6 +4,7 @@ in a temporary KIZUNA_HOME, and stopped with `kizuna down` at the end of the ses
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -66,6 +67,27 @@ def stack_env(home: Path) -> dict[str, str]:
         TZ="UTC",
     )
     return env
+
+
+def services_env(broker: dict[str, str], tag: str) -> dict[str, str]:
+    """A second stack's environment on the broker of `broker`'s stack: its own home (its own
+    embedded ClickHouse), ports and topic prefix. `kizuna up` then starts no broker."""
+    env = stack_env(Path(tempfile.mkdtemp(prefix=f"kz-{tag}-", dir="/tmp")))
+    env["KIZUNA_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker['KIZUNA_KAFKA_PORT']}"
+    env["KIZUNA_TOPIC_PREFIX"] = f"kz{tag}."
+    return env
+
+
+@contextlib.contextmanager
+def services_stack(broker: dict[str, str], tag: str) -> Iterator[dict[str, str]]:
+    """A running stack of every service on `broker`'s Kafka, stopped and removed after."""
+    env = services_env(broker, tag)
+    try:
+        kizuna(env, "up")
+        yield env
+    finally:
+        kizuna(env, "down", check=False)
+        shutil.rmtree(env["KIZUNA_HOME"], ignore_errors=True)
 
 
 def kizuna(env: dict[str, str], *args: str, check: bool = True,

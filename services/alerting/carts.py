@@ -424,7 +424,7 @@ def _forget(state: dict, rules: CartRules) -> None:
         - rules.retain_ms
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
-            final = episode.outcome is not None and episode.deadline + rules.lateness_ms < judged
+            final = episode.deadline + rules.lateness_ms < judged  # judged: ended
             if episode.deadline >= cut or not final:
                 cut = min(cut, episode.touches[0][T])
                 break
@@ -435,18 +435,19 @@ def _forget(state: dict, rules: CartRules) -> None:
     gone_purchases = [p for p in state["purchases"] if p[0] < cut]
     for key, touches in list(state["carts"].items()):
         gone = [x for x in touches if x[T] < cut]
-        if gone or gone_purchases:
-            content = _Content(state["bases"].get(key))
-            for _, x in _timeline(gone, gone_purchases):
-                if x is None:
-                    content.bought()
-                else:
-                    content.take(x)
+        content = _Content(state["bases"].get(key))
+        for _, x in _timeline(gone, gone_purchases):
+            if x is None:
+                content.bought()
+            else:
+                content.take(x)
+        if content.stocked:  # what it still holds, for a later look at it
             state["bases"][key] = content.base()
-        state["carts"][key] = touches[len(gone):]
-        if not state["carts"][key] and not content.stocked:
-            del state["carts"][key]
+        else:
             state["bases"].pop(key, None)
+        state["carts"][key] = touches[len(gone):]
+        if not state["carts"][key]:
+            del state["carts"][key]
     state["purchases"] = state["purchases"][len(gone_purchases):]
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]

@@ -176,8 +176,10 @@ def due_at(state: dict, prof: dict, rules: ChurnRules, weights: Weights) -> int 
 
 
 def check(state: dict, prof: dict, customer: str, at: int, rules: ChurnRules,
-          weights: Weights) -> list[dict]:
-    """Fire the time-based reasons due at or before `at` (no touch comes between)."""
+          weights: Weights, *, missed: bool = False) -> list[dict]:
+    """Fire the time-based reasons due at or before `at` (no touch comes between). `missed`:
+    event time passed the deadline before the touches that set it arrived (late ones): it
+    is marked, and raises nothing."""
     due = sorted((when, reason, key, evidence) for reason, (when, key, evidence)
                  in deadlines(state, prof, rules, weights).items() if when <= at)
     if not due:
@@ -186,6 +188,8 @@ def check(state: dict, prof: dict, customer: str, at: int, rules: ChurnRules,
     now = [d for d in due if d[0] == when]
     for _, reason, key, _ in now:
         state["fired"][reason] = key
+    if missed:
+        return []
     reasons = [(reason, *TIMED[reason]) for _, reason, _, _ in now]
     return _raise(state, prof, customer, when, reasons, sorted({d[3] for d in now}), rules,
                   weights, since=max(d[2] for d in now))

@@ -211,7 +211,9 @@ class AlertProcessor:
         profile and the churn rules, firing churn deadlines that fall between them (each
         alert with the profile at its own decision). A churn alert further than the
         correction horizon behind `reached` (from touches that came that late) is recorded
-        as historical, not sent."""
+        as historical, not sent. A time-based reason whose deadline event time had passed
+        before the touches that set it came (late touches) is decided as passed: marked, no
+        alert (README: what a late touch may change)."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
         pending = sorted(state["pending"], key=lambda x: (counts_at(x), x[EVENT_ID]))
@@ -221,7 +223,10 @@ class AlertProcessor:
         while True:
             touch = pending[i] if i < len(pending) and counts_at(pending[i]) <= final else None
             if due is not None and due <= final and (touch is None or due < counts_at(touch)):
-                found = churn.check(risk, prof, customer, due, rules, weights)
+                # In order, a deadline fires in the batch that moves event time past it; one
+                # before that (`reached`) comes from touches that arrived after it passed.
+                found = churn.check(risk, prof, customer, due, rules, weights,
+                                    missed=due + self.rules.lateness_ms < reached)
             elif touch is None:
                 break
             else:

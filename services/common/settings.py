@@ -300,8 +300,8 @@ class SessionizerSettings:
         "KIZUNA_SESSION_MAX_HOURS", "24", "Longest session; a longer run of activity is split.")
     lateness_minutes: float = setting(
         "KIZUNA_ALLOWED_LATENESS_MINUTES", "10",
-        "How far behind its partition's event time a touchpoint may arrive; later ones become "
-        "`too_late` dead letters.")
+        "How far behind its partition's event time a touchpoint may arrive and join the open "
+        "sessions as any other; a later one corrects the closed sessions it belongs to.")
     batch_size: int = setting(
         "KIZUNA_SESSIONIZER_BATCH", "2000", "Most Kafka messages processed as one batch.")
     store: str = setting(

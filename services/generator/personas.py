@@ -283,13 +283,15 @@ def explicit_risk(events: list[dict]) -> dict[str, int]:
 def abandoned_carts(events: list[dict], end_ms: int) -> list[dict]:
     """The contract's rule, on the whole log: per customer and cart, an episode of cart
     activity with no purchase by the same customer within the delay after its last cart
-    activity (the implicit cart when no cart_id). Anonymous carts of a device that identifies
-    belong to its customer; those of devices that never identify are not counted."""
+    activity (the implicit cart when no cart_id), counted only when something was added since
+    the customer's last purchase (a purchase empties the cart: a receipt page is no
+    abandonment). Anonymous carts of a device that identifies belong to its customer; those
+    of devices that never identify are not counted."""
     owner = {}
     for e in events:
         if e.get("customer_id") and e.get("anonymous_id"):
             owner.setdefault(e["anonymous_id"], e["customer_id"])
-    carts: dict[tuple[str, str], int] = {}  # (customer, cart) -> last cart activity
+    carts: dict[tuple[str, str], list[int]] = {}  # (customer, cart) -> cart_add and activity
     purchases: dict[str, list[int]] = {}
     for e in events:
         customer = e.get("customer_id") or owner.get(e.get("anonymous_id"))
@@ -297,14 +299,20 @@ def abandoned_carts(events: list[dict], end_ms: int) -> list[dict]:
             continue
         if e["event_type"] in CART_TYPES:
             cart = (e.get("commerce") or {}).get("cart_id") or f"implicit:{customer}"
-            carts[(customer, cart)] = max(carts.get((customer, cart), 0), e["occurred_at"])
+            times = carts.setdefault((customer, cart), [0, 0])
+            times[1] = max(times[1], e["occurred_at"])
+            if e["event_type"] == "cart_add":
+                times[0] = max(times[0], e["occurred_at"])
         elif e["event_type"] == "purchase":
             purchases.setdefault(customer, []).append(e["occurred_at"])
     out = []
-    for (customer, cart), last in sorted(carts.items()):
-        if last + ABANDONMENT_MS > end_ms:
-            continue  # not due by the end of the log
-        bought = any(last <= t <= last + ABANDONMENT_MS for t in purchases.get(customer, ()))
-        if not bought:
-            out.append({"customer_id": customer, "cart_id": cart, "last_activity_at": last})
+    for (customer, cart), (added, last) in sorted(carts.items()):
+        if last + ABANDONMENT_MS > end_ms or not added:
+            continue  # not due by the end of the log, or never filled
+        bought = purchases.get(customer, ())
+        if any(last <= t <= last + ABANDONMENT_MS for t in bought):
+            continue
+        if any(added < t < last for t in bought):
+            continue  # emptied by a purchase since the last thing added
+        out.append({"customer_id": customer, "cart_id": cart, "last_activity_at": last})
     return out

@@ -66,6 +66,9 @@ class ImportReport:
         lines = [f"accepted: {self.accepted}", f"rejected: {sum(self.rejected.values())}"]
         lines += [f"  {reason}: {n}" for reason, n in self.rejected.most_common()]
         lines += [f"    {where}: {reason}: {detail}" for where, reason, detail in self.examples]
+        if self.runs:
+            lines.append(f"sorted in {self.runs} runs, {self.spilled_bytes / 2**20:.1f} MB "
+                         "spilled (KIZUNA_IMPORT_SORT_MEMORY_MB)")
         if sum(self.rejected.values()) > len(self.examples):
             lines.append("    (the rest: kizuna query \"SELECT * FROM kizuna.dead_letters\")")
         if self.failed:

@@ -418,3 +418,30 @@ def test_a_backfill_in_event_time_gives_the_decisions_of_the_touches_at_once() -
         key = ("detected_at", "evidence", "items", "value", "resolved")
         assert {k: [v[f] for f in key] for k, v in final.items()} == \
             {k: [v[f] for f in key] for k, v in whole.items()}
+
+
+def test_old_carts_are_forgotten_with_what_they_still_hold() -> None:
+    # Two carts: K1 alerted on day 0 and still holding its item, K2 active on day 20. K1's
+    # touches are forgotten (8 days), and it remembers what it holds: a view of it on day 21
+    # reminds again of the same item.
+    day = 24 * 60
+    state, out = run([touch(1, 0, cart="K1"), touch(2, 20 * day, cart="K2"),
+                      touch(3, 21 * day, "cart_view", cart="K1", product=None)], 22 * day,
+                     step=60)
+    assert "e1" not in {x[1] for x in state["carts"].get("K1", [])}
+    assert state["bases"]["K1"][0] == {"P1": [1, 10.0]}
+    assert [(a["cart_id"], a["items"]) for a in out] == [
+        ("K1", [["P1", 1, 10.0]]), ("K2", [["P1", 1, 10.0]]), ("K1", [["P1", 1, 10.0]])]
+
+
+def test_forgetting_a_cart_whatever_order_its_carts_came_in() -> None:
+    # K2 (day 20) came first, K1's day-0 touch after it (late): K1's touches are forgotten,
+    # K2's kept. (The state's first cart forgets nothing.)
+    day = 24 * 60
+    state, out = run([touch(2, 20 * day, cart="K2"), touch(1, 0, cart="K1"),
+                      touch(3, 21 * day, "cart_view", cart="K2", product=None)], 22 * day,
+                     step=60)
+    assert [(a["cart_id"], a["status"]) for a in out] == [
+        ("K1", "historical"), ("K2", "open"), ("K2", "open")]  # 24 h apart: no cap
+    assert state["bases"]["K1"][0] == {"P1": [1, 10.0]} and "K1" not in state["carts"]
+    assert [x[1] for x in state["carts"]["K2"]] == ["e2", "e3"]
