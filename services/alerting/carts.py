@@ -113,6 +113,7 @@ def add(state: dict, touch: CartTouch) -> None:
     else:
         return
     state["arrived"] = touch.t
+    state.pop("due", None)
     judged = state["judged"]
     # Episodes judged so far ended before `judged` minus the lateness; a touch after that
     # cannot belong to one of them (a touch after a deadline starts the next episode).
@@ -289,6 +290,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     which the correction horizon is measured from."""
     stream_time = until if stream_time is None else stream_time
     state["lateness"] = rules.lateness_ms
+    state.pop("due", None)
     judged = state["judged"]
     out: list[dict] = []
     if judged is None or until > judged or state.get("stale"):
@@ -389,7 +391,14 @@ def decided_at(alert: dict) -> int:
 
 
 def due_at(state: dict, rules: CartRules) -> int | None:
-    """The event time after which `advance` has something to decide without new touches."""
+    """The event time after which `advance` has something to decide without new touches.
+    Kept in the state (`due`: [value]) until a touch or a decision changes it."""
+    if "due" not in state:
+        state["due"] = [_due_at(state, rules)]
+    return state["due"][0]
+
+
+def _due_at(state: dict, rules: CartRules) -> int | None:
     judged = state["judged"]
     if state.get("stale"):
         return judged
@@ -422,6 +431,10 @@ def _forget(state: dict, rules: CartRules) -> None:
         return
     cut = min(newest, state["arrived"] if state["arrived"] is not None else newest) \
         - rules.retain_ms
+    if not any(touches[0][T] < cut for touches in state["carts"].values() if touches) \
+            and not (state["purchases"] and state["purchases"][0][0] < cut):
+        _forget_alerts(state, judged, rules)  # nothing that old
+        return
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
             final = episode.deadline + rules.lateness_ms < judged  # judged: ended

@@ -429,14 +429,25 @@ class _Batch:
         self.changed.add(key)
         # Its closed sessions travel as touches too: on the customer's side they may merge
         # with the session of the login itself.
-        history = _claimable(self.archive.runs(key, state))
-        emitted = dict(state["emitted"])
-        for run in history:
+        claimed = _claimable(state["runs"] + self.archive.runs(key, state), at)
+        emitted = {}
+        profile_id, _ = _ids(key)
+        for run in state["runs"]:
+            live = any(run is c for c in claimed)
             for piece in s.pieces(run, self.rules.max_length_ms):
-                emitted[s.session_id(piece[0])] = [
-                    piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.CLOSED)]
-        self.out.handoffs.append((customer, _transfer(
-            customer, device, at, state["runs"] + history, emitted)))
+                sid = s.session_id(piece[0])
+                if live:
+                    emitted[sid] = state["emitted"].get(sid) or [
+                        piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.OPEN)]
+                else:  # over before the login's window: it stays the device's, closed
+                    self.out.sessions.append(s.summary(piece, profile_id, None, s.CLOSED))
+        for run in claimed:
+            if all(run is not r for r in state["runs"]):
+                for piece in s.pieces(run, self.rules.max_length_ms):
+                    emitted[s.session_id(piece[0])] = [
+                        piece[0][s.T], piece[0][s.EVENT_ID],
+                        s.version(len(piece), False, s.CLOSED)]
+        self.out.handoffs.append((customer, _transfer(customer, device, at, claimed, emitted)))
         # The customer holds its touches from now on, and sees to their duplicates.
         self.forget(key, state)
         self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer,
@@ -655,17 +666,17 @@ class _Batch:
             self.out.output_time = output_time
 
 
-def _claimable(history: list[list[list]]) -> list[list[list]]:
-    """A device's closed sessions that a login claims: those ending within 30 days of its
-    latest touch, the last 20, at most 2,000 touches (a transfer stays well under 1 MB)."""
-    if not history:
-        return []
-    latest = max(run[-1][s.T] for run in history)
-    kept = [run for run in history if run[-1][s.T] >= latest - DEVICE_HISTORY_MS]
-    kept = kept[-DEVICE_HISTORY:]
-    while sum(map(len, kept)) > DEVICE_HISTORY_TOUCHES and len(kept) > 1:
-        kept.pop(0)  # the oldest first
-    return kept
+def _claimable(runs: list[list[list]], login: int) -> list[list[list]]:
+    """The runs of a device that a login at event time `login` claims: those ending within
+    30 days before it, the last 20 of them, at most 2,000 touches (the oldest go first: a
+    transfer stays well under 1 MB), and every run that reaches the login or comes after it.
+    Measured from the login, so what it claims does not depend on how far the device's
+    partition had got when the link came."""
+    before = sorted((run for run in runs if login - DEVICE_HISTORY_MS <= run[-1][s.T] < login),
+                    key=lambda run: run[0][s.T])[-DEVICE_HISTORY:]
+    while sum(map(len, before)) > DEVICE_HISTORY_TOUCHES and len(before) > 1:
+        before.pop(0)
+    return before + [run for run in runs if run[-1][s.T] >= login]
 
 
 def _transfer(customer: str, device: str, at: int, runs: list | None = None,

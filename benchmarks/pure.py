@@ -1,0 +1,146 @@
+"""The pure logic of each stage, chained as on Kafka but without it: CPU per event, state.
+
+The demo generator's customers (validated as an import does, in event-time order) go through
+the sessionizer's `PartitionProcessor` on 4 partitions in batches (its handoffs routed back
+as the handoff topic would), its attributed output through the scorer's `score_batch` and
+alerting's `AlertProcessor`. Each stage's state is a dict that counts the bytes of what is
+written to it (JSON, as the changelog holds it). Prints one line per stage; `--json` for a
+file. For before/after comparisons of a change, run it in both checkouts:
+
+    python -m benchmarks.pure --customers 1500 --days 30 --batch 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import MutableMapping
+
+import orjson
+
+
+class CountingStore(dict):
+    """A dict that counts the bytes written to it, as a changelog would carry them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.writes = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.written += len(orjson.dumps(value)) + len(key)
+        self.writes += 1
+        super().__setitem__(key, value)
+
+    def held(self) -> int:
+        return sum(len(orjson.dumps(v)) + len(k) for k, v in self.items())
+
+
+def main() -> None:
+    from aiokafka.partitioner import murmur2
+
+    from services.alerting.carts import CartRules
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.app import score_batch
+    from services.engagement_scorer.weights import load_weights
+    from services.generator.personas import generate
+    from services.ingest.validation import Enrichment, Rejection, validate
+    from services.sessionizer.processor import (
+        PartitionProcessor,
+        Touchpoint,
+        Watermark,
+        handoffs_by_partition,
+    )
+    from services.sessionizer.sessions import SessionRules
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=1500)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+
+    start = 1_767_571_200_000
+    world = generate(args.customers, args.days, 1, start)
+    enrich = Enrichment("bench", start + (args.days + 1) * 86_400_000)
+    records = [r for r in (validate(e, enrich) for e in world.events)
+               if not isinstance(r, Rejection)]
+    parts = 4
+
+    def partition_of(key: str) -> int:
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % parts
+
+    by_part: list[list] = [[] for _ in range(parts)]
+    for r in records:
+        by_part[partition_of(r["customer_id"] or r["anonymous_id"])].append(Touchpoint(r))
+    store = CountingStore()
+    proc = PartitionProcessor(SessionRules(), store, parts)
+    queues: list[list] = [[] for _ in range(parts)]
+    attributed: list[list[dict]] = [[] for _ in range(parts)]
+    sessions = 0
+
+    def run(p: int, items: list) -> None:
+        nonlocal sessions
+        out = proc.process(p, queues[p] + items)
+        queues[p] = []
+        sessions += len(out.sessions)
+        if out.attributed or out.output_time is not None:
+            attributed[p].append({"t": proc.output_time(p), "c": out.attributed})
+        for target, handoffs in handoffs_by_partition(out, p, parts, partition_of).items():
+            queues[target].extend(handoffs)
+
+    cpu = time.process_time()
+    for i in range(0, max(map(len, by_part)), args.batch):
+        for p, items in enumerate(by_part):
+            run(p, items[i:i + args.batch])
+    for p in range(parts):
+        run(p, [Watermark(records[-1]["event_time"] + 86_400_000)])
+    while any(queues):
+        for p in range(parts):
+            run(p, [])
+    sessionizer_cpu = time.process_time() - cpu
+    messages = [json.loads(orjson.dumps(m)) for ms in attributed for m in ms]  # as on Kafka
+    touches = sum(len(x) for m in messages for x in m["c"].values())
+
+    weights = load_weights()
+    scorer_store = CountingStore()
+    cpu = time.process_time()
+    for p in range(parts):
+        for k in range(0, len(attributed[p]), 4):
+            score_batch(scorer_store, weights, [json.loads(orjson.dumps(m))
+                                                for m in attributed[p][k:k + 4]])
+    scorer_cpu = time.process_time() - cpu
+
+    alert_store: MutableMapping = CountingStore()
+    alerting = AlertProcessor(CartRules(), weights, alert_store)
+    alerts = 0
+    cpu = time.process_time()
+    for p in range(parts):
+        for k in range(0, len(attributed[p]), 4):
+            alerts += len(alerting.process(p, [json.loads(orjson.dumps(m))
+                                               for m in attributed[p][k:k + 4]]))
+    alerting_cpu = time.process_time() - cpu
+
+    figures = {
+        "events": len(records), "attributed_touches": touches, "batch": args.batch,
+        "sessionizer": {"us_cpu_per_event": round(sessionizer_cpu / len(records) * 1e6, 1),
+                        "session_updates": sessions, "state_written_mb": round(
+                            store.written / 2**20, 1), "state_held_mb": round(
+                            store.held() / 2**20, 1)},
+        "engagement_scorer": {"us_cpu_per_touch": round(scorer_cpu / touches * 1e6, 1),
+                              "state_written_mb": round(scorer_store.written / 2**20, 1)},
+        "alerting": {"us_cpu_per_touch": round(alerting_cpu / touches * 1e6, 1),
+                     "alerts": alerts, "state_written_mb": round(
+                         alert_store.written / 2**20, 1)},
+    }
+    for stage in ("sessionizer", "engagement_scorer", "alerting"):
+        print(f"{stage:<18} {figures[stage]}")
+    print(f"events {len(records)}, attributed touches {touches}, batch {args.batch}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
