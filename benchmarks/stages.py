@@ -232,7 +232,7 @@ def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
 
 
 def pure_scorer(n: int, profiles: int) -> None:
-    from services.engagement_scorer.app import score_batch
+    from services.engagement_scorer.batch import score_batch
     from services.engagement_scorer.weights import load_weights
     from services.sessionizer.processor import touch_of
 
@@ -248,7 +248,7 @@ def pure_scorer(n: int, profiles: int) -> None:
     start, cpu = time.perf_counter(), time.process_time()
     updates = 0
     for i in range(0, len(chunks), 4):  # a faust batch: a few attributed messages
-        updates += len(score_batch(store, weights, chunks[i:i + 4])[0])
+        updates += len(score_batch(store, weights, chunks[i:i + 4]).profiles)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(f"pure engagement_scorer: {n} touches, {profiles} customers: {n / wall:,.0f} "
           f"events/s ({cpu / n * 1e6:.1f} us CPU/event), {updates} profile updates")

@@ -23,7 +23,7 @@ from benchmarks.stages import generated_records
 from services.alerting.carts import CartRules
 from services.alerting.processor import CART, AlertProcessor, alert_record, churn_record
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
-from services.engagement_scorer.app import score_batch
+from services.engagement_scorer.batch import score_batch
 from services.engagement_scorer.weights import load_weights
 from services.sessionizer.processor import (
     PartitionProcessor,
@@ -66,7 +66,7 @@ def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[di
     profiles = []
     store: dict = {}
     for message in attributed:
-        profiles += score_batch(store, weights, [message])[0]
+        profiles += score_batch(store, weights, [message]).profiles
     alerting = AlertProcessor(CartRules(), weights, {})
     alerts = []
     for message in attributed + [{"t": 2**61, "c": {}}]:

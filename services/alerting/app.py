@@ -86,6 +86,8 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
             topic = topics[kind] if published(record) else history
             parts.outbox.produce(topic, serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
+        for key, stored, why in processor.corrupt:
+            faust_stage.corrupt_state(parts, STAGE, key, stored, why)
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
         faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
 

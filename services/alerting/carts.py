@@ -118,7 +118,10 @@ def add(state: dict, touch: CartTouch) -> None:
     # Episodes judged so far ended before `judged` minus the lateness; a touch after that
     # cannot belong to one of them (a touch after a deadline starts the next episode).
     if judged is not None and touch.t < judged - state.get("lateness", 0):
-        state["stale"] = True  # it may change an episode judged already: judge again
+        # it may change an episode judged already: judge again, as soon as event time allows
+        # the touch (its own time plus the lateness), with everything judged so far
+        due = touch.t + state.get("lateness", 0)
+        state["stale"] = min(state.get("stale") or due, due)
 
 
 def _order(x: list) -> tuple[int, str]:
@@ -251,8 +254,10 @@ def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict
                 break
             if episode.outcome in (None, "abandoned"):
                 ended.append(episode)
-    sent = [a for a in state["alerts"] if a["status"] in SENT]
-    accepted: list[int] = list(state["sent"])  # sent alerts whose touches are forgotten
+    # The alerts decided before stand in the cap (a sent one whatever the touches say now; a
+    # historical one whose touches are forgotten, as decided)
+    sent = [a for a in state["alerts"] if a["status"] != WITHDRAWN]
+    accepted: list[int] = list(state["sent"])  # alerts whose records are forgotten
     decisions = []
     capped = state.setdefault("capped_ids", [])
     for episode in sorted(ended, key=lambda e: (e.deadline, e.cart)):
@@ -294,8 +299,9 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     judged = state["judged"]
     out: list[dict] = []
     if judged is None or until > judged or state.get("stale"):
+        until = until if judged is None else max(until, judged)  # never less than before
         out += _reconcile(state, judge(state, customer, until, rules), stream_time, rules)
-        state["judged"] = until if judged is None else max(until, judged)
+        state["judged"] = until
         state.pop("stale", None)
     out += _resolutions(state, until, rules)
     _forget(state, rules)
@@ -401,7 +407,7 @@ def due_at(state: dict, rules: CartRules) -> int | None:
 def _due_at(state: dict, rules: CartRules) -> int | None:
     judged = state["judged"]
     if state.get("stale"):
-        return judged
+        return state["stale"]
     times = []
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
@@ -433,7 +439,7 @@ def _forget(state: dict, rules: CartRules) -> None:
         - rules.retain_ms
     if not any(touches[0][T] < cut for touches in state["carts"].values() if touches) \
             and not (state["purchases"] and state["purchases"][0][0] < cut):
-        _forget_alerts(state, judged, rules)  # nothing that old
+        _forget_alerts(state, cut, rules)  # nothing that old
         return
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
@@ -443,7 +449,7 @@ def _forget(state: dict, rules: CartRules) -> None:
                 break
     if not any(x[T] < cut for touches in state["carts"].values() for x in touches) \
             and not any(p[0] < cut for p in state["purchases"]):
-        _forget_alerts(state, judged, rules)
+        _forget_alerts(state, cut, rules)
         return
     gone_purchases = [p for p in state["purchases"] if p[0] < cut]
     for key, touches in list(state["carts"].items()):
@@ -464,23 +470,22 @@ def _forget(state: dict, rules: CartRules) -> None:
     state["purchases"] = state["purchases"][len(gone_purchases):]
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]
-    _forget_alerts(state, judged, rules, kept)
+    _forget_alerts(state, cut, rules, kept)
 
 
-def _forget_alerts(state: dict, judged: int, rules: CartRules,
+def _forget_alerts(state: dict, cut: int, rules: CartRules,
                    kept: set[str] | None = None) -> None:
-    """Drop recorded decisions whose touches are forgotten and that no purchase can resolve
-    any more; a sent one's time stays for the cap."""
+    """Drop recorded decisions whose touches are forgotten (before the cut) and that no
+    purchase can resolve any more; their times stay for the cap as long as it reaches."""
     if kept is None:
         kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
-    horizon = judged - rules.resolve_within_ms - rules.lateness_ms
     gone = [a for a in state["alerts"] if kept.isdisjoint(a["evidence"])
-            and (a["resolved"] or a["status"] == WITHDRAWN or a["detected_at"] < horizon)]
+            and (a["resolved"] or a["status"] == WITHDRAWN or a["detected_at"] < cut)]
     if not gone:
         return
     state["sent"] = sorted(state["sent"] + [a["detected_at"] for a in gone
-                                            if a["status"] in SENT])
-    state["sent"] = [t for t in state["sent"] if t >= horizon - rules.cap_ms]
+                                            if a["status"] != WITHDRAWN])
+    state["sent"] = [t for t in state["sent"] if t >= cut - rules.cap_ms]
     state["alerts"] = [a for a in state["alerts"] if all(a is not g for g in gone)]
 
 

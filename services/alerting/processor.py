@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 
+import orjson
+
 from services.alerting import carts, churn
 from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
@@ -35,7 +37,10 @@ from services.sessionizer.sessions import (
     counts_at,
 )
 
-STREAM_TIME = "t:"
+#: State keys: a customer's state under `c:<customer>`, the partition's event time under
+#: `t:<partition>`, and the stage's offsets (`faust_stage`) under `\x00offset:...`: no
+#: customer id can be read as, or overwrite, the stage's own bookkeeping.
+CUSTOMER, STREAM_TIME = "c:", "t:"
 NEVER = -(2**62)
 CART_TYPES = carts.CART_ACTIVITY | {"cart_remove", "purchase"}
 CART, CHURN = "cart_abandonment", "churn_risk"
@@ -70,6 +75,8 @@ class AlertProcessor:
         self.weights = weights
         self.store = store
         self._schedules: dict[int, Schedule] = {}
+        #: States of the last batch that could not be read: (key, stored, why).
+        self.corrupt: list[tuple[str, object, str]] = []
 
     def forget_partition(self, partition: int) -> None:
         self._schedules.pop(partition, None)
@@ -97,9 +104,18 @@ class AlertProcessor:
     def _schedule(self, partition: int) -> Schedule:
         schedule = self._schedules.get(partition)
         if schedule is None:  # first batch of this partition here: index the store
-            due = ((self.due_at(upgraded(state)), key) for key, state in list(self.store.items())
-                   if isinstance(state, dict) and state.get("p") == partition)
-            schedule = Schedule((t, key) for t, key in due if t is not None)
+            schedule = Schedule()
+            for key, state in list(self.store.items()):
+                customer = _customer_of(key, state)
+                if customer is None or not isinstance(state, dict) \
+                        or state.get("p") != partition:
+                    continue
+                try:
+                    due = self.due_at(upgraded(json_copy(state)))
+                except Exception:  # noqa: BLE001 - a state that cannot be read: at its next touch
+                    continue
+                if due is not None:
+                    schedule.wake(due, customer)
             self._schedules[partition] = schedule
         return schedule
 
@@ -110,17 +126,19 @@ class AlertProcessor:
         stream_time = before
         states: dict[str, dict] = {}
         out = []
+        self.corrupt = []
 
         def state_of(customer: str) -> dict:
             if customer not in states:
-                states[customer] = upgraded(self.store.get(customer) or {"p": partition})
+                states[customer] = self._load(customer, partition)
             return states[customer]
 
         for message in messages:
             for customer in message.get("e", ()):  # kizuna erase: forget the customer
                 states.pop(customer, None)
-                if customer in self.store:
-                    del self.store[customer]
+                for key in (CUSTOMER + customer, customer):
+                    if _customer_of(key, self.store.get(key)) == customer:
+                        del self.store[key]
                 out = [x for x in out if x[0] != customer]
             # `l`: touches the sessionizer of an earlier version found too late for sessions
             for part in (message["c"], message.get("l", {})):
@@ -135,18 +153,38 @@ class AlertProcessor:
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         while (customer := schedule.pop_due(stream_time)) is not None:
-            state = state_of(customer) if customer in states or customer in self.store else None
-            if state is None:
+            if customer not in states and CUSTOMER + customer not in self.store \
+                    and _customer_of(customer, self.store.get(customer)) is None:
                 continue
+            state = state_of(customer)
             out += self._decide(customer, state, stream_time, final, before)
             due = self.due_at(state)
             if due is not None and due >= stream_time:
                 schedule.wake(due, customer)
         for customer, state in states.items():
-            self.store[customer] = state
+            self.store[CUSTOMER + customer] = state
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
         return out
+
+    def _load(self, customer: str, partition: int) -> dict:
+        """A customer's state: theirs, or one stored under the bare id by the previous
+        version (moved), or a new one; one that cannot be read is reported in `corrupt`
+        (the stage dead-letters it) and the customer starts again."""
+        key = CUSTOMER + customer
+        stored = self.store.get(key)
+        if stored is None and _customer_of(customer, self.store.get(customer)) == customer:
+            stored = self.store.get(customer)
+            del self.store[customer]
+        if stored is None:
+            return upgraded({"p": partition})
+        try:
+            if not isinstance(stored, dict):
+                raise TypeError(f"a customer's state is an object, not {type(stored).__name__}")
+            return upgraded(stored)
+        except Exception as exc:  # noqa: BLE001 - whatever it holds, the stage goes on
+            self.corrupt.append((key, stored, f"{type(exc).__name__}: {exc}"))
+            return upgraded({"p": partition})
 
     def _hold(self, schedule: Schedule, customer: str, state: dict,
               touches: list[list]) -> None:
@@ -241,6 +279,20 @@ class AlertProcessor:
             due = churn.due_at(risk, prof, rules, weights)
         state["pending"] = pending[i:]
         return out
+
+
+def _customer_of(key: str, state: object) -> str | None:
+    """The customer a state key holds, in this version's layout (`c:<id>`) or the previous
+    one's (the bare id; a customer's state is the only dict with a partition there)."""
+    if key.startswith(CUSTOMER):
+        return key[len(CUSTOMER):]
+    if isinstance(state, dict) and "p" in state and "cart" in state:
+        return key
+    return None
+
+
+def json_copy(state: dict) -> dict:
+    return orjson.loads(orjson.dumps(state))
 
 
 def _fresh(state: dict, touches: list[list]) -> list[list]:

@@ -9,13 +9,14 @@ commits offsets only of events acknowledged after that, so processing is at-leas
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 import faust
@@ -23,10 +24,13 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+from services.common import isolation
 from services.common.kafka import admin_client, client_config
+from services.common.serde import DEAD_LETTER, default_serde
 from services.common.settings import Settings
+from services.common.topics import TOUCHPOINTS_DLQ
 
 log = logging.getLogger("kizuna.stage")
 
@@ -39,6 +43,8 @@ LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400,
              604800))
 STATE_KEYS = Gauge("kizuna_stage_state_keys", "Keys in this worker's state table", ["stage"])
+POISON = Counter("kizuna_stage_poison_records",
+                 "Records a stage could not process, dead-lettered", ["stage", "reason"])
 
 
 def observe_latency(stage: str, event_time_ms: int | None,
@@ -121,7 +127,9 @@ def use_partition(event: faust.types.EventT) -> None:
 
 class Outbox:
     """A stage's outputs through librdkafka (a few us a message, against tens through faust's
-    own producer), idempotent and acks=all, flushed once per batch."""
+    own producer), idempotent and acks=all, flushed once per batch. Inside a transaction
+    (`begin`), outputs wait for `commit`, and `rollback` drops them: a batch that raised
+    sends nothing of what it had done."""
 
     def __init__(self, common: Settings) -> None:
         self.producer = Producer({
@@ -129,13 +137,32 @@ class Outbox:
             "partitioner": "murmur2_random", "compression.type": "lz4", "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000})
         self.failed: list[str] = []
+        self.held: list[tuple] | None = None
 
     def _delivered(self, err: KafkaError | None, _msg: object) -> None:
         if err is not None:
             self.failed.append(err.str())
 
+    def begin(self) -> None:
+        self.held = []
+
+    def commit(self) -> None:
+        held, self.held = self.held or [], None
+        for args in held:
+            self._produce(*args)
+
+    def rollback(self) -> None:
+        self.held = None
+
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 partition: int = -1) -> None:
+        if self.held is not None:
+            self.held.append((topic, value, key, partition))
+        else:
+            self._produce(topic, value, key, partition)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 partition: int) -> None:
         while True:
             try:
                 self.producer.produce(topic, value, key, partition, on_delivery=self._delivered)
@@ -202,16 +229,109 @@ class ChangelogStore(MutableMapping):
         return len(self.data)
 
 
-def state_store(table: faust.Table, store_url: str, outbox: Outbox) -> MutableMapping:
+class BatchStore(MutableMapping):
+    """The state as a batch sees it: inside a transaction (`begin`) its writes and deletes
+    wait for `commit`, and `rollback` forgets them, so a batch that raised leaves no trace.
+    The stages change the states they read in place, so a read inside a transaction gives a
+    copy (once per key: later reads give the same object) when the store underneath hands out
+    its own objects (the memory store; rocksdb decodes anew at each read)."""
+
+    def __init__(self, inner: MutableMapping, copy_reads: bool) -> None:
+        self.inner = inner
+        self.copy_reads = copy_reads
+        self.active = False
+        self.reads: dict = {}
+        self.writes: dict = {}
+        self.deleted: set = set()
+
+    def begin(self) -> None:
+        self.active = True
+        self.reads, self.writes, self.deleted = {}, {}, set()
+
+    def commit(self) -> None:
+        writes, deleted = self.writes, self.deleted
+        self.rollback()
+        for key in deleted:
+            if key in self.inner:
+                del self.inner[key]
+        for key, value in writes.items():
+            self.inner[key] = value
+
+    def rollback(self) -> None:
+        self.active = False
+        self.reads, self.writes, self.deleted = {}, {}, set()
+
+    def get(self, key: str, default: object = None) -> object:
+        if not self.active:
+            return self.inner.get(key, default)
+        if key in self.writes:
+            return self.writes[key]
+        if key in self.deleted:
+            return default
+        if key in self.reads:
+            return self.reads[key]
+        value = self.inner.get(key, default)
+        if self.copy_reads and isinstance(value, dict | list):
+            value = orjson.loads(orjson.dumps(value))
+        if value is not default:
+            self.reads[key] = value
+        return value
+
+    def __getitem__(self, key: str) -> object:
+        missing = object()
+        value = self.get(key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if not self.active:
+            self.inner[key] = value
+            return
+        self.writes[key] = value
+        self.deleted.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        if not self.active:
+            del self.inner[key]
+            return
+        if key not in self:
+            raise KeyError(key)
+        self.writes.pop(key, None)
+        self.reads.pop(key, None)
+        self.deleted.add(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.writes or (key not in self.deleted and key in self.inner)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self.inner:
+            if key not in self.deleted and key not in self.writes:
+                yield key
+        yield from self.writes
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def items(self):  # noqa: ANN201 - read-only views for the indexes: no copies
+        for key in self:
+            yield key, self.writes[key] if key in self.writes else self.inner.get(key)
+
+
+def state_store(table: faust.Table, store_url: str, outbox: Outbox) -> BatchStore:
     """Memory: the changelog through the outbox; rocksdb: faust's own path (it tracks the
-    changelog offsets it has applied to the local database)."""
-    return ChangelogStore(table, outbox.produce) if store_url.startswith("memory") else table
+    changelog offsets it has applied to the local database). Either way, behind a
+    `BatchStore`, so that a batch's writes land together or not at all."""
+    memory = store_url.startswith("memory")
+    return BatchStore(ChangelogStore(table, outbox.produce) if memory else table,
+                      copy_reads=memory)
 
 
 def enter_partition(store: MutableMapping, event: faust.types.EventT) -> None:
     use_partition(event)
-    if isinstance(store, ChangelogStore):
-        store.partition = event.message.partition
+    inner = store.inner if isinstance(store, BatchStore) else store
+    if isinstance(inner, ChangelogStore):
+        inner.partition = event.message.partition
 
 
 
@@ -247,6 +367,37 @@ def mark_seen(store: MutableMapping, events: list[faust.types.EventT]) -> None:
 
 
 @dataclass
+class Unit:
+    """What the stage's logic takes one at a time when a batch must be bisected: a message,
+    or one record of a message that holds several (`last`: the message's last)."""
+
+    value: object
+    event: faust.types.EventT
+    last: bool = True
+
+
+class _Transaction:
+    """One partition's batch (or part of it): the state's writes and the outputs, together."""
+
+    def __init__(self, stage: Stage, partition: int) -> None:
+        self.stage, self.partition = stage, partition
+
+    def begin(self) -> None:
+        self.stage.store.begin()
+        self.stage.outbox.begin()
+
+    def commit(self) -> None:
+        self.stage.outbox.commit()  # the outputs first (a refused one is the record's)
+        self.stage.store.commit()
+
+    def rollback(self) -> None:
+        self.stage.outbox.rollback()
+        self.stage.store.rollback()
+        for forget in self.stage.forget:  # indexes built over the state are rebuilt
+            forget(self.partition)
+
+
+@dataclass
 class Stage:
     """A stage's faust parts: the app, its source topic(s), its state and its outputs."""
 
@@ -255,21 +406,31 @@ class Stage:
     source: faust.TopicT
     table: faust.Table
     outbox: Outbox
-    store: MutableMapping
+    store: BatchStore
     partitions: int
     batch_size: int
     batch_wait: float  # seconds take_events waits to fill a batch
+    forget: list[Callable[[int], None]] = field(default_factory=list)
+    dead_letters: str = ""  # the dead-letter topic
 
-    def agent(self, handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
-        """Run `handle(partition, events)` for each partition's events of every batch, then
-        put the outputs in Kafka, then the state's changelog, before the batch is
-        acknowledged; any failure stops the worker before faust can acknowledge the batch
+    def agent(self, handle: Callable[[int, list], None],
+              split: Callable[[faust.types.EventT], list] | None = None,
+              payload: Callable[[object, faust.types.EventT], bytes] | None = None) -> None:
+        """Run `handle(partition, values)` for each partition's events of every batch (the
+        values `split` gives of each event; by default the events themselves), then put the
+        outputs in Kafka, then the state's changelog, before the batch is acknowledged.
+
+        A partition's batch is one transaction (`isolation`): when `handle` raises, nothing
+        of it is kept, it is tried again, then bisected down to the value that fails, which
+        goes to the dead-letter topic (reason `processing_error`, `payload(value, event)` or
+        the message's bytes), and the rest is processed. Any other failure (Kafka refusing
+        outputs, a systemic one) stops the worker before faust can acknowledge the batch
         (`fail_stop`)."""
 
         async def process(stream: faust.Stream) -> None:
             async for events in stream.take_events(self.batch_size, within=self.batch_wait):
                 try:
-                    await self.run_batch(events, handle)
+                    await self.run_batch(events, handle, split, payload)
                 except asyncio.CancelledError:
                     # faust cancels the agent on a stop or a rebalance. `handle` never awaits,
                     # so the cancel lands in a flush of a batch already processed: finish it,
@@ -289,35 +450,103 @@ class Stage:
         self.app.agent(self.source, name=self.name, concurrency=1)(process)
 
     async def run_batch(self, events: list[faust.types.EventT],
-                        handle: Callable[[int, list[faust.types.EventT]], None]) -> None:
-        store, outbox = self.store, self.outbox
+                        handle: Callable[[int, list], None],
+                        split: Callable[[faust.types.EventT], list] | None = None,
+                        payload: Callable[[object, faust.types.EventT], bytes] | None = None,
+                        ) -> None:
+        store = self.store
         for partition, group in by_partition(events).items():
             enter_partition(store, group[-1])
             fresh = unseen(store, group)
-            if fresh:
-                handle(partition, fresh)
-                mark_seen(store, fresh)
-        await outbox.flush_async()  # the outputs first, then the state
-        if isinstance(store, ChangelogStore):
-            store.write_changelog()
-            await outbox.flush_async()
+            if not fresh:
+                continue
+            units = []
+            for event in fresh:
+                values = split(event) if split else [event]
+                units += [Unit(v, event, i == len(values) - 1) for i, v in enumerate(values)]
+                if not values:
+                    units.append(Unit(None, event))
+
+            def attempt(part: list[Unit], partition: int = partition) -> None:
+                values = [u.value for u in part if u.value is not None]
+                if values:
+                    handle(partition, values)
+                mark_seen(store, [u.event for u in part if u.last])
+
+            def poisoned(unit: Unit, failure: isolation.Failure) -> None:
+                self.dead_letter(unit, failure, payload)
+
+            isolation.process(units, attempt, _Transaction(self, partition), poisoned)
+        await self.outbox.flush_async()  # the outputs first, then the state
+        inner = store.inner
+        if isinstance(inner, ChangelogStore):
+            inner.write_changelog()
+            await self.outbox.flush_async()
+
+    def dead_letter(self, unit: Unit, failure: isolation.Failure,
+                    payload: Callable[[object, faust.types.EventT], bytes] | None) -> None:
+        """A poison record to the dead-letter topic, with the stage, the failure and where
+        the record came from; its message counts as taken (when it is the message's last)."""
+        m = unit.event.message
+        value = payload(unit.value, unit.event) if payload else (m.value or b"")
+        POISON.labels(self.name, "processing_error").inc()
+        log.error("%s: record %s[%d]@%d dead-lettered as processing_error: %s", self.name,
+                  m.topic, m.partition, m.offset, failure.describe())
+        self.outbox.produce(self.dead_letters, default_serde().encode(DEAD_LETTER, dead_letter(
+            self.name, "processing_error", failure.describe(), value,
+            (m.topic, m.partition, m.offset))))
+        if unit.last:
+            self.store.begin()
+            mark_seen(self.store, [unit.event])
+            self.store.commit()
 
     def finish_blocking(self) -> None:
         """The end of `run_batch`, without giving way to the event loop (a second write of
         the changelog writes nothing: its records are cleared once produced)."""
         self.outbox.flush()
-        if isinstance(self.store, ChangelogStore):
-            self.store.write_changelog()
+        inner = self.store.inner
+        if isinstance(inner, ChangelogStore):
+            inner.write_changelog()
             self.outbox.flush()
 
     def on_revoked(self, forget: Callable[[int], None]) -> None:
-        """`forget(partition)` for each partition this worker loses in a rebalance."""
+        """`forget(partition)` for each partition this worker loses in a rebalance, and for
+        a partition whose batch was rolled back (its in-memory indexes over the state)."""
+        self.forget.append(forget)
 
         async def revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
             for tp in revoked:
                 forget(tp.partition)
 
         self.app.on_partitions_revoked.connect(revoked)
+
+
+def corrupt_state(parts: Stage, stage: str, key: str, stored: object, why: str) -> None:
+    """A state that cannot be read: to the dead-letter topic (reason `state_corrupt`, the
+    state as stored in the payload); the stage goes on with a fresh one for that key."""
+    POISON.labels(stage, "state_corrupt").inc()
+    log.error("%s: state %r could not be read, dead-lettered and started again: %s", stage,
+              key, why)
+    try:
+        payload = orjson.dumps({"key": key, "state": stored})
+    except TypeError:
+        payload = repr(stored).encode()
+    parts.outbox.produce(parts.dead_letters, default_serde().encode(DEAD_LETTER, dead_letter(
+        stage, "state_corrupt", f"state {key!r}: {why}", payload, None)))
+
+
+def dead_letter(stage: str, reason: str, detail: str, payload: bytes,
+                origin: tuple[str, int, int] | None) -> dict:
+    """A DeadLetter record (schemas/dead_letter.avsc) of a stage; its id is derived from the
+    stage, the reason and the payload, so a record dead-lettered twice is one row."""
+    digest = hashlib.sha256(f"{stage}\0{reason}\0".encode() + payload).hexdigest()
+    topic, partition, offset = origin or (None, None, None)
+    return {
+        "dead_letter_id": digest[:32], "reason": reason, "detail": detail[:2000],
+        "stage": stage, "source": None, "payload": payload,
+        "received_at": int(time.time() * 1000), "origin_topic": topic,
+        "origin_partition": partition, "origin_offset": offset,
+    }
 
 
 def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, port: int,
@@ -332,6 +561,6 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
     state = app.Table(table, default=None, partitions=partitions)
     outbox = Outbox(common)
     stage_store = state_store(state, store, outbox)
-    STATE_KEYS.labels(name).set_function(lambda: len(stage_store))
+    STATE_KEYS.labels(name).set_function(lambda: len(stage_store.inner))
     return Stage(name, app, source, state, outbox, stage_store, partitions, batch_size,
-                 common.batch_wait_seconds)
+                 common.batch_wait_seconds, dead_letters=TOUCHPOINTS_DLQ.name(common.topic_prefix))

@@ -23,7 +23,7 @@ from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE, default_serde
 from services.common.settings import ScorerSettings, load
 from services.common.topics import ENGAGEMENT_SCORES
-from services.engagement_scorer.profile import apply, new_state, snapshot
+from services.engagement_scorer.batch import score_batch
 from services.engagement_scorer.weights import Weights, load_weights
 from services.sessionizer.app import ATTRIBUTED
 
@@ -32,37 +32,6 @@ STAGE = "engagement_scorer"
 
 TOUCHES = Counter("kizuna_engagement_scorer_touches", "Touches by outcome", ["outcome"])
 PROFILES = Counter("kizuna_engagement_scorer_profiles", "Profile updates emitted")
-
-
-def score_batch(store, weights: Weights,
-                batches: list[dict]) -> tuple[list[dict], int, int, list[str]]:
-    """Apply a partition's attributed touches; (changed profiles, applied, duplicates,
-    customers erased)."""
-    changed: dict[str, dict] = {}
-    erased: list[str] = []
-    applied = duplicates = 0
-    # {"t": partition event time, "c": {customer: touches}, "l": too late for sessions,
-    #  "e": [customers to forget]}
-    for batch in batches:
-        for customer in batch.get("e", ()):
-            changed.pop(customer, None)
-            if customer in store:
-                del store[customer]
-            erased.append(customer)
-        for part in ("c", "l"):
-            for customer, touches in batch.get(part, {}).items():
-                state = changed.get(customer) or store.get(customer) or new_state()
-                for touch in touches:
-                    if apply(state, touch, weights):
-                        applied += 1
-                    else:
-                        duplicates += 1
-                changed[customer] = state
-    profiles = []
-    for customer, state in changed.items():
-        store[customer] = state
-        profiles.append(snapshot(state, customer, weights))
-    return profiles, applied, duplicates, erased
 
 
 def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
@@ -77,16 +46,18 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
 
     def handle(partition: int, events: list) -> None:
         batches = [orjson.loads(event.message.value) for event in events]
-        profiles, applied, duplicates, erased = score_batch(parts.store, weights, batches)
-        for customer in erased:  # a tombstone: the compacted topic forgets the customer
+        scored = score_batch(parts.store, weights, batches)
+        for customer in scored.erased:  # a tombstone: the compacted topic forgets the customer
             parts.outbox.produce(scores_name, None, customer.encode())
-        for profile in profiles:
+        for profile in scored.profiles:
             parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
                                  profile["customer_id"].encode())
+        for key, stored, why in scored.corrupt:
+            faust_stage.corrupt_state(parts, STAGE, key, stored, why)
         faust_stage.observe_latency(STAGE, max(b["t"] for b in batches))
-        TOUCHES.labels("applied").inc(applied)
-        TOUCHES.labels("duplicate").inc(duplicates)
-        PROFILES.inc(len(profiles))
+        TOUCHES.labels("applied").inc(scored.applied)
+        TOUCHES.labels("duplicate").inc(scored.duplicates)
+        PROFILES.inc(len(scored.profiles))
 
     parts.agent(handle)
     return parts.app

@@ -11,7 +11,6 @@ event_id downstream, deterministic dead-letter ids).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -132,14 +131,15 @@ def dead_letter_record(dead: DeadLetter) -> dict:
     payload = dead.payload
     if payload is None:  # one touchpoint of a batch message: keep that touchpoint alone
         payload = default_serde().encode(TOUCHPOINT, dead.record)
-    digest = hashlib.sha256(f"{STAGE}\0{dead.reason}\0".encode() + payload).hexdigest()
-    topic, partition, offset = dead.origin or (None, None, None)
-    return {
-        "dead_letter_id": digest[:32], "reason": dead.reason, "detail": dead.detail,
-        "stage": STAGE, "source": None, "payload": payload,
-        "received_at": int(time.time() * 1000), "origin_topic": topic,
-        "origin_partition": partition, "origin_offset": offset,
-    }
+    return faust_stage.dead_letter(STAGE, dead.reason, dead.detail, payload, dead.origin)
+
+
+def payload_of(value: object, event: faust.types.EventT) -> bytes:
+    """What a poison record's dead letter keeps: a touchpoint alone (one of a batch message
+    is encoded on its own), else the message's bytes."""
+    if isinstance(value, Touchpoint):
+        return value.payload or default_serde().encode(TOUCHPOINT, value.record)
+    return event.message.value or b""
 
 
 def attributed_chunks(attributed: dict[str, list], limit: int = 2000) -> Iterator[dict]:
@@ -209,14 +209,17 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         for outcome, n in out.counts.items():
             EVENTS.labels(outcome).inc(n)
 
-    def handle(partition: int, events: list) -> None:
+    def split(event: faust.types.EventT) -> list:
+        """A message's items: its touchpoints (a batch message has several), a control
+        record, a handoff, or the dead letter of what could not be read."""
+        item = decoder.item(event.message)
+        return item if isinstance(item, list) else [item]
+
+    def handle(partition: int, values: list) -> None:
         items, dead = [], Outputs()
-        for event in events:
-            item = decoder.item(event.message)
+        for item in values:
             if isinstance(item, DeadLetter):
                 dead.dead_letters.append(item)
-            elif isinstance(item, list):  # a batch message's touchpoints
-                items.extend(item)
             else:
                 items.append(item)
         publish(dead, partition)
@@ -226,7 +229,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             faust_stage.observe_latency(STAGE, newest.record["event_time"],
                                         _ms(newest.record["received_at"]))
 
-    parts.agent(handle)
+    parts.agent(handle, split, payload_of)
     parts.on_revoked(processor.forget_partition)
 
     if settings.tick_seconds > 0:

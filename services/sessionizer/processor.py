@@ -209,7 +209,8 @@ class PartitionProcessor:
         schedule = self._deadlines.get(partition)
         if schedule is None:  # first batch of this partition in this process: index the store
             due = ((self.due_at(key, state), key) for key, state in list(self.store.items())
-                   if key[:2] in (CUSTOMER, DEVICE) and state.get("p") == partition)
+                   if key[:2] in (CUSTOMER, DEVICE) and _readable(state)
+                   and state.get("p") == partition)
             schedule = Schedule((t, key) for t, key in due if t is not None)
             self._deadlines[partition] = schedule
         return schedule
@@ -257,6 +258,14 @@ class _Batch:
         state = self.states.get(key)
         if state is None:
             state = self.store.get(key)
+            if state is not None and not _readable(state):
+                # whatever it holds, the stage goes on: the state to the dead-letter topic,
+                # the profile starts again
+                self.out.dead_letters.append(DeadLetter(
+                    "state_corrupt", f"state {key!r} is not a profile's state", _json(
+                        {"key": key, "state": state}), None))
+                self.changed.add(key)
+                state = None
             if state is None:
                 state = {"p": self.partition, "runs": [], "emitted": {}}
             elif "recent" in state or "closed" in state:  # stored by an earlier version
@@ -699,6 +708,12 @@ def _note_moved(state: dict) -> None:
         state.pop("moved", None)
 
 
+def _readable(state: object) -> bool:
+    """Whether a stored value is a profile's state this version can read."""
+    return isinstance(state, dict) and isinstance(state.get("runs"), list) \
+        and isinstance(state.get("emitted"), dict)
+
+
 def _seen_key(key: str, day: int) -> str:
     """The state key of the ids a profile kept for a day of event time."""
     return f"{SEEN}{key}:{day}"
@@ -711,4 +726,4 @@ def _ids(key: str) -> tuple[str, str | None]:
 
 
 def _json(message: dict) -> bytes:
-    return json.dumps(message, sort_keys=True).encode()
+    return json.dumps(message, sort_keys=True, default=repr).encode()

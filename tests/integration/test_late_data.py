@@ -152,13 +152,15 @@ def test_a_stores_receipts_uploaded_hours_late_give_the_results_of_receipts_in_t
 def test_history_imported_into_a_live_pipeline_gives_the_results_of_history_first(
         stack, tmp_path) -> None:
     now = int(time.time() * 1000)
-    start = (now // DAY - 120) * DAY
+    start = (now // DAY - 130) * DAY
     history_path = tmp_path / "history.jsonl"
     generated = write(30, 118, 23, history_path, iso(start), progress=None)
     assert history_path.exists()
     enrich = Enrichment("test", 2**62)  # the well-formed ones (the generator adds malformed)
     history = [e for e in generated.events if not isinstance(validate(e, enrich), Rejection)]
-    live_from = start + 119 * DAY
+    # more than the correction horizon (7 days) after the history: its decisions are all
+    # further behind the live pipeline's event time than that
+    live_from = start + 127 * DAY
     rnd = random.Random(4)
     live = []
     for n, person in enumerate(generated.customers[:10]):  # the same customers, live

@@ -445,3 +445,33 @@ def test_forgetting_a_cart_whatever_order_its_carts_came_in() -> None:
         ("K1", "historical"), ("K2", "open"), ("K2", "open")]  # 24 h apart: no cap
     assert state["bases"]["K1"][0] == {"P1": [1, 10.0]} and "K1" not in state["carts"]
     assert [x[1] for x in state["carts"]["K2"]] == ["e2", "e3"]
+
+
+def test_weeks_of_history_behind_a_live_cart_give_the_decisions_of_history_first() -> None:
+    # Long enough for the carts to forget their old touches while the backfill goes on (8
+    # days), with carts close enough together for the 24 h cap: what was decided stands in
+    # the cap after its touches are forgotten, whichever came first.
+    day = 24 * 60
+    rnd = random.Random(9)
+    for _ in range(30):
+        history = sorted((touch(i, rnd.randint(0, 40 * day),
+                                rnd.choice(["cart_add", "cart_add", "cart_view", "purchase"]),
+                                cart=f"K{rnd.randint(0, 30)}", product="P1")
+                          for i in range(60)), key=lambda x: (x.t, x.event_id))
+        live = [touch(1000, 60 * day, cart="live")]
+
+        def run_in(order: list[list[CartTouch]]) -> dict:
+            state, now, latest = new_state(), T0, {}
+            for batch in order:
+                for x in batch:
+                    add(state, x)
+                now = max(now, *(x.t for x in batch))
+                for record in advance(state, "C1", now + 1, RULES):
+                    latest[record["alert_id"]] = record
+            for record in advance(state, "C1", T0 + 70 * day * MIN, RULES):
+                latest[record["alert_id"]] = record
+            return {k: (v["detected_at"], v["evidence"]) for k, v in latest.items()
+                    if v["status"] != "withdrawn" and v["detected_at"] < T0 + 50 * day * MIN}
+
+        chunks = [history[i:i + 5] for i in range(0, len(history), 5)]
+        assert run_in([live, *chunks]) == run_in([*chunks, live])

@@ -111,7 +111,7 @@ def test_engagement_drop_below_a_fraction_of_the_90_day_peak() -> None:
     proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
     proc.process(0, [{"t": history[-1][0], "c": {"C1": history}}])
     proc.process(0, [{"t": history[-1][0] + DAY, "c": {}}])
-    peak = proc.store["C1"]["profile"]["score"][0]
+    peak = proc.store["c:C1"]["profile"]["score"][0]
     assert drop["score"] == pytest.approx(0.25 * peak, rel=1e-6)
     assert drop["detected_at"] == pytest.approx(history[-1][0] + 2 * WEIGHTS.half_life_ms, abs=1)
 
@@ -217,10 +217,10 @@ def test_a_device_history_moved_at_login_does_not_inflate_the_peak() -> None:
     out = proc.process(0, [{"t": own[-1][0], "c": {"C1": own}}])
     out += proc.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": login + device}}])
     assert [a for _, k, a, _ in out if k == CHURN] == []
-    peak = max(proc.store["C1"]["churn"]["peaks"].values())
+    peak = max(proc.store["c:C1"]["churn"]["peaks"].values())
     ordered = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
     ordered.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": sorted(own + login + device)}}])
-    true_peak = max(ordered.store["C1"]["churn"]["peaks"].values())
+    true_peak = max(ordered.store["c:C1"]["churn"]["peaks"].values())
     assert true_peak * 0.9 <= peak <= true_peak * (1 + 1e-9)
 
 
@@ -256,7 +256,7 @@ def test_an_erased_customer_is_forgotten() -> None:
     history = [touch(1, T0, "complaint", "support")]
     proc.process(0, [{"t": T0, "c": {"C1": history, "C2": history}}])
     out = proc.process(0, [{"t": T0 + DAY, "c": {}, "e": ["C1"]}])
-    assert "C1" not in proc.store and "C2" in proc.store
+    assert "c:C1" not in proc.store and "c:C2" in proc.store
     assert [customer for customer, *_ in out] == ["C2"]  # C1's pending alert went with it
 
 

@@ -193,15 +193,15 @@ def test_a_missing_weights_file_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_an_erased_customer_is_forgotten_and_starts_again() -> None:
-    from services.engagement_scorer.app import score_batch
+    from services.engagement_scorer.batch import score_batch
 
     weights = load_weights()
     store: dict = {}
     buy = [1_710_000_000_000, "e1", "purchase", "web", 50.0, None, None]
     score_batch(store, weights, [{"t": 0, "c": {"C1": [buy], "C2": [buy]}}])
-    profiles, _, _, erased = score_batch(store, weights, [
+    scored = score_batch(store, weights, [
         {"t": 0, "c": {}, "e": ["C1"]},
         {"t": 0, "c": {"C1": [[*buy[:1], "e2", *buy[2:]]]}}])
-    assert erased == ["C1"] and "C2" in store
-    (again,) = profiles
+    assert scored.erased == ["C1"] and "c:C2" in store
+    (again,) = scored.profiles
     assert again["purchase_count"] == 1 and again["total_revenue"] == 50.0  # not 2, 100

@@ -79,13 +79,29 @@ def test_a_stop_in_the_middle_of_a_batch_finishes_it_outputs_before_the_changelo
     # that faust may acknowledge it and leave the group cleanly.
     import asyncio
 
-    from services.common.faust_stage import ChangelogStore, Stage
+    from services.common.faust_stage import BatchStore, ChangelogStore, Stage
 
     log: list[str] = []
 
     class Outbox:
+        held = None
+
+        def begin(self) -> None:
+            self.held = []
+
+        def commit(self) -> None:
+            held, self.held = self.held, None
+            for topic in held:
+                self.produce(topic, b"")
+
+        def rollback(self) -> None:
+            self.held = None
+
         def produce(self, topic, value, key=None, partition=-1) -> None:
-            log.append(f"produce {topic}")
+            if self.held is not None:
+                self.held.append(topic)
+            else:
+                log.append(f"produce {topic}")
 
         def flush(self) -> None:
             log.append("flush")
@@ -108,9 +124,9 @@ def test_a_stop_in_the_middle_of_a_batch_finishes_it_outputs_before_the_changelo
         message = Message()
 
     outbox = Outbox()
-    store = ChangelogStore(Table, outbox.produce)
+    store = BatchStore(ChangelogStore(Table, outbox.produce), copy_reads=True)
     stage = Stage.__new__(Stage)
-    stage.store, stage.outbox = store, outbox
+    stage.store, stage.outbox, stage.forget = store, outbox, []
 
     def handle(partition: int, events: list) -> None:
         outbox.produce("alerts", b"{}")
