@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse chaos order-check
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse chaos order-check fuzz
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,9 @@ bench-scorer: setup  ## the engagement scorer alone: pure, then one worker on Ka
 
 bench-import: setup  ## kizuna import of ~1M events ordered by customer vs in time order (own stack)
 	$(BIN)/python -m benchmarks.importer
+
+fuzz: setup  ## the whole pipeline fuzzed with hypothesis, long run (its own stack)
+	KIZUNA_FUZZ_EXAMPLES=$${KIZUNA_FUZZ_EXAMPLES:-600} $(BIN)/pytest -q tests/integration/test_fuzz.py
 
 order-check: setup  ## import order independence at full size: 5,000 customers, 90 days, 5 orders
 	KIZUNA_ORDER_CUSTOMERS=5000 KIZUNA_ORDER_DAYS=90 $(BIN)/pytest -q tests/integration/test_bounded_input.py

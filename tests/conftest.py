@@ -30,6 +30,10 @@ WRITE_KEYS = {  # key -> source:channels; one source per test concern keeps rate
     "key-chaos": f"chaos:{ALL_CHANNELS}",
 }
 WEBHOOK_SECRET = "whsec-test"
+#: (stage, marker): a touch whose event_id contains the marker makes that stage's logic raise
+POISON_MARKERS = (("sessionizer", "poison~sessionizer"),
+                  ("engagement_scorer", "poison~engagement_scorer"),
+                  ("alerting", "poison~alerting"))
 INGEST_RATE = 2000
 
 
@@ -64,6 +68,8 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_PII_SALT="test-salt",
         KIZUNA_PARTITIONS="4",
         KIZUNA_WAREHOUSE_FAULT_INJECTION="true",
+        # records whose id carries a marker make that stage raise (poison records)
+        KIZUNA_FAULT_INJECTION=",".join(f"{stage}:{marker}" for stage, marker in POISON_MARKERS),
         TZ="UTC",
     )
     return env

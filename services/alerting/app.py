@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import faust
-import orjson
 from prometheus_client import Counter, Gauge
 
 from services.alerting.carts import HOUR_MS, MINUTE_MS, CartRules
@@ -26,7 +25,7 @@ from services.alerting.processor import (
     churn_record,
     published,
 )
-from services.common import faust_stage, logs
+from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ALERT, default_serde
@@ -75,8 +74,11 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     history = ALERTS_HISTORY.name(prefix)
     serde = default_serde()
 
-    def handle(partition: int, events: list) -> None:
-        messages = [orjson.loads(event.message.value) for event in events]
+    fault = faults.markers(common.fault_injection, STAGE)
+
+    def handle(partition: int, messages: list) -> None:
+        faults.check(fault, (x[1] for m in messages for part in ("c", "l")
+                             for touches in m.get(part, {}).values() for x in touches))
         TOUCHES.inc(sum(len(x) for m in messages for part in ("c", "l")
                         for x in m.get(part, {}).values()))
         now = int(time.time() * 1000)
@@ -92,7 +94,7 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
         faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
 
     PENDING.set_function(processor.pending)
-    parts.agent(handle)
+    parts.agent(handle, faust_stage.customer_units, faust_stage.unit_payload)
     parts.on_revoked(processor.forget_partition)
     return parts.app
 

@@ -243,6 +243,11 @@ def _same(alert: dict, decision: dict) -> bool:
         and not set(alert["evidence"]).isdisjoint(decision["evidence"]))
 
 
+def _stands_at(episode: Episode) -> int:
+    moved = [x[MOVED_AT] for x in episode.touches if x[MOVED_AT] is not None]
+    return max([episode.deadline, *moved])
+
+
 def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict]:
     """Every alert the kept touches give for the episodes event time `until` has judged
     (their deadline plus the allowed lateness before it), in deadline order, with the cap
@@ -250,8 +255,8 @@ def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict
     ended = []
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
-            if episode.deadline + rules.lateness_ms >= until:
-                break
+            if _stands_at(episode) + rules.lateness_ms >= until:
+                continue  # not yet: its deadline, or the login that made it the customer's
             if episode.outcome in (None, "abandoned"):
                 ended.append(episode)
     # The alerts decided before stand in the cap (a sent one whatever the touches say now; a
@@ -260,7 +265,10 @@ def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict
     accepted: list[int] = list(state["sent"])  # alerts whose records are forgotten
     decisions = []
     capped = state.setdefault("capped_ids", [])
-    for episode in sorted(ended, key=lambda e: (e.deadline, e.cart)):
+    # In the order the decisions stand in event time: a cart from a device's history, claimed
+    # at a later login, stands at the login (it was not the customer's before), so a cart of
+    # their own judged meanwhile comes first in the cap, however the two arrived.
+    for episode in sorted(ended, key=lambda e: (_stands_at(e), e.deadline, e.cart)):
         items = episode.items or {}
         moved = [x[MOVED_AT] for x in episode.touches if x[MOVED_AT] is not None]
         decision = {
@@ -410,11 +418,10 @@ def _due_at(state: dict, rules: CartRules) -> int | None:
         return state["stale"]
     times = []
     for key in state["carts"]:
-        for episode in _cart_episodes(state, key, rules):
-            at = episode.deadline + rules.lateness_ms
-            if judged is None or at >= judged:
-                times.append(at)
-                break
+        pending = [_stands_at(e) + rules.lateness_ms for e in _cart_episodes(state, key, rules)]
+        pending = [at for at in pending if judged is None or at >= judged]
+        if pending:
+            times.append(min(pending))
     for alert in state["alerts"]:
         if not alert["resolved"] and alert["status"] in (OPEN, HISTORICAL):
             bought = _bought(state, alert["detected_at"],
@@ -443,7 +450,7 @@ def _forget(state: dict, rules: CartRules) -> None:
         return
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
-            final = episode.deadline + rules.lateness_ms < judged  # judged: ended
+            final = _stands_at(episode) + rules.lateness_ms < judged  # judged: ended
             if episode.deadline >= cut or not final:
                 cut = min(cut, episode.touches[0][T])
                 break

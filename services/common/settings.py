@@ -166,6 +166,11 @@ class Settings:
         "member (`group.instance.id`): killed and restarted under the same name, it takes its "
         "partitions back at once instead of after the session timeout. A worker stopped for "
         "good hands its partitions on after the session timeout. Empty: dynamic membership.")
+    fault_injection: str = setting(
+        "KIZUNA_FAULT_INJECTION", "",
+        "Chaos testing only: `stage:marker,...` makes that stage's logic raise on every touch "
+        "whose event_id contains the marker (stages: sessionizer, engagement_scorer, "
+        "alerting), to check that poison records are dead-lettered. Empty in production.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def group_instance_id(self, stage: str) -> str | None:

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import faust
-import orjson
 from prometheus_client import Counter
 
-from services.common import faust_stage, logs
+from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE, default_serde
@@ -44,8 +43,11 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
     scores_name = ENGAGEMENT_SCORES.name(prefix)
     serde = default_serde()
 
-    def handle(partition: int, events: list) -> None:
-        batches = [orjson.loads(event.message.value) for event in events]
+    fault = faults.markers(common.fault_injection, STAGE)
+
+    def handle(partition: int, batches: list) -> None:
+        faults.check(fault, (x[1] for b in batches for part in ("c", "l")
+                             for touches in b.get(part, {}).values() for x in touches))
         scored = score_batch(parts.store, weights, batches)
         for customer in scored.erased:  # a tombstone: the compacted topic forgets the customer
             parts.outbox.produce(scores_name, None, customer.encode())
@@ -59,7 +61,7 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
         TOUCHES.labels("duplicate").inc(scored.duplicates)
         PROFILES.inc(len(scored.profiles))
 
-    parts.agent(handle)
+    parts.agent(handle, faust_stage.customer_units, faust_stage.unit_payload)
     return parts.app
 
 

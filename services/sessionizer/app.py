@@ -20,7 +20,7 @@ import faust
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.common import faust_stage, logs
+from services.common import faults, faust_stage, logs
 from services.common.kafka import ensure_topics
 from services.common.serde import (
     DEAD_LETTER,
@@ -215,7 +215,10 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         item = decoder.item(event.message)
         return item if isinstance(item, list) else [item]
 
+    fault = faults.markers(common.fault_injection, STAGE)
+
     def handle(partition: int, values: list) -> None:
+        faults.check(fault, (x.record["event_id"] for x in values if isinstance(x, Touchpoint)))
         items, dead = [], Outputs()
         for item in values:
             if isinstance(item, DeadLetter):

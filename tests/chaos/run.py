@@ -32,6 +32,7 @@ MATRIX = [
     ("broker-restart", sc.broker_restart, False),
     ("clickhouse-failing", sc.failing_inserts, False),
     ("poison", sc.poison, False),
+    ("poison-processing", sc.PoisonProcessing(), False),
     ("delivered-twice", None, True),
 ]
 

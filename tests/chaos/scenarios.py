@@ -280,6 +280,51 @@ def poison(env: dict, tag: str) -> str:
     return "2 poison records on the raw topic"
 
 
+class PoisonProcessing:
+    """Records that make a stage's logic raise (KIZUNA_FAULT_INJECTION, see
+    `tests.conftest.POISON_MARKERS`): one for the sessionizer, one for the scorer, one for
+    alerting, on a customer of their own, imported with the copy. Each is dead-lettered by
+    its stage (processing_error) after one retry and a bisection; everything else must come
+    out as in the clean run, and no stage may restart."""
+
+    def deliver(self, env: dict, kizuna: Callable, copy: list[dict], until_ms: int,
+                path: Path) -> None:
+        from tests.conftest import POISON_MARKERS
+
+        tag = path.stem  # `run` names the copy's file after its tag
+        start = min(e["occurred_at"] for e in copy if isinstance(e.get("occurred_at"), int))
+        self.pids = {name: program_pid(env, name) for _, name in PORTS}
+        bad = [{"event_id": f"zz{tag}-{POISON}-{marker}", "event_type": "cart_add",
+                "channel": "web", "occurred_at": start + (i + 1) * 3_600_000,
+                "customer_id": f"zz{tag}",
+                "commerce": {"cart_id": "K", "product_id": "P", "quantity": 1,
+                             "unit_price": 5.0}}
+               for i, (_, marker) in enumerate(POISON_MARKERS)]
+        import_events(env, kizuna, copy + bad, until_ms, path)
+
+    def __call__(self, env: dict, tag: str) -> str:
+        return "3 records that make the sessionizer, the scorer and alerting raise"
+
+    def check(self, env: dict, tag: str) -> list[str]:
+        """What went wrong: each stage dead-lettered its record once, none restarted."""
+        wrong = []
+        rows = query_rows(load(Settings, env), f"""
+            SELECT stage, count() AS n FROM kizuna.dead_letters
+            WHERE reason = 'processing_error' AND position(payload, 'zz{tag}') > 0
+            GROUP BY stage ORDER BY stage""")
+        got = {r["stage"]: r["n"] for r in rows}
+        if got != {"alerting": 1, "engagement_scorer": 1, "sessionizer": 1}:
+            wrong.append(f"processing_error dead letters by stage: {got}")
+        restarted = [name for _, name in PORTS if program_pid(env, name) != self.pids[name]]
+        if restarted:
+            wrong.append(f"restarted: {restarted}")
+        return wrong
+
+
+PORTS = (("KIZUNA_SESSIONIZER_PORT", "sessionizer"), ("KIZUNA_SCORER_PORT", "engagement_scorer"),
+         ("KIZUNA_ALERTING_PORT", "alerting"))
+
+
 def _touchpoint(tag: str) -> dict:
     return {"event_id": f"{tag}-poison", "event_type": "page_view", "channel": "web",
             "occurred_at": BASE_MS, "sent_at": None, "received_at": BASE_MS,
@@ -324,6 +369,8 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     differing = [table for table in expected if expected[table] != got[table]]
     if fault is poison and len(poisoned(env, tag)) != 2:
         differing.append("the 2 poison records are not both in kizuna.dead_letters")
+    if hasattr(fault, "check"):
+        differing += fault.check(env, tag)
     detail = ""
     if differing:
         detail = "differs: " + ", ".join(differing)

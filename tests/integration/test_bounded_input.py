@@ -76,7 +76,7 @@ def tables(settings: Settings, full: bool) -> dict[str, object]:
     out = {}
     for name, sql in TABLES.items():
         if full:
-            rows = query_rows(settings, f"SELECT * FROM ({sql}) FORMAT JSONEachRow")
+            rows = query_rows(settings, sql)
             out[name] = sorted(json.dumps(r, sort_keys=True) for r in rows)
         else:
             (row,) = query_rows(settings, f"SELECT count() AS n, sum(cityHash64(*)) AS digest "

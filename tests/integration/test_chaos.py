@@ -1,7 +1,8 @@
 """The fast subset of `make chaos` on the shared stack: the warehouse, the sessionizer and the
 collector (with requests in flight) SIGKILLed mid-stream, poison records on the raw topic,
-every event delivered twice. Each must give exactly the results of a clean run of the same
-customers (every table, every row), with nothing lost or shown twice."""
+records that make a stage's logic raise, every event delivered twice. Each must give exactly
+the results of a clean run of the same customers (every table, every row), with nothing lost
+or shown twice."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def _slot() -> int:
     ("kill-sessionizer", sc.sigkill("sessionizer"), False),
     ("kill-collector", sc.CollectorKilled(), False),
     ("poison", sc.poison, False),
+    ("poison-processing", sc.PoisonProcessing(), False),
     ("delivered-twice", None, True),
 ])
 def test_a_fault_mid_stream_changes_no_result(stack, clean, tmp_path, name, fault,

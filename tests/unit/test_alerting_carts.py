@@ -475,3 +475,34 @@ def test_weeks_of_history_behind_a_live_cart_give_the_decisions_of_history_first
 
         chunks = [history[i:i + 5] for i in range(0, len(history), 5)]
         assert run_in([live, *chunks]) == run_in([*chunks, live])
+
+
+def test_a_claimed_cart_stands_at_its_login_in_the_cap_however_early_it_arrives() -> None:
+    # A device's cart at 0:00, the customer's own at 15:00; the device logs in on day 2, so
+    # its cart is the customer's only from then: at 16:00 the customer's cart is the one to
+    # remind of, and the device's is within 24 h of it (capped). Whether the login's hand-over
+    # reaches alerting before 16:00 (its partition ran ahead) or after, the same decision.
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+    from services.sessionizer.processor import moved_touch
+
+    day = 24 * 60 * MIN
+    login = T0 + 2 * day
+    device_cart = [moved_touch(raw("d1", 0, "cart_add", cart="KD"), login),
+                   moved_touch([login, "login", "identify", "web", 0.0, "dev", None], login)]
+    own_cart = [raw("c1", 15 * 60, "cart_add", cart="KO")]
+
+    def alerts(messages: list[dict]) -> list[str]:
+        proc = AlertProcessor(RULES, load_weights(), {})
+        out = [x for m in messages for x in proc.process(0, [m])]
+        out += proc.process(0, [{"t": login + day, "c": {}}])
+        return sorted(a["cart_id"] for _, kind, a, _ in out
+                      if kind == "cart_abandonment" and a["status"] == "open")
+
+    early = alerts([{"t": T0 + 20 * MIN, "c": {"C1": device_cart}},
+                    {"t": T0 + 15 * 60 * MIN, "c": {"C1": own_cart}},
+                    {"t": T0 + 17 * 60 * MIN, "c": {}}])
+    late = alerts([{"t": T0 + 15 * 60 * MIN, "c": {"C1": own_cart}},
+                   {"t": T0 + 17 * 60 * MIN, "c": {}},
+                   {"t": login, "c": {"C1": device_cart}}])
+    assert early == late == ["KO"]
