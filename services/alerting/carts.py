@@ -59,6 +59,9 @@ class CartRules:
     #: A decision further than this behind the partition's event time is recorded, not sent.
     horizon_ms: int = 7 * DAY_MS
 
+    #: How long after a device's cart its login can claim it (the sessionizer's device history).
+    claim_ms: int = 30 * DAY_MS
+
     @property
     def retain_ms(self) -> int:
         """How long a cart's judged touches are kept to judge again with late ones."""
@@ -144,7 +147,7 @@ class _Content:
     """What a cart holds as its touches and the customer's purchases come in event time."""
 
     def __init__(self, base: list | None) -> None:
-        items, stocked, currency = base or ({}, False, None)
+        items, stocked, currency = base[:3] if base else ({}, False, None)
         self.items: dict[str, list] = {k: list(v) for k, v in items.items()}
         self.stocked = stocked  # a cart_add since the last purchase or emptying
         self.currency = currency
@@ -198,6 +201,8 @@ def episodes(key: str, touches: list[list], purchases: list[list], delay_ms: int
     purchases and what the cart held before them (`base`)."""
     out: list[Episode] = []
     content = _Content(base)
+    if base and len(base) > 3:  # purchases before the cut are in the base already
+        purchases = [p for p in purchases if p[0] >= base[3]]
     current: Episode | None = None
     for t, x in _timeline(touches, purchases):
         if current is not None and t > current.deadline:
@@ -445,7 +450,7 @@ def _forget(state: dict, rules: CartRules) -> None:
     cut = min(newest, state["arrived"] if state["arrived"] is not None else newest) \
         - rules.retain_ms
     if not any(touches[0][T] < cut for touches in state["carts"].values() if touches) \
-            and not (state["purchases"] and state["purchases"][0][0] < cut):
+            and not (state["purchases"] and state["purchases"][0][0] < cut - rules.claim_ms):
         _forget_alerts(state, cut, rules)  # nothing that old
         return
     for key in state["carts"]:
@@ -455,26 +460,30 @@ def _forget(state: dict, rules: CartRules) -> None:
                 cut = min(cut, episode.touches[0][T])
                 break
     if not any(x[T] < cut for touches in state["carts"].values() for x in touches) \
-            and not any(p[0] < cut for p in state["purchases"]):
+            and not any(p[0] < cut - rules.claim_ms for p in state["purchases"]):
         _forget_alerts(state, cut, rules)
         return
-    gone_purchases = [p for p in state["purchases"] if p[0] < cut]
     for key, touches in list(state["carts"].items()):
         gone = [x for x in touches if x[T] < cut]
-        content = _Content(state["bases"].get(key))
-        for _, x in _timeline(gone, gone_purchases):
+        base = state["bases"].get(key)
+        since = base[3] if base and len(base) > 3 else None
+        content = _Content(base)
+        for _, x in _timeline(gone, [p for p in state["purchases"] if p[0] < cut and (
+                since is None or p[0] >= since)]):
             if x is None:
                 content.bought()
             else:
                 content.take(x)
-        if content.stocked:  # what it still holds, for a later look at it
-            state["bases"][key] = content.base()
+        if content.stocked:  # what it still holds at the cut, for a later look at it
+            state["bases"][key] = [*content.base(), cut]
         else:
             state["bases"].pop(key, None)
         state["carts"][key] = touches[len(gone):]
         if not state["carts"][key]:
             del state["carts"][key]
-    state["purchases"] = state["purchases"][len(gone_purchases):]
+    # Purchases stay longer: a device's cart claimed at a later login (up to 30 days after)
+    # is judged with the customer's purchases of its time.
+    state["purchases"] = [p for p in state["purchases"] if p[0] >= cut - rules.claim_ms]
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]
     _forget_alerts(state, cut, rules, kept)
@@ -492,7 +501,7 @@ def _forget_alerts(state: dict, cut: int, rules: CartRules,
         return
     state["sent"] = sorted(state["sent"] + [a["detected_at"] for a in gone
                                             if a["status"] != WITHDRAWN])
-    state["sent"] = [t for t in state["sent"] if t >= cut - rules.cap_ms]
+    state["sent"] = [t for t in state["sent"] if t >= cut - rules.claim_ms - rules.cap_ms]
     state["alerts"] = [a for a in state["alerts"] if all(a is not g for g in gone)]
 
 

@@ -506,3 +506,25 @@ def test_a_claimed_cart_stands_at_its_login_in_the_cap_however_early_it_arrives(
                    {"t": T0 + 17 * 60 * MIN, "c": {}},
                    {"t": login, "c": {"C1": device_cart}}])
     assert early == late == ["KO"]
+
+
+def test_a_cart_claimed_weeks_later_is_judged_with_the_purchases_of_its_time() -> None:
+    # A device's cart at 0:00; the customer buys at 0:20 on their own account; the device
+    # logs in 18 days later, and the cart becomes theirs: bought within the hour, no reminder
+    # (the purchase is kept for the 30 days a login may claim a device's history).
+    from services.alerting.processor import AlertProcessor
+    from services.engagement_scorer.weights import load_weights
+    from services.sessionizer.processor import moved_touch
+
+    day = 24 * 60 * MIN
+    login = T0 + 18 * day
+    proc = AlertProcessor(RULES, load_weights(), {})
+    out = proc.process(0, [{"t": T0 + 20 * MIN, "c": {"C1": [raw("p1", 20, "purchase")]}}])
+    for d in range(1, 18):  # the customer's own days go by, with a purchase every 5
+        kind = "purchase" if d % 5 == 0 else "page_view"
+        out += proc.process(0, [{"t": T0 + d * day, "c": {"C1": [
+            [T0 + d * day, f"v{d}", kind, "web", 9.0, None, None]]}}])
+    cart = [moved_touch(raw("d1", 0, "cart_add", cart="KD"), login)]
+    out += proc.process(0, [{"t": login, "c": {"C1": cart}}])
+    out += proc.process(0, [{"t": login + day, "c": {}}])
+    assert [a for _, kind, a, _ in out if kind == "cart_abandonment"] == []
