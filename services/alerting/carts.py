@@ -447,7 +447,10 @@ def _forget(state: dict, rules: CartRules) -> None:
     judged = state["judged"]
     if newest is None or judged is None:
         return
-    cut = min(newest, state["arrived"] if state["arrived"] is not None else newest) \
+    # Behind the newest touch, the last one that came (a backfill's stretch) and the event
+    # time judged so far (touches can come ahead of it: a customer's own, while a device's
+    # history claimed at a login is still on its way)
+    cut = min(newest, judged, state["arrived"] if state["arrived"] is not None else newest) \
         - rules.retain_ms
     if not any(touches[0][T] < cut for touches in state["carts"].values() if touches) \
             and not (state["purchases"] and state["purchases"][0][0] < cut - rules.claim_ms):

@@ -55,9 +55,9 @@ from services.sessionizer.sessions import SessionRules
 CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS, SEEN = "c:", "a:", "t:", "w:", "l:", "s:"
 CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
 NEVER = -(2**62)
-#: Closed sessions a device keeps so that identifying later still attributes them.
-DEVICE_HISTORY = 20
+#: A login claims the device's sessions that ended within this window before it.
 DEVICE_HISTORY_MS = 30 * 24 * s.HOUR_MS
+#: Most touches in one message of a device's history on its way to the customer.
 DEVICE_HISTORY_TOUCHES = 2000
 
 
@@ -334,14 +334,16 @@ class _Batch:
             self.out.counts["late"] += 1
         self.stream_time = max(self.stream_time, t)
         if customer:
-            self.out.attributed.setdefault(customer, []).append(touch)
             state = self.touched(key)
+            self.attribute(customer, state, touch, late)
             if device and device not in state.setdefault("devices", []):
                 state["devices"].append(device)
                 # Its sessions wait for the device's answer before they may close.
                 state.setdefault("pending", []).append(device)
                 if not late:  # the next stages are past a late login already
                     self.logins[f"{customer}\x00{device}"] = t
+                else:  # theirs go out after the device's history (`attribute`)
+                    state["claiming"] = min(state.get("claiming", t), t)
                 self.out.handoffs.append((device, {
                     "kind": "link", "anonymous_id": device, "customer_id": customer,
                     "event_id": record["event_id"], "event_time": t}))
@@ -350,19 +352,58 @@ class _Batch:
         state = self.state(key)
         if state.get("linked_to"):
             at = state.get("linked_at")
-            # Before its login, the touch is the customer's from the login on, as the
-            # device's history was (`moved_touch`).
-            moved = moved_touch(touch, at) if at is not None and t < at else touch
+            if at is not None and t < at:
+                self.before_login(key, state, touch, at)
+                return
             self.out.handoffs.append((state["linked_to"], {
-                "kind": "forward", "customer_id": state["linked_to"], "touch": moved}))
+                "kind": "forward", "customer_id": state["linked_to"], "touch": touch}))
             return
         self.changed.add(key)
         self.add(key, state, touch)
 
+    def attribute(self, customer: str, state: dict, touch: list, late: bool) -> None:
+        """Hand a customer's touch to the scorer and alerting. A late touch after a late
+        login whose device's history is still on its way waits for that history, as the
+        next stages' event time waits for it in order (the output time's hold at logins): so
+        they judge the customer's later touches after the device's claimed ones, in any
+        order the late data came in."""
+        if late and state.get("pending") and touch[s.T] >= state.get("claiming", NEVER):
+            state.setdefault("held", []).append(touch)
+        else:
+            self.out.attributed.setdefault(customer, []).append(touch)
+
+    def before_login(self, key: str, state: dict, touch: list, at: int) -> None:
+        """A linked device's touch from before its login, come after the link (the device's
+        partition was behind the customer's, or the touch is late). It goes where it would
+        have gone had it come first: with the device's history the login claims (ending
+        within 30 days before it, `_claimable`) to the customer, counted from the login
+        (`moved_touch`); else it stays the device's, in an anonymous session."""
+        if self.took(key, touch[s.T], touch[s.EVENT_ID]):
+            self.out.counts["duplicates"] += 1
+            return
+        self.changed.add(key)
+        held = [x for run in state["runs"] + self.archive.runs(key, state) for x in run]
+        runs = s.build(held + [touch], self.rules.gap_ms, self.rules.close_at)
+        claimed = _claimable(runs, at)
+        if any(s.contains([run], touch[s.T], touch[s.EVENT_ID]) for run in claimed):
+            # the customer's: kept in the device's history only (what the login claims, and
+            # its duplicates), never a session of the device's own
+            old = self.archive.near(key, state, touch[s.T], touch[s.T], self.rules.gap_ms)
+            joined = s.build([x for run in old for x in run] + [touch], self.rules.gap_ms,
+                             self.rules.close_at)
+            self.archive.remove(key, state, old)
+            self.archive.put(key, state, joined)
+            self.out.handoffs.append((state["linked_to"], {
+                "kind": "forward", "customer_id": state["linked_to"],
+                "touch": moved_touch(touch, at)}))
+        else:
+            self.reform(key, state, [touch])
+
     def add(self, key: str, state: dict, touch: list) -> None:
         closed_before = self.closing_time() - self.rules.lateness_ms
-        if touch[s.T] < max(state.get("moved", NEVER), closed_before):
-            # It may join a closed session, or come before a login that claimed touches.
+        if len(touch) > s.MOVED_AT or touch[s.T] < max(state.get("moved", NEVER), closed_before):
+            # It may join a closed session, come before a login that claimed touches, or be
+            # one of those (it joins only the sessions open at its login: `sessions.build`).
             added = self.reform(key, state, [touch])
         else:
             added = s.insert(state["runs"], touch, self.rules.gap_ms)
@@ -398,7 +439,7 @@ class _Batch:
             return
         if kind == "link":
             self.link(message)
-        elif kind == "transfer":
+        elif kind in ("transfer", "transfer_part"):
             self.receive(message)
         elif kind == "time":
             q = message["partition"]
@@ -412,8 +453,10 @@ class _Batch:
                 # sent again by a batch redone after a crash, or a copy delivered again
                 self.out.counts["duplicates"] += 1
                 return
-            self.add(key, self.touched(key), touch)
-            self.out.attributed.setdefault(message["customer_id"], []).append(touch)
+            state = self.touched(key)
+            self.add(key, state, touch)
+            self.attribute(message["customer_id"], state, touch,
+                           touch[s.T] + self.rules.lateness_ms < self.stream_time)
 
     def link(self, message: dict) -> None:
         device, customer = message["anonymous_id"], message["customer_id"]
@@ -456,11 +499,25 @@ class _Batch:
                     emitted[s.session_id(piece[0])] = [
                         piece[0][s.T], piece[0][s.EVENT_ID],
                         s.version(len(piece), False, s.CLOSED)]
-        self.out.handoffs.append((customer, _transfer(customer, device, at, claimed, emitted)))
-        # The customer holds its touches from now on, and sees to their duplicates.
-        self.forget(key, state)
-        self.states[key] = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer,
-                            "linked_at": at}
+        # in parts of at most 2,000 touches (each message well under Kafka's 1 MB), the last
+        # one a `transfer` that ends the wait
+        touches = [x for run in claimed for x in run]
+        for i in range(0, max(0, len(touches) - DEVICE_HISTORY_TOUCHES), DEVICE_HISTORY_TOUCHES):
+            part = _transfer(customer, device, at, [touches[i:i + DEVICE_HISTORY_TOUCHES]])
+            self.out.handoffs.append((customer, {**part, "kind": "transfer_part"}))
+        rest = touches[(max(0, len(touches) - 1) // DEVICE_HISTORY_TOUCHES)
+                       * DEVICE_HISTORY_TOUCHES:]
+        self.out.handoffs.append((customer, _transfer(customer, device, at,
+                                                      [rest] if rest else [], emitted)))
+        # The customer holds its touches from now on. The device keeps its history (what
+        # its login claims of a touch from before it that comes later: `before_login`).
+        self.archive.put(key, state, state["runs"])
+        linked = {"p": self.partition, "runs": [], "emitted": {}, "linked_to": customer,
+                  "linked_at": at}
+        for part in ("archive", "late", "seen"):
+            if part in state:
+                linked[part] = state[part]
+        self.states[key] = linked
 
     def receive(self, message: dict) -> None:
         customer = message["customer_id"]
@@ -473,18 +530,24 @@ class _Batch:
             self.out.counts["duplicates"] += 1
             return
         self.changed.add(key)
-        at = self.logins.pop(f"{customer}\x00{message['anonymous_id']}", None)
+        last = message["kind"] == "transfer"  # the others are parts of a long history
+        login = f"{customer}\x00{message['anonymous_id']}"
+        at = (self.logins.pop(login, None) if last else self.logins.get(login))
         at = message.get("at", at)  # None: a transfer from before logins were timed
         touches = [touch if at is None or touch[s.T] >= at else moved_touch(touch, at)
                    for run in message["runs"] for touch in run]
-        pending.remove(message["anonymous_id"])
-        if not pending:
-            state.pop("pending", None)
+        if last:
+            pending.remove(message["anonymous_id"])
+            if not pending:
+                state.pop("pending", None)
         # the device's touches before its login count from the login
         self.reform(key, state, touches)
         if touches:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(touches)
-        for sid, entry in message["emitted"].items():
+        if not state.get("pending"):  # then the customer's own that waited for them
+            state.pop("claiming", None)
+            self.out.attributed.setdefault(customer, []).extend(state.pop("held", []))
+        for sid, entry in message.get("emitted", {}).items():
             state["emitted"].setdefault(sid, entry)
         due = self.proc.due_at(key, state)
         if due is not None:
@@ -677,15 +740,11 @@ class _Batch:
 
 def _claimable(runs: list[list[list]], login: int) -> list[list[list]]:
     """The runs of a device that a login at event time `login` claims: those ending within
-    30 days before it, the last 20 of them, at most 2,000 touches (the oldest go first: a
-    transfer stays well under 1 MB), and every run that reaches the login or comes after it.
-    Measured from the login, so what it claims does not depend on how far the device's
-    partition had got when the link came."""
-    before = sorted((run for run in runs if login - DEVICE_HISTORY_MS <= run[-1][s.T] < login),
-                    key=lambda run: run[0][s.T])[-DEVICE_HISTORY:]
-    while sum(map(len, before)) > DEVICE_HISTORY_TOUCHES and len(before) > 1:
-        before.pop(0)
-    return before + [run for run in runs if run[-1][s.T] >= login]
+    30 days before it, and every run that reaches the login or comes after it. A function of
+    each run and the login alone, so what a login claims does not depend on how far the
+    device's partition had got when the link came, nor on which of the device's touches
+    came after it (`before_login`)."""
+    return [run for run in runs if run[-1][s.T] >= login - DEVICE_HISTORY_MS]
 
 
 def _transfer(customer: str, device: str, at: int, runs: list | None = None,
