@@ -287,3 +287,68 @@ def test_a_request_goes_to_kafka_as_one_batch_message_per_partition() -> None:
     # without the partition count (broker away at start): one keyed message per touchpoint
     single = MessageBuilder(serde, "kizuna.").of(outcome, "shop", RECEIVED)
     assert len(single) == 40 and all(m[4] is None for m in single)
+
+
+# -- bounded input: any order, any age --------------------------------------------------------
+
+def test_times_from_1970_on_are_taken_and_numbers_under_10_11_are_seconds() -> None:
+    assert validate(event(occurred_at="1997-01-01T00:00:00Z"),
+                    Enrichment("import", RECEIVED))["event_time"] == 852_076_800_000
+    assert validate(event(occurred_at="1970-01-01T00:00:00Z"),
+                    Enrichment("import", RECEIVED))["event_time"] == 0
+    seconds = validate(event(occurred_at=1_710_325_412), ENRICH)
+    assert isinstance(seconds, Rejection) and "epoch seconds" in seconds.detail
+    assert validate(event(occurred_at=10**11), ENRICH)["occurred_at"] == 10**11  # 1973, in ms
+    before = validate(event(occurred_at="1969-12-31T23:59:59Z"), ENRICH)
+    assert isinstance(before, Rejection) and "1970" in before.detail
+    future = validate(event(occurred_at="2024-03-15T10:23:32Z"), ENRICH)
+    assert isinstance(future, Rejection) and "future" in future.detail
+
+
+def test_an_import_keeps_occurred_at_a_file_has_no_receipt_to_correct_with() -> None:
+    imported = validate(event(occurred_at="1998-01-01T00:00:00Z", sent_at="1998-01-01T00:00:05Z"),
+                        Enrichment("import", RECEIVED, skew_correction=False))
+    assert imported["event_time"] == imported["occurred_at"] == 883_612_800_000
+
+
+def test_the_external_sort_gives_one_order_whatever_the_input_order_and_memory(tmp_path) -> None:
+    import random
+
+    from services.ingest.sorting import Entry, ExternalSorter
+
+    rnd = random.Random(2)
+    entries = [Entry(rnd.randint(0, 50), f"e{rnd.randint(0, 300)}".encode(),
+                     bytes([rnd.randint(0, 255)]), 0, b"k") for _ in range(2000)]
+    orders = [entries, list(reversed(entries)), sorted(entries, key=lambda e: e.key + e.datum)]
+    results = []
+    for memory in (10**9, 5000):  # all in memory; spilled in runs of about 20 entries
+        for order in orders:
+            sorter = ExternalSorter(memory, tmp_path / f"s{memory}")
+            for entry in order:
+                sorter.add(entry)
+            results.append([(e.event_time, e.event_id, e.datum) for e in sorter.sorted()])
+            assert (len(sorter.runs) > 50) == (memory == 5000)
+            sorter.close()
+            assert not list((tmp_path / f"s{memory}").glob("run-*"))  # cleaned up
+    assert all(r == results[0] for r in results)
+    assert results[0] == sorted(results[0]) and len(results[0]) == 2000
+
+
+def test_import_inputs_are_files_directories_and_gzip(tmp_path) -> None:
+    import gzip
+
+    from services.common.errors import KizunaError
+    from services.ingest.importer import input_files, read_csv, read_jsonl
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.jsonl").write_text('{"a": 1}\n')
+    (tmp_path / "d" / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b'{"b": 2}\n{"c": 3}\n'))
+    (tmp_path / "d" / "c.csv.gz").write_bytes(gzip.compress(b"event_id,channel\nr1,pos\n"))
+    (tmp_path / "d" / "notes.txt").write_text("not events")
+    files = input_files([tmp_path / "d"])
+    assert [f.name for f in files] == ["a.jsonl", "c.csv.gz", "b.jsonl.gz"]
+    assert [parsed for _, _, parsed in read_jsonl(files[2])] == [{"b": 2}, {"c": 3}]
+    ((line, _, row),) = read_csv(files[1], {"columns": {}, "defaults": {}})
+    assert line == 2 and row == {"event_id": "r1", "channel": "pos"}
+    with pytest.raises(KizunaError, match="no such file"):
+        input_files([tmp_path / "nope.jsonl"])
