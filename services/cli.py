@@ -10,7 +10,15 @@ from pathlib import Path
 
 from services.common import logs
 from services.common.errors import KizunaError
-from services.common.settings import ALL_SETTINGS, IngestSettings, Settings, describe, load, reveal
+from services.common.settings import (
+    ALL_SETTINGS,
+    IngestSettings,
+    Settings,
+    WarehouseSettings,
+    describe,
+    load,
+    reveal,
+)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,6 +93,9 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
         from services.ingest.keys import write_keys_spec
 
         secrets["KIZUNA_WRITE_KEYS"] = write_keys_spec(load(IngestSettings))
+        from services.common.analyst import analyst_password
+
+        secrets["KIZUNA_ANALYST_PASSWORD"] = analyst_password(load(WarehouseSettings))
         print("\nsecrets (unmasked):")
         for env, value in secrets.items():
             print(f"{env}={value}")

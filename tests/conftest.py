@@ -50,13 +50,14 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(home: Path) -> dict[str, str]:
-    kafka, controller, warehouse, ingest, sessionizer, scorer, alerting = free_ports(7)
+    kafka, controller, warehouse, ingest, sessionizer, scorer, alerting, http = free_ports(8)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
     env.update(
         KIZUNA_HOME=str(home),
         KIZUNA_KAFKA_PORT=str(kafka),
         KIZUNA_KAFKA_CONTROLLER_PORT=str(controller),
         KIZUNA_WAREHOUSE_PORT=str(warehouse),
+        KIZUNA_CLICKHOUSE_HTTP_PORT=str(http),
         KIZUNA_INGEST_PORT=str(ingest),
         KIZUNA_SESSIONIZER_PORT=str(sessionizer),
         KIZUNA_SCORER_PORT=str(scorer),

@@ -3,7 +3,7 @@
 The embedded engine can be opened by one process at a time. In a running local stack the
 warehouse owns it and serves read-only queries on its gateway (`/v1/query` on
 KIZUNA_WAREHOUSE_PORT); `run_query` uses that gateway when it is up and opens the engine itself
-otherwise. Read-only is enforced by ClickHouse (`readonly=2`), never by inspecting SQL.
+otherwise. What analysts may do is enforced by ClickHouse (`analyst.py`).
 """
 
 from __future__ import annotations
@@ -106,7 +106,14 @@ def run_query(settings: Settings, sql: str, fmt: str = "JSONEachRow") -> bytes:
                 return resp.read()
         except urllib.error.HTTPError as exc:
             raise QueryError(exc.read().decode(errors="replace").strip()) from None
-    client = connect(settings, readonly=True)
+    from services.common.analyst import AnalystError, AnalystQueries, analyst_client
+
+    if settings.embedded_clickhouse:  # no stack running: this process opens the engine
+        try:
+            return AnalystQueries(lambda: connect(settings), 600, 1).run(sql, fmt)
+        except AnalystError as exc:
+            raise QueryError("ClickHouse: " + str(exc)) from None
+    client = analyst_client(settings)  # a server: as the analyst user, its grants
     try:
         return raw_query(client, sql, fmt)
     finally:

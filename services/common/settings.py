@@ -232,6 +232,27 @@ class WarehouseSettings:
         "KIZUNA_WAREHOUSE_BATCH_SECONDS", "0.25",
         "Longest the warehouse waits to fill a batch (up to 20,000 messages) before inserting "
         "it: lower gives fresher rows, higher fewer and larger inserts.")
+    clickhouse_http_port: int = setting(
+        "KIZUNA_CLICKHOUSE_HTTP_PORT", "8123",
+        "Embedded mode: the port where the warehouse answers ClickHouse's HTTP interface for "
+        "analysts' tools (clickhouse-connect, pandas, SQLAlchemy, BI tools, curl).")
+    clickhouse_http_host: str = setting(
+        "KIZUNA_CLICKHOUSE_HTTP_HOST", "127.0.0.1",
+        "Interface the ClickHouse HTTP interface listens on: loopback unless set (0.0.0.0 to "
+        "let other hosts connect).")
+    analyst_user: str = setting(
+        "KIZUNA_ANALYST_USER", "analyst",
+        "The read-only user analysts connect as (HTTP interface; with a ClickHouse server, the "
+        "warehouse creates it with SELECT on the Kizuna databases only).")
+    analyst_password: str = setting(
+        "KIZUNA_ANALYST_PASSWORD", "",
+        "The analyst user's password. Empty in local mode: `kizuna up` generates one in "
+        "$KIZUNA_HOME/analyst_password (`kizuna config --show-secrets` prints it).",
+        secret=True)
+    analyst_queries: int = setting(
+        "KIZUNA_ANALYST_QUERIES", "4",
+        "Analyst queries the embedded engine runs at once (each on its own read-only session, "
+        "beside the loader); more wait their turn.")
     fault_injection: bool = setting(
         "KIZUNA_WAREHOUSE_FAULT_INJECTION", "false",
         "Chaos testing only: accept `POST /v1/faults?inserts=N` on the local gateway, which "
@@ -241,6 +262,9 @@ class WarehouseSettings:
     def validate(self) -> None:
         if not 0 < self.batch_seconds <= 60:
             raise ConfigError("KIZUNA_WAREHOUSE_BATCH_SECONDS must be > 0 and at most 60")
+        _check_port("KIZUNA_CLICKHOUSE_HTTP_PORT", self.clickhouse_http_port)
+        if self.analyst_queries < 1:
+            raise ConfigError("KIZUNA_ANALYST_QUERIES must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common.analyst import ensure_local_password
 from services.common.errors import UnreachableError
 from services.common.kafka import check_reachable
 from services.common.settings import (
@@ -21,6 +22,7 @@ from services.common.settings import (
     ScorerSettings,
     SessionizerSettings,
     Settings,
+    WarehouseSettings,
     load,
 )
 from services.ingest.keys import ensure_local_key
@@ -86,9 +88,13 @@ def ingest_command(settings: Settings) -> list[str]:
 KAFKA = Program(
     "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
     stop_wait_seconds=40)
+def warehouse_command(settings: Settings) -> list[str]:
+    ensure_local_password(load(WarehouseSettings))
+    return python_module("services.warehouse")(settings)
+
+
 WAREHOUSE = Program(
-    "warehouse", python_module("services.warehouse"),
-    ready=http_ready(lambda s: s.warehouse_port))
+    "warehouse", warehouse_command, ready=http_ready(lambda s: s.warehouse_port))
 INGEST = Program(
     "ingest", ingest_command, ready=http_ready(ingest_port), needs_topics=True)
 
@@ -114,6 +120,8 @@ def ports(settings: Settings) -> dict[str, int]:
              "KIZUNA_SESSIONIZER_PORT": sessionizer_port(settings),
              "KIZUNA_SCORER_PORT": scorer_port(settings),
              "KIZUNA_ALERTING_PORT": alerting_port(settings)}
+    if settings.embedded_clickhouse:
+        found["KIZUNA_CLICKHOUSE_HTTP_PORT"] = load(WarehouseSettings).clickhouse_http_port
     if settings.local_kafka:
         found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
         found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port

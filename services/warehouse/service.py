@@ -19,12 +19,19 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import logs
+from services.common.analyst import (
+    AnalystError,
+    AnalystQueries,
+    analyst_password,
+    ensure_server_user,
+)
 from services.common.clickhouse import QueryError, connect, raw_query
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.settings import WarehouseSettings, load
 from services.common.topics import ALERTS_HISTORY
 from services.warehouse.erase import erase_rows
+from services.warehouse.http_interface import serve
 from services.warehouse.loader import start as start_loader
 from services.warehouse.migrations import apply_migrations
 
@@ -45,8 +52,20 @@ class Warehouse:
         self.reader = reader  # analyst queries: a read-only session
         self.lock = threading.Lock()
         self.faults: list[str] = []  # chaos testing (KIZUNA_WAREHOUSE_FAULT_INJECTION)
+        common = settings.common
+        # embedded: each analyst query on a session of its own, beside the loader
+        self.analysts = AnalystQueries(
+            lambda: connect(common), settings.query_timeout, settings.analyst_queries,
+        ) if common.embedded_clickhouse else None
 
     def query(self, sql: str, fmt: str) -> bytes:
+        """An analyst query (`kizuna query`): on a read-only session of its own in embedded
+        mode (`analyst.py`), through the read-only client against a server."""
+        if self.analysts is not None:
+            try:
+                return self.analysts.run(sql, fmt)
+            except AnalystError as exc:
+                raise QueryError("ClickHouse: " + str(exc)) from None
         with self.lock:
             return raw_query(self.reader, sql, fmt, timeout=self.settings.query_timeout)
 
@@ -170,6 +189,13 @@ def main() -> None:
         log.info("signal %d: stopping", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    if common.embedded_clickhouse:  # analysts' own tools: ClickHouse's HTTP protocol
+        http = serve(warehouse.analysts, settings.clickhouse_http_host,
+                     settings.clickhouse_http_port, settings.analyst_user,
+                     lambda: analyst_password(settings))
+    else:  # a server enforces the analyst user's grants itself
+        http = None
+        ensure_server_user(client, settings)
     # alerting writes this internal topic; the loader reads it from the start either way
     ensure_topics(common, (ALERTS_HISTORY,))
     loader = start_loader(common, warehouse.insert, settings.batch_seconds)
@@ -177,6 +203,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     log.info("warehouse ready on %s:%d", host, common.warehouse_port)
     server.serve_forever()
+    if http is not None:
+        http.shutdown()
     loader.stop()
     with warehouse.lock:
         warehouse.reader.close()
