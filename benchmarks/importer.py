@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 KIZUNA = [sys.executable, "-m", "services.cli"]
 
 
-def timed_import(env: dict, path: Path) -> dict:
-    """Wall seconds, peak RSS (MB, sampled every 20 ms) and spill of one `kizuna import`."""
+def timed_import(env: dict, path: Path, checkout: Path | None = None) -> dict:
+    """Wall seconds, peak RSS (MB, sampled every 20 ms) and spill of one `kizuna import`
+    (of another checkout's code, when given: `python -m` runs the one in its directory)."""
     started = time.perf_counter()
     proc = subprocess.Popen([*KIZUNA, "import", str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, cwd=checkout)
     peak = 0
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -69,6 +71,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "out" / "bench" / "import.json"))
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also time this checkout's `kizuna import` of the time-ordered "
+                             "file, alternately (a git worktree of an earlier commit)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kz-bench-import-", dir="/tmp"))
@@ -91,15 +96,19 @@ def main() -> None:
     try:
         default_mb = float(os.environ.get("KIZUNA_IMPORT_SORT_MEMORY_MB", "256"))
         for run in range(args.runs):
-            for name, path, memory in [("time_order", by_time, default_mb),
-                                       ("customer_order", by_customer, default_mb),
-                                       ("customer_order_quarter_memory", by_customer,
-                                        default_mb / 4)]:
-                result = timed_import({**env, "KIZUNA_IMPORT_SORT_MEMORY_MB": str(memory)}, path)
+            plan = [("time_order", by_time, default_mb, None),
+                    ("customer_order", by_customer, default_mb, None),
+                    ("customer_order_quarter_memory", by_customer, default_mb / 4, None)]
+            if args.against:
+                plan.append(("time_order_against", by_time, default_mb, args.against))
+            for name, path, memory, checkout in plan:
+                result = timed_import({**env, "KIZUNA_IMPORT_SORT_MEMORY_MB": str(memory)}, path,
+                                      checkout)
                 results.setdefault(name, []).append(result)
                 print(f"run {run + 1} {name:<32} {result}", flush=True)
     finally:
         subprocess.run([*KIZUNA, "down"], env=env, stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
