@@ -106,6 +106,7 @@ def add(state: dict, touch: CartTouch) -> None:
             return  # redelivered
         insort(state["purchases"], [touch.t, max(touch.t, touch.moved_at or touch.t),
                                     touch.event_id])
+        _changed(state, None)  # every cart's episodes
     elif touch.event_type in CART_ACTIVITY or touch.event_type == "cart_remove":
         touches = state["carts"].setdefault(touch.cart_id or IMPLICIT, [])
         if any(x[EVENT_ID] == touch.event_id for x in touches):
@@ -113,6 +114,7 @@ def add(state: dict, touch: CartTouch) -> None:
         insort(touches, [touch.t, touch.event_id, touch.event_type, touch.product_id,
                          touch.quantity, touch.unit_price, touch.currency, touch.moved_at],
                key=_order)
+        _changed(state, touch.cart_id or IMPLICIT)
     else:
         return
     state["arrived"] = touch.t
@@ -125,6 +127,19 @@ def add(state: dict, touch: CartTouch) -> None:
         # the touch (its own time plus the lateness), with everything judged so far
         due = touch.t + state.get("lateness", 0)
         state["stale"] = min(state.get("stale") or due, due)
+
+
+def _changed(state: dict, key: str | None) -> None:
+    """A cart (None: every cart) to judge again at the next `judge`: its episodes may differ.
+    `next` keeps, per cart judged since, the time its next episode can be judged."""
+    fresh = state.setdefault("fresh", [])
+    if key is None:
+        state["fresh"] = ["*"]
+        state["next"] = {}
+    elif "*" not in fresh and key not in fresh:
+        fresh.append(key)
+    if key is not None:
+        state.setdefault("next", {}).pop(key, None)
 
 
 def _order(x: list) -> tuple[int, str]:
@@ -253,17 +268,29 @@ def _stands_at(episode: Episode) -> int:
     return max([episode.deadline, *moved])
 
 
-def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict]:
+def judge(state: dict, customer: str, until: int, rules: CartRules
+          ) -> tuple[list[dict], set[str]]:
     """Every alert the kept touches give for the episodes event time `until` has judged
     (their deadline plus the allowed lateness before it), in deadline order, with the cap
-    applied; an alert sent before stands in the cap whatever the touches say now."""
+    applied; an alert decided before stands in the cap. Only the carts whose episodes may
+    have changed are formed again (a touch came, or event time reached one): the others'
+    decisions are recorded already. Returns the alerts and the carts judged."""
+    fresh = state.get("fresh", ["*"])
+    nexts = state.setdefault("next", {})
+    keys = {key for key in state["carts"] if "*" in fresh or key in fresh
+            or key not in nexts or (nexts[key] is not None and nexts[key] < until)}
     ended = []
-    for key in state["carts"]:
+    for key in keys:
+        pending = None
         for episode in _cart_episodes(state, key, rules):
-            if _stands_at(episode) + rules.lateness_ms >= until:
-                continue  # not yet: its deadline, or the login that made it the customer's
+            at = _stands_at(episode) + rules.lateness_ms
+            if at >= until:  # not yet: its deadline, or the login that made it the customer's
+                pending = at if pending is None else min(pending, at)
+                continue
             if episode.outcome in (None, "abandoned"):
                 ended.append(episode)
+        nexts[key] = pending
+    state["fresh"] = []
     # The alerts decided before stand in the cap (a sent one whatever the touches say now; a
     # historical one whose touches are forgotten, as decided)
     sent = [a for a in state["alerts"] if a["status"] != WITHDRAWN]
@@ -297,7 +324,7 @@ def judge(state: dict, customer: str, until: int, rules: CartRules) -> list[dict
             continue
         accepted.append(episode.deadline)
         decisions.append(decision)
-    return decisions
+    return decisions, keys
 
 
 def advance(state: dict, customer: str, until: int, rules: CartRules,
@@ -313,7 +340,8 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     out: list[dict] = []
     if judged is None or until > judged or state.get("stale"):
         until = until if judged is None else max(until, judged)  # never less than before
-        out += _reconcile(state, judge(state, customer, until, rules), stream_time, rules)
+        decisions, judged_carts = judge(state, customer, until, rules)
+        out += _reconcile(state, decisions, judged_carts, stream_time, rules)
         state["judged"] = until
         state.pop("stale", None)
     out += _resolutions(state, until, rules)
@@ -321,7 +349,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     return out
 
 
-def _reconcile(state: dict, decisions: list[dict], stream_time: int,
+def _reconcile(state: dict, decisions: list[dict], judged_carts: set[str], stream_time: int,
                rules: CartRules) -> list[dict]:
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     out: list[dict] = []
@@ -348,8 +376,9 @@ def _reconcile(state: dict, decisions: list[dict], stream_time: int,
         matched.append(record)
         out.append(dict(record))
     for alert in state["alerts"]:
-        if any(alert is m for m in matched) or kept.isdisjoint(alert["evidence"]):
-            continue  # standing, or judged from touches no longer kept: final
+        if any(alert is m for m in matched) or kept.isdisjoint(alert["evidence"]) \
+                or alert["cart_id"] not in judged_carts:
+            continue  # standing, judged from touches no longer kept, or its cart unchanged
         if alert["status"] == OPEN and not alert["resolved"]:
             # Sent, and the touches no longer give it: a purchase in time that came late, or
             # a cart emptied. Never taken back: resolved, saying why.
@@ -422,7 +451,13 @@ def _due_at(state: dict, rules: CartRules) -> int | None:
     if state.get("stale"):
         return state["stale"]
     times = []
+    nexts = state.get("next", {})
+    fresh = state.get("fresh", ["*"])
     for key in state["carts"]:
+        if key in nexts and "*" not in fresh and key not in fresh:
+            if nexts[key] is not None:
+                times.append(nexts[key])
+            continue
         pending = [_stands_at(e) + rules.lateness_ms for e in _cart_episodes(state, key, rules)]
         pending = [at for at in pending if judged is None or at >= judged]
         if pending:
@@ -489,6 +524,8 @@ def _forget(state: dict, rules: CartRules) -> None:
     state["purchases"] = [p for p in state["purchases"] if p[0] >= cut - rules.claim_ms]
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]
+    if "next" in state:
+        state["next"] = {k: v for k, v in state["next"].items() if k in state["carts"]}
     _forget_alerts(state, cut, rules, kept)
 
 

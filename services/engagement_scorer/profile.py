@@ -43,9 +43,12 @@ def decayed_add(anchor: list | None, w: float, t: int, half_life_ms: float) -> l
 
 
 def decayed_value(anchor: list | None, at: int, half_life_ms: float) -> float:
+    """The sum at `at`, from its anchor. Before the anchor (a decision about the past, from
+    touches that came late) it is the anchor's value: the sum does not grow backwards (over
+    decades it would overflow a float)."""
     if anchor is None:
         return 0.0
-    return anchor[0] * 2.0 ** (-(at - anchor[1]) / half_life_ms)
+    return anchor[0] * 2.0 ** (-max(0, at - anchor[1]) / half_life_ms)
 
 
 def apply(state: dict, touch: list, weights: Weights) -> bool:

@@ -112,6 +112,10 @@ def _validate(event: object, enrich: Enrichment) -> dict:
         else received_at - (sent_at - occurred_at)
     if event_time == occurred_at and occurred_at > received_at + MAX_FUTURE_MS:
         raise _Invalid("invalid_value", "occurred_at", "more than 24 h in the future")
+    if not 0 <= event_time <= received_at + MAX_FUTURE_MS:  # sent_at before occurred_at...
+        raise _Invalid("invalid_value", "sent_at",
+                       f"occurred_at corrected by sent_at ({event_time} ms) is "
+                       + ("before 1970" if event_time < 0 else "more than 24 h in the future"))
     properties = _flat_map(event, "properties")
     for key in enrich.pii_properties:
         if key in properties:

@@ -205,3 +205,12 @@ def test_an_erased_customer_is_forgotten_and_starts_again() -> None:
     assert scored.erased == ["C1"] and "c:C2" in store
     (again,) = scored.profiles
     assert again["purchase_count"] == 1 and again["total_revenue"] == 50.0  # not 2, 100
+
+
+def test_a_score_asked_for_long_before_its_anchor_does_not_overflow() -> None:
+    # A decision about 1997 from a purchase log imported behind live touches of 2026.
+    from services.engagement_scorer.profile import decayed_value
+
+    anchor = [12.5, 1_790_000_000_000]  # 2026
+    assert decayed_value(anchor, 852_076_800_000, 14 * 86_400_000) == 12.5  # 1997
+    assert decayed_value(anchor, anchor[1] + 14 * 86_400_000, 14 * 86_400_000) == 6.25

@@ -352,3 +352,11 @@ def test_import_inputs_are_files_directories_and_gzip(tmp_path) -> None:
     assert line == 2 and row == {"event_id": "r1", "channel": "pos"}
     with pytest.raises(KizunaError, match="no such file"):
         input_files([tmp_path / "nope.jsonl"])
+
+
+def test_a_sent_at_that_would_move_an_event_out_of_range_is_refused() -> None:
+    # Sent 53 years "before" it happened: the correction would put it in 2077.
+    future = validate(event(occurred_at="2024-03-13T10:23:32Z", sent_at="1971-03-13T10:23:32Z"),
+                      ENRICH)
+    assert isinstance(future, Rejection) and future.field == "sent_at"
+    assert "future" in future.detail
