@@ -30,7 +30,7 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from services.common.clickhouse import QueryError
+from services.common.clickhouse import QueryError, connect
 from services.common.settings import Settings, WarehouseSettings, load
 
 #: Settings a client may choose for its query (they shape the output or limit the work):
@@ -180,20 +180,10 @@ def _first_line(exc: Exception) -> str:
 
 def analyst_client(settings: Settings) -> Client:
     """A client of the ClickHouse server as the analyst user (KIZUNA_ANALYST_USER), whose
-    grants are SELECT on the Kizuna databases only (`ensure_server_user`)."""
-    import clickhouse_connect
-
-    from services.common.clickhouse import UnreachableError
-
+    grants are SELECT on the Kizuna databases only (`ensure_server_user`); the user is made
+    readonly=1 by the server."""
     warehouse = load(WarehouseSettings)
-    try:
-        return clickhouse_connect.get_client(
-            dsn=settings.clickhouse_url, username=warehouse.analyst_user,
-            password=analyst_password(warehouse), connect_timeout=5,
-            send_receive_timeout=300, settings={"readonly": 1})
-    except ClickHouseError as exc:
-        raise UnreachableError(f"cannot query ClickHouse as {warehouse.analyst_user!r}: "
-                               f"{_first_line(exc)}") from None
+    return connect(settings, user=(warehouse.analyst_user, analyst_password(warehouse)))
 
 
 def ensure_server_user(client: Client, settings: WarehouseSettings) -> None:

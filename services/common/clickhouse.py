@@ -36,10 +36,12 @@ class QueryError(KizunaError):
     """ClickHouse refused a query (syntax, unknown table, readonly...)."""
 
 
-def connect(settings: Settings, *, readonly: bool = False) -> Client:
+def connect(settings: Settings, *, readonly: bool = False,
+            user: tuple[str, str] | None = None) -> Client:
     """Open the configured ClickHouse, or raise one clear error line.
 
     A `readonly` client can only read, whatever SQL it is given: ClickHouse enforces it.
+    `user` (name, password) logs in to a server as that user instead of the URL's.
     """
     url = settings.clickhouse_url
     # clickhouse-connect pins urllib3's logger to WARNING on import; its retry warnings repeat
@@ -52,9 +54,10 @@ def connect(settings: Settings, *, readonly: bool = False) -> Client:
             if readonly:  # each chdb client is its own session
                 client.command(f"SET readonly = {READONLY['readonly']}")
             return client
+        credentials = dict(username=user[0], password=user[1]) if user else {}
         return clickhouse_connect.get_client(
             dsn=url, connect_timeout=5, send_receive_timeout=300,
-            settings=dict(READONLY) if readonly else None)
+            settings=dict(READONLY) if readonly else None, **credentials)
     except ClickHouseError as exc:
         message = str(exc).splitlines()[0]
         if settings.embedded_clickhouse:
@@ -64,8 +67,9 @@ def connect(settings: Settings, *, readonly: bool = False) -> Client:
                 "warehouse?) may hold it: use `kizuna query` or stop it with `kizuna down`"
             ) from None
         errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+        as_user = f" as {user[0]!r}" if user else ""
         raise UnreachableError(
-            f"cannot reach ClickHouse at {mask_url(url)} (KIZUNA_CLICKHOUSE_URL): "
+            f"cannot reach ClickHouse{as_user} at {mask_url(url)} (KIZUNA_CLICKHOUSE_URL): "
             f"{errno[1].strip() if errno else message[:200]}; is the server running?"
         ) from None
 
