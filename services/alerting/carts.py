@@ -279,6 +279,9 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
     nexts = state.setdefault("next", {})
     keys = {key for key in state["carts"] if "*" in fresh or key in fresh
             or key not in nexts or (nexts[key] is not None and nexts[key] < until)}
+    if keys:  # historical decisions are formed again with them: they share the cap
+        keys |= {a["cart_id"] or IMPLICIT for a in state["alerts"]
+                 if a["status"] == HISTORICAL and (a["cart_id"] or IMPLICIT) in state["carts"]}
     ended = []
     for key in keys:
         pending = None
@@ -291,19 +294,14 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
                 ended.append(episode)
         nexts[key] = pending
     state["fresh"] = []
-    # The alerts decided before stand in the cap (a sent one whatever the touches say now; a
-    # historical one whose touches are forgotten, as decided)
-    sent = [a for a in state["alerts"] if a["status"] != WITHDRAWN]
-    accepted: list[int] = list(state["sent"])  # alerts whose records are forgotten
-    decisions = []
-    capped = state.setdefault("capped_ids", [])
     # In the order the decisions stand in event time: a cart from a device's history, claimed
     # at a later login, stands at the login (it was not the customer's before), so a cart of
     # their own judged meanwhile comes first in the cap, however the two arrived.
+    candidates = []
     for episode in sorted(ended, key=lambda e: (_stands_at(e), e.deadline, e.cart)):
         items = episode.items or {}
         moved = [x[MOVED_AT] for x in episode.touches if x[MOVED_AT] is not None]
-        decision = {
+        candidates.append((episode, {
             "alert_id": alert_id(customer, episode.cart, episode.touches[0][EVENT_ID]),
             "cart_id": episode.cart, "detected_at": episode.deadline,
             "evidence": list(dict.fromkeys(x[EVENT_ID] for x in episode.touches)),
@@ -311,7 +309,17 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
             "value": round(sum(q * (price or 0.0) for q, price in items.values()), 2),
             "currency": episode.currency, "moved_at": max(moved) if moved else None,
             "start": episode.touches[0][T],
-        }
+        }))
+    # The alerts decided before stand in the cap: a sent one whatever the touches say now,
+    # and a historical one as decided, unless its episode is judged again here: then it
+    # takes its place in the order above, as if its touches had come in order (a claimed
+    # cart decided before a cart of the customer's own that came later gives way to it).
+    sent = [a for a in state["alerts"] if a["status"] != WITHDRAWN and not (
+        a["status"] == HISTORICAL and any(_same(a, d) for _, d in candidates))]
+    accepted: list[int] = list(state["sent"])  # alerts whose records are forgotten
+    decisions = []
+    capped = state.setdefault("capped_ids", [])
+    for episode, decision in candidates:
         itself = next((a for a in sent if _same(a, decision)), None)
         others = accepted + [a["detected_at"] for a in sent if a is not itself]
         # Within the cap of an alert before or after it: a device's cart claimed at login can

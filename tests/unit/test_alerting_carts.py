@@ -420,6 +420,31 @@ def test_a_backfill_in_event_time_gives_the_decisions_of_the_touches_at_once() -
             {k: [v[f] for f in key] for k, v in whole.items()}
 
 
+def test_a_claimed_cart_decided_first_gives_way_to_an_own_cart_that_stands_before_it() -> None:
+    # History far behind event time: a device's cart (day 0) claimed at a login on day 2 came
+    # first, the customer's own cart of 12:00 after it (the sessionizer held it for the
+    # device's history). The claimed cart stands at the login, so the own cart is the one
+    # within the cap that is decided, and the claimed one, recorded first, is withdrawn:
+    # as when both come at once, or in event-time order.
+    day = 24 * 60
+    login = T0 + 2 * day * MIN
+    claimed = [CartTouch(T0 + m * MIN, f"d{m}", "cart_add", "web", "KD", "P1", 1, 10.0, "EUR",
+                         login) for m in (0, 3)]
+    own = [touch(10, day // 2, cart="KC"), touch(11, day // 2 + 5, cart="KC")]
+    now = T0 + 400 * day * MIN
+    state, latest = new_state(), {}
+    for batch in (claimed, own):
+        for x in batch:
+            add(state, x)
+        for record in advance(state, "C1", now, RULES):
+            latest[record["alert_id"]] = record
+    standing = [(r["cart_id"], r["status"]) for r in latest.values()
+                if r["status"] != "withdrawn"]
+    assert standing == [("KC", "historical")]
+    assert [(r["cart_id"], r["status"]) for r in at_once(claimed + own, now, now)] == \
+        [("KC", "historical")]
+
+
 def test_old_carts_are_forgotten_with_what_they_still_hold() -> None:
     # Two carts: K1 alerted on day 0 and still holding its item, K2 active on day 20. K1's
     # touches are forgotten (8 days), and it remembers what it holds: a view of it on day 21
