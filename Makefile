@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse chaos order-check fuzz
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos order-check fuzz
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,9 @@ fuzz: setup  ## the whole pipeline fuzzed with hypothesis, long run (its own sta
 
 order-check: setup  ## import order independence at full size: 5,000 customers, 90 days, 5 orders
 	KIZUNA_ORDER_CUSTOMERS=5000 KIZUNA_ORDER_DAYS=90 $(BIN)/pytest -q tests/integration/test_bounded_input.py
+
+bench-framing: setup  ## Confluent wire format vs Avro single-object encoding: µs per value
+	$(BIN)/python -m benchmarks.framing
 
 bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
 	$(BIN)/python -m benchmarks.warehouse

@@ -100,123 +100,139 @@ def pure(n: int, profiles: int) -> None:
 
 
 def through_kafka(stage: str, n: int, profiles: int, profile_to: str | None = None,
-                  batch: int = 1, realistic: bool = False) -> None:
+                  batch: int = 1, realistic: bool = False,
+                  framings: tuple[str, ...] = ("confluent",)) -> None:
+    """One worker on a filled input topic, once per framing, on one stack: `confluent` (the
+    values and the stage's outputs in Confluent's wire format, the local schema registry) or
+    `single-object` (`KIZUNA_SCHEMA_REGISTRY_URL=none`)."""
+    from tests.conftest import kizuna, stack_env
+
+    home = Path(tempfile.mkdtemp(prefix="kz-", dir="/tmp"))
+    env = stack_env(home)
+    try:
+        kizuna(env, "up")
+        data = generated_records(n) if realistic else records(n, profiles)
+        for i, framing in enumerate(framings):
+            _one_worker(stage, env, f"bench{i}.", framing, data, realistic, profiles,
+                        profile_to, batch)
+    finally:
+        kizuna(env, "down", check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _one_worker(stage: str, env: dict, prefix: str, framing: str, data: list[dict],
+                realistic: bool, profiles: int, profile_to: str | None, batch: int) -> None:
     from aiokafka.partitioner import murmur2
     from confluent_kafka import Producer
 
     from services.common.kafka import ensure_topics, group_lag
-    from services.common.serde import TOUCHPOINT, default_serde
+    from services.common.schema_registry import register, serde_for
+    from services.common.serde import TOUCHPOINT
     from services.common.settings import Settings, load
     from services.common.topics import PUBLIC_TOPICS, TOUCHPOINTS_RAW
     from services.ingest.importer import PartitionBatcher
     from services.localstack.registry import readyz_ok
     from services.sessionizer.app import ATTRIBUTED
     from services.sessionizer.processor import touch_of
-    from tests.conftest import free_ports, kizuna, stack_env
+    from tests.conftest import free_ports
 
-    home = Path(tempfile.mkdtemp(prefix="kz-", dir="/tmp"))
-    env = stack_env(home)
+    port = str(free_ports(1)[0])
+    bench = {**env, "KIZUNA_TOPIC_PREFIX": prefix, "KIZUNA_SESSIONIZER_PORT": port,
+             "KIZUNA_SCORER_PORT": port}
+    if framing == "single-object":
+        bench["KIZUNA_SCHEMA_REGISTRY_URL"] = "none"
+    settings = load(Settings, bench)
+    ensure_topics(settings, (*PUBLIC_TOPICS, ATTRIBUTED))
+    if settings.schema_registry:
+        register(settings)  # the stages write with the registry's ids
+    serde = serde_for(settings)  # the input in the framing measured
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "partitioner": "murmur2_random", "linger.ms": 20,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 1000000})
+
+    def produce(topic: str, value: bytes, key: bytes | None, partition: int = -1,
+                headers: dict | None = None) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, partition, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    n = len(data)
+    if stage == "sessionizer":
+        source = TOUCHPOINTS_RAW.name(prefix)
+        batcher = PartitionBatcher(
+            serde, source, settings.partitions,
+            lambda topic, value, key, _n, partition=-1, headers=None: produce(
+                topic, value, key, partition, headers), size=batch)
+        for r in data:
+            if not realistic:
+                r.update(occurred_at=r["event_time"], sent_at=None,
+                         received_at=r["event_time"], source="bench", properties={},
+                         context={}, commerce={
+                             "cart_id": None, "order_id": None, "product_id": None,
+                             "quantity": None, "unit_price": None, "value": 10.0,
+                             "currency": None})
+            if batch > 1:  # as `kizuna import` writes
+                batcher.add(r)
+            else:  # as the HTTP collector writes
+                produce(source, serde.encode(TOUCHPOINT, r),
+                        (r["customer_id"] or r["anonymous_id"]).encode())
+        batcher.flush()
+    else:
+        source = ATTRIBUTED.name(prefix)
+        chunks: list[dict] = [{} for _ in range(settings.partitions)]
+        sizes = [0] * settings.partitions
+        for r in data:
+            customer = r["customer_id"] or r["anonymous_id"]
+            p = (murmur2(customer.encode()) & 0x7FFFFFFF) % settings.partitions
+            chunks[p].setdefault(customer, []).append(touch_of(r))
+            sizes[p] += 1
+            if sizes[p] == 500:
+                produce(source, json.dumps({"t": r["event_time"], "c": chunks[p]}).encode(),
+                        None, p)
+                chunks[p], sizes[p] = {}, 0
+        for p, chunk in enumerate(chunks):
+            if chunk:
+                produce(source, json.dumps({"t": data[-1]["event_time"], "c": chunk})
+                        .encode(), None, p)
+    producer.flush(60)
+    messages = sum(high for _, high in _watermarks(settings, source))
+    worker_log = Path("out") / f"bench-{stage}-worker.log"  # kept for a look afterwards
+    worker_log.parent.mkdir(exist_ok=True)
+    profile = ["-m", "cProfile", "-o", profile_to] if profile_to else []
+    worker = subprocess.Popen([sys.executable, *profile, "-m", f"services.{stage}"],
+                              env=bench,
+                              stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))  # noqa: SIM115
+    proc = psutil.Process(worker.pid)
+    deadline = time.monotonic() + 600
+    while not readyz_ok(port):  # started, partitions assigned, state recovered
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise SystemExit(f"{stage} did not become ready")
+        time.sleep(0.05)
+    first, cpu0 = time.monotonic(), sum(proc.cpu_times()[:2])
+    while time.monotonic() < deadline:
+        lag = group_lag(settings, f"{prefix}{stage}", [source])
+        now = time.monotonic()
+        if lag == 0:  # committed offsets lag processing by up to 1 s (commit interval)
+            break
+        time.sleep(0.2)
+    else:
+        raise SystemExit(f"{stage} did not catch up: lag {lag}")
+    cpu = sum(proc.cpu_times()[:2]) - cpu0
+    rss = proc.memory_info().rss / 2**20
+    wall = now - first
+    print(f"kafka {stage} ({framing}): {n} events in {messages} messages, "
+          f"{'generated customers' if realistic else f'{profiles} profiles'}, "
+          f"{settings.partitions} partitions, one worker: {n / wall:,.0f} events/s, "
+          f"{cpu / n * 1e6:.0f} us CPU/event, RSS {rss:.0f} MiB", flush=True)
+    worker.terminate()
     try:
-        kizuna(env, "up")
-        port = str(free_ports(1)[0])
-        bench = {**env, "KIZUNA_TOPIC_PREFIX": "bench.", "KIZUNA_SESSIONIZER_PORT": port,
-                 "KIZUNA_SCORER_PORT": port}
-        settings = load(Settings, bench)
-        ensure_topics(settings, (*PUBLIC_TOPICS, ATTRIBUTED))
-        serde = default_serde()
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
-                             "partitioner": "murmur2_random", "linger.ms": 20,
-                             "compression.type": "lz4", "queue.buffering.max.messages": 1000000})
-
-        def produce(topic: str, value: bytes, key: bytes | None, partition: int = -1,
-                    headers: dict | None = None) -> None:
-            while True:
-                try:
-                    producer.produce(topic, value, key, partition, headers=headers)
-                    return
-                except BufferError:
-                    producer.poll(0.1)
-
-        data = generated_records(n) if realistic else records(n, profiles)
-        n = len(data)
-        if stage == "sessionizer":
-            source = TOUCHPOINTS_RAW.name("bench.")
-            batcher = PartitionBatcher(
-                source, settings.partitions,
-                lambda topic, value, key, _n, partition=-1, headers=None: produce(
-                    topic, value, key, partition, headers), size=batch)
-            for r in data:
-                if not realistic:
-                    r.update(occurred_at=r["event_time"], sent_at=None,
-                             received_at=r["event_time"], source="bench", properties={},
-                             context={}, commerce={
-                                 "cart_id": None, "order_id": None, "product_id": None,
-                                 "quantity": None, "unit_price": None, "value": 10.0,
-                                 "currency": None})
-                if batch > 1:  # as `kizuna import` writes
-                    batcher.add(r)
-                else:  # as the HTTP collector writes
-                    produce(source, serde.encode(TOUCHPOINT, r),
-                            (r["customer_id"] or r["anonymous_id"]).encode())
-            batcher.flush()
-        else:
-            source = ATTRIBUTED.name("bench.")
-            chunks: list[dict] = [{} for _ in range(settings.partitions)]
-            sizes = [0] * settings.partitions
-            for r in data:
-                customer = r["customer_id"] or r["anonymous_id"]
-                p = (murmur2(customer.encode()) & 0x7FFFFFFF) % settings.partitions
-                chunks[p].setdefault(customer, []).append(touch_of(r))
-                sizes[p] += 1
-                if sizes[p] == 500:
-                    produce(source, json.dumps({"t": r["event_time"], "c": chunks[p]}).encode(),
-                            None, p)
-                    chunks[p], sizes[p] = {}, 0
-            for p, chunk in enumerate(chunks):
-                if chunk:
-                    produce(source, json.dumps({"t": data[-1]["event_time"], "c": chunk})
-                            .encode(), None, p)
-        producer.flush(60)
-        messages = sum(high for _, high in _watermarks(settings, source))
-        worker_log = Path("out") / f"bench-{stage}-worker.log"  # kept for a look afterwards
-        worker_log.parent.mkdir(exist_ok=True)
-        profile = ["-m", "cProfile", "-o", profile_to] if profile_to else []
-        worker = subprocess.Popen([sys.executable, *profile, "-m", f"services.{stage}"],
-                                  env=bench,
-                                  stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))  # noqa: SIM115
-        proc = psutil.Process(worker.pid)
-        deadline = time.monotonic() + 600
-        while not readyz_ok(port):  # started, partitions assigned, state recovered
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise SystemExit(f"{stage} did not become ready")
-            time.sleep(0.05)
-        first, cpu0 = time.monotonic(), sum(proc.cpu_times()[:2])
-        while time.monotonic() < deadline:
-            lag = group_lag(settings, f"bench.{stage}", [source])
-            now = time.monotonic()
-            if lag == 0:  # committed offsets lag processing by up to 1 s (commit interval)
-                break
-            time.sleep(0.2)
-        else:
-            raise SystemExit(f"{stage} did not catch up: lag {lag}")
-        cpu = sum(proc.cpu_times()[:2]) - cpu0
-        rss = proc.memory_info().rss / 2**20
-        wall = now - first
-        print(f"kafka {stage}: {n} events in {messages} messages, "
-              f"{'generated customers' if realistic else f'{profiles} profiles'}, "
-              f"{settings.partitions} partitions, one worker: {n / wall:,.0f} events/s, "
-              f"{cpu / n * 1e6:.0f} us CPU/event, RSS {rss:.0f} MiB", flush=True)
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            print(f"note: {stage} took over 30 s to stop on SIGTERM; killed", flush=True)
-            worker.kill()
-    finally:
-        kizuna(env, "down", check=False)
-        shutil.rmtree(home, ignore_errors=True)
-
-
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        print(f"note: {stage} took over 30 s to stop on SIGTERM; killed", flush=True)
+        worker.kill()
 
 
 def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
@@ -267,12 +283,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="sessionizer: touchpoints per raw message (1: as the collector "
                              "writes; 500: as kizuna import writes)")
+    parser.add_argument("--framing", choices=["confluent", "single-object", "both"],
+                        default="confluent",
+                        help="on Kafka: Confluent's wire format with the local schema registry, "
+                             "Avro single-object encoding, or both in one run")
     args = parser.parse_args()
     if args.only != "kafka":
         (pure if args.stage == "sessionizer" else pure_scorer)(args.events, args.profiles)
     if args.only != "pure":
+        framings = ("confluent", "single-object") if args.framing == "both" else (args.framing,)
         through_kafka(args.stage, args.events, args.profiles, args.profile, args.batch,
-                      args.generated)
+                      args.generated, framings)
 
 
 if __name__ == "__main__":

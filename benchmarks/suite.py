@@ -46,6 +46,7 @@ from benchmarks import ingest as collector_bench
 from benchmarks.stages import generated_records
 from benchmarks.warehouse import pipeline_outputs
 from services.common.kafka import ensure_topics
+from services.common.schema_registry import register, serde_for
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
 from services.common.settings import Settings, load
 from services.common.topics import (
@@ -170,6 +171,7 @@ class Bench:
     def stage_env(self, prefix: str, **extra: str) -> dict[str, str]:
         env = {**self.env, "KIZUNA_TOPIC_PREFIX": prefix, **extra}
         ensure_topics(load(Settings, env), (*PUBLIC_TOPICS, ATTRIBUTED, HANDOFF))
+        register(load(Settings, env))  # the stages write with the registry's ids
         return env
 
     def worker(self, module: str, env: dict[str, str], port_env: str,
@@ -211,7 +213,7 @@ def single_messages(records: list[dict], topic: str) -> list[Message]:
 def batch_messages(records: list[dict], topic: str, partitions: int) -> list[Message]:
     """touchpoint_batch messages of 500 per partition: as `kizuna import` writes."""
     out: list[Message] = []
-    batcher = PartitionBatcher(topic, partitions, lambda t, v, k, _n, partition=-1,
+    batcher = PartitionBatcher(default_serde(), topic, partitions, lambda t, v, k, _n, partition=-1,
                                headers=None: out.append((t, v, k, partition, headers)), size=500)
     for r in records:
         batcher.add(r)
@@ -483,7 +485,7 @@ def end_to_end_live(b: Bench) -> None:
             time.sleep(0.25)
 
     def read_alerts() -> None:
-        serde = default_serde()
+        serde = serde_for(settings)
         consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench",
                              "enable.auto.commit": False})
         topics = [t.name(settings.topic_prefix) for t in (ALERTS_CART_ABANDONMENT,

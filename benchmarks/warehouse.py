@@ -3,7 +3,8 @@
 Realistic rows: the demo generator's customers run through the pure sessionizer, scorer and
 alerting, and every output is encoded as on Kafka (Avro). Per table, two figures:
 
-1. decode: Avro messages -> rows, as the loader builds them (pure Python);
+1. decode: Avro messages -> rows, as the loader builds them (pure Python), in Confluent's wire
+   format and in single-object encoding (median of 3 each);
 2. insert: rows -> a fresh embedded ClickHouse (chdb via clickhouse-connect), in batches of
    20,000 like the loader's, median of 3 runs into fresh tables.
 """
@@ -79,7 +80,14 @@ def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[di
 
 
 def measure(n: int) -> dict:
-    serde = default_serde()
+    from benchmarks.framing import MemoryRegistry
+    from services.common.serde import SCHEMAS_DIR, AvroSerde, read_schema_files
+
+    schemas = read_schema_files(SCHEMAS_DIR)
+    # the loader's decode in both framings; the registry in memory (a real one is asked once
+    # per schema id and process, never per value)
+    serdes = {"confluent": AvroSerde(schemas, registry=MemoryRegistry()),
+              "single-object": default_serde()}
     builders = {table: (build, columns) for _, table, build, columns in loader.LOADS.values()}
     results = {}
     home = Path(tempfile.mkdtemp(prefix="kz-bench-wh-"))
@@ -93,11 +101,16 @@ def measure(n: int) -> dict:
     apply_migrations(client, settings)
     try:
         for table, (schema, records) in outputs(n).items():
-            messages = [serde.encode(schema, r) for r in records]
             build, columns = builders[table]
-            started = time.perf_counter()
-            rows = [build(serde.decode(schema, m)) for m in messages]
-            decode_s = time.perf_counter() - started
+            decode = {}
+            for framing, serde in serdes.items():
+                messages = [serde.encode(schema, r) for r in records]
+                runs = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    rows = [build(serde.decode(schema, m)) for m in messages]
+                    runs.append(time.perf_counter() - started)
+                decode[framing] = round(len(rows) / statistics.median(runs))
             runs = []
             for _ in range(3):
                 client.command(f"TRUNCATE TABLE {settings.store_database}.{table}")
@@ -107,12 +120,14 @@ def measure(n: int) -> dict:
                                   column_names=columns)
                 runs.append(time.perf_counter() - started)
             insert_s = statistics.median(runs)
-            results[table] = {"rows": len(rows), "decode_rows_per_s": round(len(rows) / decode_s),
+            results[table] = {"rows": len(rows), "decode_rows_per_s": decode["confluent"],
+                              "decode_rows_per_s_single_object": decode["single-object"],
                               "insert_rows_per_s": round(len(rows) / insert_s),
                               "insert_runs_s": [round(r, 3) for r in runs]}
             r = results[table]
-            print(f"{table:<18} {len(rows):>8} rows  decode {r['decode_rows_per_s']:>9} rows/s  "
-                  f"insert {r['insert_rows_per_s']:>9} rows/s (median of 3)", flush=True)
+            print(f"{table:<18} {len(rows):>8} rows  decode {decode['confluent']:>9} rows/s "
+                  f"(single-object {decode['single-object']:>9})  insert "
+                  f"{r['insert_rows_per_s']:>9} rows/s (medians of 3)", flush=True)
     finally:
         client.close()
         shutil.rmtree(home, ignore_errors=True)

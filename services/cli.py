@@ -17,6 +17,7 @@ from services.common.settings import (
     WarehouseSettings,
     describe,
     load,
+    mask_url,
     reveal,
 )
 
@@ -104,9 +105,15 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.kafka import ensure_topics
+    from services.common.schema_registry import register, subjects
     from services.common.topics import PUBLIC_TOPICS, partitions_for
 
     if args.action == "create":
+        if settings.schema_registry:  # first: a refused schema stops before any topic changes
+            for r in register(settings):
+                verb = "registered" if r.new_version else "exists"
+                print(f"{r.subject.name:<56} {verb:<10} schema id {r.schema_id} "
+                      f"(schemas/{r.subject.schema}.avsc)")
         for r in ensure_topics(settings):
             verb = "created" if r.created else "exists"
             print(f"{r.name:<40} {verb:<8} {r.partitions} partition(s) {r.note}".rstrip())
@@ -115,6 +122,13 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{spec.name(settings.topic_prefix):<40} key={spec.key:<12} "
                   f"partitions={partitions_for(spec, settings)} cleanup={spec.cleanup_policy}  "
                   f"{spec.doc}")
+        if settings.schema_registry:
+            print(f"schema registry {mask_url(settings.schema_registry_url)}:")
+            for subject in subjects(settings):
+                print(f"  {subject.name:<56} schemas/{subject.schema}.avsc")
+        else:
+            print("no schema registry (KIZUNA_SCHEMA_REGISTRY_URL=none): Avro single-object "
+                  "encoding")
     return 0
 
 

@@ -28,7 +28,7 @@ from services.alerting.processor import (
 from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
-from services.common.serde import ALERT, default_serde
+from services.common.serde import ALERT
 from services.common.settings import AlertingSettings, ScorerSettings, SessionizerSettings, load
 from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK, ALERTS_HISTORY
 from services.engagement_scorer.weights import DAY_MS, Weights, load_weights
@@ -72,7 +72,8 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     processor = AlertProcessor(rules, weights, parts.store, churn_rules_of(settings))
     topics = {CART: ALERTS_CART_ABANDONMENT.name(prefix), CHURN: ALERTS_CHURN_RISK.name(prefix)}
     history = ALERTS_HISTORY.name(prefix)
-    serde = default_serde()
+    serde = parts.serde
+    serde.prepare((ALERT,))
 
     fault = faults.markers(common.fault_injection, STAGE)
 

@@ -17,7 +17,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartiti
 
 from services.common.errors import KizunaError
 from services.common.kafka import client_config
-from services.common.serde import ALERT, DecodeError, default_serde
+from services.common.schema_registry import serde_for
+from services.common.serde import ALERT, DecodeError
 from services.common.settings import Settings
 from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK
 
@@ -30,7 +31,7 @@ def alerts(settings: Settings, types: list[str], from_beginning: bool,
     nothing new (never, when None)."""
     consumer = Consumer({**client_config(settings), "group.id": "kizuna-alerts-tail",
                          "enable.auto.commit": False, "enable.auto.offset.store": False})
-    serde = default_serde()
+    serde = serde_for(settings)
     try:
         metadata = consumer.list_topics(timeout=10)
         assignment = []

@@ -28,7 +28,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import isolation
 from services.common.kafka import admin_client, client_config
-from services.common.serde import DEAD_LETTER, default_serde
+from services.common.schema_registry import serde_for
+from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS_DLQ
 
@@ -412,6 +413,7 @@ class Stage:
     batch_wait: float  # seconds take_events waits to fill a batch
     forget: list[Callable[[int], None]] = field(default_factory=list)
     dead_letters: str = ""  # the dead-letter topic
+    serde: AvroSerde = field(default_factory=default_serde)  # Avro of the outputs
 
     def agent(self, handle: Callable[[int, list], None],
               split: Callable[[faust.types.EventT], list] | None = None,
@@ -492,7 +494,7 @@ class Stage:
         POISON.labels(self.name, "processing_error").inc()
         log.error("%s: record %s[%d]@%d dead-lettered as processing_error: %s", self.name,
                   m.topic, m.partition, m.offset, failure.describe())
-        self.outbox.produce(self.dead_letters, default_serde().encode(DEAD_LETTER, dead_letter(
+        self.outbox.produce(self.dead_letters, self.serde.encode(DEAD_LETTER, dead_letter(
             self.name, "processing_error", failure.describe(), value,
             (m.topic, m.partition, m.offset))))
         if unit.last:
@@ -554,7 +556,7 @@ def corrupt_state(parts: Stage, stage: str, key: str, stored: object, why: str) 
         payload = orjson.dumps({"key": key, "state": stored})
     except TypeError:
         payload = repr(stored).encode()
-    parts.outbox.produce(parts.dead_letters, default_serde().encode(DEAD_LETTER, dead_letter(
+    parts.outbox.produce(parts.dead_letters, parts.serde.encode(DEAD_LETTER, dead_letter(
         stage, "state_corrupt", f"state {key!r}: {why}", payload, None)))
 
 
@@ -585,5 +587,8 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
     outbox = Outbox(common)
     stage_store = state_store(state, store, outbox)
     STATE_KEYS.labels(name).set_function(lambda: len(stage_store.inner))
+    serde = serde_for(common)
+    serde.prepare((DEAD_LETTER,))
     return Stage(name, app, source, state, outbox, stage_store, partitions, batch_size,
-                 common.batch_wait_seconds, dead_letters=TOUCHPOINTS_DLQ.name(common.topic_prefix))
+                 common.batch_wait_seconds, dead_letters=TOUCHPOINTS_DLQ.name(common.topic_prefix),
+                 serde=serde)

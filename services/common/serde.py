@@ -1,19 +1,28 @@
-"""Avro on Kafka: the schemas in `schemas/`, framed as Avro single-object encoding.
+"""Avro on Kafka: the schemas in `schemas/`, in one of two framings.
 
-Framing (the Avro specification's "single object encoding"), for every value on a public topic:
+With a schema registry (the default), Confluent's wire format, which stock deserializers,
+Kafka Connect, ksqlDB, Flink and Spark read unchanged:
+
+    0x00 | 4-byte big-endian schema id in the registry | the Avro binary datum
+
+Without one (`KIZUNA_SCHEMA_REGISTRY_URL=none`), the Avro specification's single-object
+encoding:
 
     0xC3 0x01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
     parsing canonical form | the Avro binary datum
 
-A reader finds the writer schema by fingerprint among the current schemas and those kept in
-`schemas/history/`, and resolves it against its own (Avro schema resolution), so a new field
-with a default is read by old readers and old data by new readers.
+A reader takes both, so topics written before a switch still load. It finds the writer
+schema by id (asking the registry once for an id it has not seen) or by fingerprint among the
+current schemas and those kept in `schemas/history/`, and resolves it against its own (Avro
+schema resolution), so a new field with a default is read by old readers and old data by new
+readers.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -23,9 +32,12 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS_DIR = Path(os.environ.get("KIZUNA_SCHEMAS_DIR")
+                   or Path(__file__).resolve().parents[2] / "schemas")
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_HEADER_SIZE = 5
 
 #: Schema names (file stems in `schemas/`) of every public message.
 TOUCHPOINT = "touchpoint"
@@ -44,6 +56,23 @@ class DecodeError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class RegistryError(RuntimeError):
+    """The schema registry could not answer (unreachable, refused): nothing is wrong with the
+    record, so a stage retries rather than dead-letters it."""
+
+
+class Registry:
+    """What the serde needs of a schema registry (`services.common.schema_registry`)."""
+
+    def schema_id(self, name: str, schema: Mapping[str, Any]) -> int:
+        """The id of `schema` (schema `name`), registered by `kizuna topics create`."""
+        raise NotImplementedError
+
+    def schema(self, schema_id: int) -> dict | None:
+        """The schema with this id, or None when the registry has none."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -87,9 +116,14 @@ def _inline(node: Any, by_name: dict[str, dict], defined: set[str]) -> Any:
 
 
 class AvroSerde:
-    """Encodes and decodes the named schemas; parse once, share everywhere."""
+    """Encodes and decodes the named schemas; parse once, share everywhere.
 
-    def __init__(self, current: Mapping[str, Mapping], history: Iterable[Mapping] = ()) -> None:
+    With a `registry`, values are framed in Confluent's wire format; the id of each schema is
+    asked once, at `prepare` or at its first use."""
+
+    def __init__(self, current: Mapping[str, Mapping], history: Iterable[Mapping] = (),
+                 registry: Registry | None = None) -> None:
+        self._json = {name: dict(s) for name, s in current.items()}
         self._current = {name: Schema.from_json(name, s) for name, s in current.items()}
         self._writers: dict[bytes, Schema] = {}
         for schema in history:
@@ -97,16 +131,43 @@ class AvroSerde:
             self._writers[parsed.fingerprint] = parsed
         for schema in self._current.values():
             self._writers[schema.fingerprint] = schema
+        self._registry = registry
+        self._by_id: dict[int, Schema] = {}
+        self._missing: set[int] = set()  # ids the registry does not have: asked once
+        self._headers: dict[str, bytes] = {} if registry else {
+            name: MAGIC + schema.fingerprint for name, schema in self._current.items()}
+
+    @property
+    def confluent(self) -> bool:
+        """Whether this serde writes Confluent's wire format (it has a registry)."""
+        return self._registry is not None
 
     def schema(self, name: str) -> Schema:
         return self._current[name]
 
+    def schema_json(self, name: str) -> dict:
+        """Schema `name` as it is registered: standalone, references inlined."""
+        return self._json[name]
+
+    def prepare(self, names: Iterable[str]) -> None:
+        """Ask the registry now for the ids of the schemas this process writes, so that a
+        schema nobody registered stops it at start with a clear error, not at its first
+        record."""
+        for name in names:
+            self._header(name)
+
+    def _header(self, name: str) -> bytes:
+        header = self._headers.get(name)
+        if header is None:
+            schema_id = self._registry.schema_id(name, self._json[name])
+            self._by_id[schema_id] = self._current[name]
+            header = self._headers[name] = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+        return header
+
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
-        schema = self._current[name]
         buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(schema.fingerprint)
-        fastavro.schemaless_writer(buf, schema.parsed, record)
+        buf.write(self._headers.get(name) or self._header(name))
+        fastavro.schemaless_writer(buf, self._current[name].parsed, record)
         return buf.getvalue()
 
     def datum(self, name: str, record: Mapping[str, Any]) -> bytes:
@@ -118,21 +179,29 @@ class AvroSerde:
 
     def frame(self, name: str, datum: bytes) -> bytes:
         """A datum of schema `name` framed as a value on a topic."""
-        return MAGIC + self._current[name].fingerprint + datum
+        return (self._headers.get(name) or self._header(name)) + datum
 
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
-        """Read `data` as schema `name`, whatever compatible schema version wrote it."""
-        if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        """Read `data` as schema `name`, whatever compatible schema version wrote it, in
+        either framing."""
+        if data and data[0] == 0 and len(data) >= CONFLUENT_HEADER_SIZE:
+            schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+            writer = self._by_id.get(schema_id) or self._fetch(schema_id)
+            start = CONFLUENT_HEADER_SIZE
+        elif data and len(data) >= HEADER_SIZE and data[:2] == MAGIC:
+            writer = self._writers.get(data[2:HEADER_SIZE])
+            if writer is None:
+                raise DecodeError(
+                    "unknown_schema",
+                    f"writer schema fingerprint {data[2:HEADER_SIZE].hex()} is not in schemas/")
+            start = HEADER_SIZE
+        else:
             raise DecodeError(
-                "undecodable", "not Avro single-object encoding (missing 0xC3 0x01 header)")
-        writer = self._writers.get(data[2:HEADER_SIZE])
-        if writer is None:
-            raise DecodeError(
-                "unknown_schema",
-                f"writer schema fingerprint {data[2:HEADER_SIZE].hex()} is not in schemas/")
+                "undecodable", "neither Confluent's wire format (0x00 and a schema id) nor Avro "
+                "single-object encoding (0xC3 0x01 and a fingerprint)")
         reader = self._current[name]
         buf = io.BytesIO(data)
-        buf.seek(HEADER_SIZE)
+        buf.seek(start)
         try:
             record = fastavro.schemaless_reader(
                 buf, writer.parsed, None if writer is reader else reader.parsed)
@@ -142,6 +211,27 @@ class AvroSerde:
             raise DecodeError(
                 "undecodable", f"{name}: {len(data) - buf.tell()} trailing bytes after the datum")
         return record
+
+    def _fetch(self, schema_id: int) -> Schema:
+        """The writer schema of a registry id not seen before (one request per id)."""
+        if self._registry is None:
+            raise DecodeError(
+                "unknown_schema", f"schema id {schema_id} (Confluent's wire format), and no "
+                "schema registry is configured (KIZUNA_SCHEMA_REGISTRY_URL)")
+        found = None if schema_id in self._missing else self._registry.schema(schema_id)
+        if found is None:
+            if len(self._missing) < 10_000:
+                self._missing.add(schema_id)
+            raise DecodeError(
+                "unknown_schema", f"schema id {schema_id} is not in the schema registry")
+        try:
+            writer = Schema.from_json("registry", found)
+        except Exception as exc:  # a schema fastavro cannot parse: the record cannot be read
+            raise DecodeError(
+                "unknown_schema", f"schema id {schema_id}: {type(exc).__name__}: {exc}") from None
+        writer = self._writers.get(writer.fingerprint, writer)  # ours: the fast path
+        self._by_id[schema_id] = writer
+        return writer
 
 
 def array(items: list[bytes]) -> bytes:
@@ -161,9 +251,18 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
+def _history() -> list[dict]:
+    history_dir = SCHEMAS_DIR / "history"
+    return [json.loads(p.read_text()) for p in sorted(history_dir.glob("*.avsc"))]
+
+
 @cache
 def default_serde() -> AvroSerde:
-    """The serde of this checkout's `schemas/` (current files plus `schemas/history/`)."""
-    history_dir = SCHEMAS_DIR / "history"
-    history = [json.loads(p.read_text()) for p in sorted(history_dir.glob("*.avsc"))]
-    return AvroSerde(read_schema_files(SCHEMAS_DIR), history)
+    """The serde of this checkout's `schemas/` (current files plus `schemas/history/`),
+    without a registry: single-object encoding."""
+    return AvroSerde(read_schema_files(SCHEMAS_DIR), _history())
+
+
+def registry_serde(registry: Registry) -> AvroSerde:
+    """The serde of this checkout's `schemas/` framed with `registry`'s ids."""
+    return AvroSerde(read_schema_files(SCHEMAS_DIR), _history(), registry)

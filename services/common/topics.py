@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.serde import (
+    ALERT,
+    DEAD_LETTER,
+    ENGAGEMENT_PROFILE,
+    ERASE,
+    SESSION,
+    TOUCHPOINT,
+    TOUCHPOINT_BATCH,
+    WATERMARK,
+)
 from services.common.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -21,6 +31,10 @@ class TopicSpec:
     cleanup_policy: str = "delete"
     retention_ms: int = 7 * DAY_MS
     config: dict[str, str] = field(default_factory=dict)
+    #: The Avro schemas of its values: the first is the topic's own (registry subject
+    #: `<topic>-value`); the others are control records told apart by the `kizuna-type`
+    #: header (subject `<topic>-<record full name>`).
+    schemas: tuple[str, ...] = ()
 
     def name(self, prefix: str) -> str:
         return prefix + self.suffix
@@ -35,18 +49,22 @@ class TopicSpec:
 
 
 TOUCHPOINTS_RAW = TopicSpec(
-    "touchpoints.raw", "validated touchpoints", key="profile id", retention_ms=30 * DAY_MS)
+    "touchpoints.raw", "validated touchpoints", key="profile id", retention_ms=30 * DAY_MS,
+    schemas=(TOUCHPOINT, TOUCHPOINT_BATCH, WATERMARK, ERASE))
 TOUCHPOINTS_DLQ = TopicSpec(
     "touchpoints.dlq", "rejected input: raw bytes, reason code, stage", key="none",
-    keyed=False, retention_ms=30 * DAY_MS)
-SESSIONS = TopicSpec("sessions", "session summaries, versioned upserts", key="profile id")
+    keyed=False, retention_ms=30 * DAY_MS, schemas=(DEAD_LETTER,))
+SESSIONS = TopicSpec("sessions", "session summaries, versioned upserts", key="profile id",
+                     schemas=(SESSION,))
 ENGAGEMENT_SCORES = TopicSpec(
     # Latest state per customer: compaction keeps each customer's newest profile for rebuilds.
     "engagement.scores", "engagement, RFM and BTYD profile updates", key="customer id",
-    cleanup_policy="compact,delete", retention_ms=30 * DAY_MS)
+    cleanup_policy="compact,delete", retention_ms=30 * DAY_MS, schemas=(ENGAGEMENT_PROFILE,))
 ALERTS_CART_ABANDONMENT = TopicSpec(
-    "alerts.cart_abandonment", "cart alerts and their resolution", key="customer id")
-ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer id")
+    "alerts.cart_abandonment", "cart alerts and their resolution", key="customer id",
+    schemas=(ALERT,))
+ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer id",
+                              schemas=(ALERT,))
 
 #: Internal: alert decisions recorded for analysts and never sent (status `historical`: more
 #: than the correction horizon behind event time when made; `withdrawn`: a historical one the
@@ -54,7 +72,7 @@ ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer
 #: on it.
 ALERTS_HISTORY = TopicSpec(
     "alerting.history", "alert decisions recorded, never sent (internal)", key="customer id",
-    retention_ms=30 * DAY_MS)
+    retention_ms=30 * DAY_MS, schemas=(ALERT,))
 
 PUBLIC_TOPICS: tuple[TopicSpec, ...] = (
     TOUCHPOINTS_RAW, TOUCHPOINTS_DLQ, SESSIONS, ENGAGEMENT_SCORES,

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
-from services.common.serde import ENGAGEMENT_PROFILE, default_serde
+from services.common.serde import ENGAGEMENT_PROFILE
 from services.common.settings import ScorerSettings, load
 from services.common.topics import ENGAGEMENT_SCORES
 from services.engagement_scorer.batch import score_batch
@@ -41,7 +41,8 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
                               table="customers", port=settings.port, store=settings.store,
                               batch_size=settings.batch_size)
     scores_name = ENGAGEMENT_SCORES.name(prefix)
-    serde = default_serde()
+    serde = parts.serde
+    serde.prepare((ENGAGEMENT_PROFILE,))
 
     fault = faults.markers(common.fault_injection, STAGE)
 

@@ -27,7 +27,8 @@ from confluent_kafka import Producer
 
 from services.common.errors import KizunaError
 from services.common.kafka import check_reachable
-from services.common.serde import TOUCHPOINT, WATERMARK, default_serde
+from services.common.schema_registry import serde_for
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH, WATERMARK
 from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
 from services.ingest.collector import MessageBuilder, PartitionBatcher, partition_of
@@ -234,7 +235,8 @@ def import_paths(settings: IngestSettings, paths: list[Path], fmt: str | None,
     files = input_files(paths)
     check_reachable(settings.common)
     mapping = load_mapping(mapping_path)
-    serde = default_serde()
+    serde = serde_for(settings.common)
+    serde.prepare((TOUCHPOINT, TOUCHPOINT_BATCH, WATERMARK, DEAD_LETTER))
     messages = MessageBuilder(serde, settings.common.topic_prefix,
                               PiiRedactor(settings.pii_names, settings.pii_salt))
     producer = Producer({**producer_config(settings), "message.timeout.ms": 60000})
@@ -289,7 +291,7 @@ def import_paths(settings: IngestSettings, paths: list[Path], fmt: str | None,
         bar.show(f"read {count} events in {len(files)} file(s), {len(sorter.runs)} runs "
                  "spilled", force=True)
         report.spilled_bytes, report.runs = sorter.spilled_bytes, len(sorter.runs)
-        batcher = PartitionBatcher(raw_topic, partitions, send, size=max(1, batch))
+        batcher = PartitionBatcher(serde, raw_topic, partitions, send, size=max(1, batch))
         for done, entry in enumerate(sorter.sorted(), 1):
             batcher.add_encoded(entry.partition, entry.key, entry.datum)
             if done % 1000 == 0:
@@ -311,7 +313,7 @@ def advance_watermark(producer: Producer, settings: IngestSettings, until_ms: in
     """Move event time on to `until_ms` on every partition of the raw topic."""
     topic = TOUCHPOINTS_RAW.name(settings.common.topic_prefix)
     partitions = producer.list_topics(topic, timeout=10).topics[topic].partitions
-    value = default_serde().encode(WATERMARK, {
+    value = serde_for(settings.common).encode(WATERMARK, {
         "watermark_time": until_ms, "source": SOURCE, "issued_at": int(time.time() * 1000)})
     for partition in partitions:
         producer.produce(topic, value, None, partition=partition,

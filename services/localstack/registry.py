@@ -26,7 +26,7 @@ from services.common.settings import (
     load,
 )
 from services.ingest.keys import ensure_local_key
-from services.localstack import kafka
+from services.localstack import apicurio, kafka
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,11 @@ def ingest_command(settings: Settings) -> list[str]:
 KAFKA = Program(
     "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
     stop_wait_seconds=40)
+SCHEMA_REGISTRY = Program(
+    "schema_registry", apicurio.prepare, enabled=lambda s: s.local_schema_registry,
+    ready=apicurio.ready)
+
+
 def warehouse_command(settings: Settings) -> list[str]:
     ensure_local_password(load(WarehouseSettings))
     return python_module("services.warehouse")(settings)
@@ -110,7 +115,8 @@ ALERTING = Program(
     "alerting", python_module("services.alerting"), ready=http_ready(alerting_port),
     needs_topics=True, stop_wait_seconds=30)
 
-PROGRAMS: tuple[Program, ...] = (KAFKA, WAREHOUSE, INGEST, SESSIONIZER, SCORER, ALERTING)
+PROGRAMS: tuple[Program, ...] = (
+    KAFKA, SCHEMA_REGISTRY, WAREHOUSE, INGEST, SESSIONIZER, SCORER, ALERTING)
 
 
 def ports(settings: Settings) -> dict[str, int]:
@@ -122,6 +128,8 @@ def ports(settings: Settings) -> dict[str, int]:
              "KIZUNA_ALERTING_PORT": alerting_port(settings)}
     if settings.embedded_clickhouse:
         found["KIZUNA_CLICKHOUSE_HTTP_PORT"] = load(WarehouseSettings).clickhouse_http_port
+    if settings.local_schema_registry:
+        found["KIZUNA_SCHEMA_REGISTRY_PORT"] = settings.schema_registry_port
     if settings.local_kafka:
         found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
         found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common import schema_registry
 from services.common.errors import StackError
 from services.common.kafka import check_reachable, ensure_topics
-from services.common.settings import Settings
+from services.common.settings import Settings, mask_url
 from services.localstack import registry, supervisor
 from services.localstack.registry import Program
 
@@ -104,6 +105,11 @@ def up(settings: Settings, report: Report = print) -> None:
 
 
 def _create_topics(settings: Settings, report: Report) -> None:
+    if settings.schema_registry:
+        registered = schema_registry.register(settings)
+        new = sum(r.new_version for r in registered)
+        report(f"{'schemas':<12} {len(registered)} subjects, {new} new version(s) registered "
+               f"at {mask_url(settings.schema_registry_url)}")
     reports = ensure_topics(settings)
     created = [r.name for r in reports if r.created]
     report(f"{'topics':<12} {len(reports)} declared, {len(created)} created")

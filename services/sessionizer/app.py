@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import faust
 import orjson
@@ -29,7 +29,7 @@ from services.common.serde import (
     TOUCHPOINT,
     TOUCHPOINT_BATCH,
     WATERMARK,
-    default_serde,
+    AvroSerde,
 )
 from services.common.settings import SessionizerSettings, load
 from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW, TopicSpec
@@ -94,9 +94,9 @@ def _header(message: faust.types.Message, name: str) -> bytes | None:
 class Decoder:
     """Kafka messages to the processor's inputs; what cannot be read becomes a dead letter."""
 
-    def __init__(self, raw_topic: str) -> None:
+    def __init__(self, raw_topic: str, serde: AvroSerde) -> None:
         self.raw_topic = raw_topic
-        self.serde = default_serde()
+        self.serde = serde
 
     def item(self, message: faust.types.Message) -> object:
         origin = (message.topic, message.partition, message.offset)
@@ -127,19 +127,21 @@ def _ms(value: object) -> int:
     return value if isinstance(value, int) else int(value.timestamp() * 1000)
 
 
-def dead_letter_record(dead: DeadLetter) -> dict:
+def dead_letter_record(dead: DeadLetter, serde: AvroSerde) -> dict:
     payload = dead.payload
     if payload is None:  # one touchpoint of a batch message: keep that touchpoint alone
-        payload = default_serde().encode(TOUCHPOINT, dead.record)
+        payload = serde.encode(TOUCHPOINT, dead.record)
     return faust_stage.dead_letter(STAGE, dead.reason, dead.detail, payload, dead.origin)
 
 
-def payload_of(value: object, event: faust.types.EventT) -> bytes:
+def payload_of(serde: AvroSerde) -> Callable[[object, faust.types.EventT], bytes]:
     """What a poison record's dead letter keeps: a touchpoint alone (one of a batch message
     is encoded on its own), else the message's bytes."""
-    if isinstance(value, Touchpoint):
-        return value.payload or default_serde().encode(TOUCHPOINT, value.record)
-    return event.message.value or b""
+    def payload(value: object, event: faust.types.EventT) -> bytes:
+        if isinstance(value, Touchpoint):
+            return value.payload or serde.encode(TOUCHPOINT, value.record)
+        return event.message.value or b""
+    return payload
 
 
 def attributed_chunks(attributed: dict[str, list], limit: int = 2000) -> Iterator[dict]:
@@ -172,8 +174,9 @@ def create_app(settings: SessionizerSettings) -> faust.App:
     # Computed when scraped: the live sessions held in this worker's state.
     OPEN_SESSIONS.set_function(lambda: sum(
         len(state["emitted"]) for key, state in list(table.items()) if key[:2] in ("c:", "a:")))
-    decoder = Decoder(raw_name)
-    serde = default_serde()
+    serde = parts.serde
+    serde.prepare((SESSION, WATERMARK, TOUCHPOINT, DEAD_LETTER))
+    decoder = Decoder(raw_name, serde)
 
     def publish(out: Outputs, partition: int) -> None:
         produce = outbox.produce
@@ -205,7 +208,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             LATENESS.labels(channel).observe(behind_ms / 1000)
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
-            produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead)))
+            produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead, serde)))
         for outcome, n in out.counts.items():
             EVENTS.labels(outcome).inc(n)
 
@@ -232,7 +235,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             faust_stage.observe_latency(STAGE, newest.record["event_time"],
                                         _ms(newest.record["received_at"]))
 
-    parts.agent(handle, split, payload_of)
+    parts.agent(handle, split, payload_of(serde))
     parts.on_revoked(processor.forget_partition)
 
     if settings.tick_seconds > 0:

@@ -20,7 +20,8 @@ from confluent_kafka import Producer
 
 from services.common.errors import KizunaError
 from services.common.kafka import client_config
-from services.common.serde import ERASE, default_serde
+from services.common.schema_registry import serde_for
+from services.common.serde import ERASE
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS_RAW
 
@@ -80,7 +81,7 @@ def send_erase(settings: Settings, customer: str) -> None:
     """The erase record onto the raw topic, on the customer's partition."""
     producer = Producer({**client_config(settings), "partitioner": "murmur2_random",
                          "enable.idempotence": True})
-    value = default_serde().encode(ERASE, {"customer_id": customer,
+    value = serde_for(settings).encode(ERASE, {"customer_id": customer,
                                            "requested_at": int(time.time() * 1000)})
     producer.produce(TOUCHPOINTS_RAW.name(settings.topic_prefix), value, customer.encode(),
                      headers={"kizuna-type": ERASE})

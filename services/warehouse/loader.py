@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import Counter, Gauge
 
 from services.common.kafka import client_config
+from services.common.schema_registry import serde_for
 from services.common.serde import (
     ALERT,
     DEAD_LETTER,
@@ -25,7 +26,7 @@ from services.common.serde import (
     TOUCHPOINT,
     TOUCHPOINT_BATCH,
     DecodeError,
-    default_serde,
+    RegistryError,
 )
 from services.common.settings import Settings
 from services.common.topics import (
@@ -169,7 +170,7 @@ class Loader:
         self.batch_seconds = batch_seconds  # a batch is full at 20,000 messages or this
         self.insert = insert  # (table, rows, columns, dedup token): the warehouse's insert
         self.prefix = settings.topic_prefix
-        self.serde = default_serde()
+        self.serde = serde_for(settings)
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         config = {
@@ -191,8 +192,9 @@ class Loader:
             if not messages:
                 self.report_lag()
                 continue
-            batches = self.rows(messages)
-            if not self.insert_until_done(batches, dedup_tokens(messages, self.prefix)):
+            batches = self.rows_until_done(messages)
+            if batches is None or not self.insert_until_done(
+                    batches, dedup_tokens(messages, self.prefix)):
                 break  # stopping while ClickHouse fails: commit nothing, redelivered later
             try:
                 self.consumer.commit(asynchronous=False)
@@ -214,6 +216,21 @@ class Loader:
             LAG.set(lag)
         except KafkaException:
             pass
+
+    def rows_until_done(self, messages: list) -> dict[str, list] | None:
+        """The rows of `messages`, waiting with back-off while the schema registry cannot
+        tell a writer schema (None when asked to stop meanwhile: nothing is committed)."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                return self.rows(messages)
+            except RegistryError as exc:
+                PAUSED.set(1)
+                log.error("cannot decode without the schema registry, retrying in %.1f s: %s",
+                          delay, exc)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+        return None
 
     def rows(self, messages: list) -> dict[str, list]:
         batches: dict[str, list] = defaultdict(list)

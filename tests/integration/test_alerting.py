@@ -8,10 +8,10 @@ import json
 import pytest
 
 from services.common.clickhouse import query_rows
-from services.common.serde import ALERT, default_serde
+from services.common.serde import ALERT
 from services.common.settings import Settings, load
 from services.common.topics import ALERTS_CART_ABANDONMENT
-from tests.conftest import kizuna
+from tests.conftest import kizuna, stack_serde
 from tests.integration.test_collector import read_topic
 from tests.integration.test_sessionizer import Clock, event, run
 
@@ -74,7 +74,7 @@ def test_cart_alerts_follow_the_contract(stack, tmp_path) -> None:
     assert unsub["recommended_channel"] not in (None, "email")
 
     # On Kafka: the resolved alert went out twice (open, then resolved) under one id.
-    serde = default_serde()
+    serde = stack_serde(stack)
     topic = ALERTS_CART_ABANDONMENT.name("kizuna.")
     mine = read_topic(stack, topic, lambda m: m.key() == b"cart-late", 2)
     statuses = [serde.decode(ALERT, m.value()) for m in mine]

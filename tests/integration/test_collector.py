@@ -16,19 +16,12 @@ from confluent_kafka import Consumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.serde import (
-    DEAD_LETTER,
-    TOUCHPOINT,
-    TOUCHPOINT_BATCH,
-    WATERMARK,
-    DecodeError,
-    default_serde,
-)
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH, WATERMARK, DecodeError
 from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.ingest.keys import sign
 from services.ingest.validation import pii_hash
 from services.localstack import supervisor
-from tests.conftest import INGEST_RATE, WEBHOOK_SECRET, kizuna
+from tests.conftest import INGEST_RATE, WEBHOOK_SECRET, kizuna, stack_serde
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +102,7 @@ def touchpoints_of(serde, msg) -> list[dict]:
 
 
 def decoded_touchpoints(env, tag: str, expected: int) -> dict[str, dict]:
-    serde = default_serde()
+    serde = stack_serde(env)
 
     def ours(msg) -> int:
         return sum(r["event_id"].startswith(tag + "-") for r in touchpoints_of(serde, msg))
@@ -170,7 +163,7 @@ def test_rejected_events_reach_the_dead_letter_topic_with_reason(stack):
     assert [(r["index"], r["event_id"], r["reason"], r["field"]) for r in body["rejected"]] == [
         (1, f"{tag}-1", "invalid_value", "channel"),
         (2, f"{tag}-2", "invalid_format", "occurred_at")]
-    serde = default_serde()
+    serde = stack_serde(stack)
     def ours(m) -> bool:  # the collector's own; later stages may add theirs
         letter = serde.decode(DEAD_LETTER, m.value())
         return tag.encode() in letter["payload"] and letter["stage"] == "ingest"
@@ -240,7 +233,7 @@ def test_email_webhook_signatures(stack):
     status, answer, _ = hook(stale, sign(secret, str(stale), body))
     assert status == 401 and "stale" in answer["detail"]
     assert hook(now, sign(secret, str(now), body), provider="nobody")[0] == 404
-    serde = default_serde()
+    serde = stack_serde(stack)
     msgs = read_topic(stack, RAW, lambda m: m.headers() is None
                       and any(tag in r["event_id"] for r in touchpoints_of(serde, m)), 1)
     assert len(msgs) == 1, "only the good signature produced"
@@ -322,7 +315,7 @@ def test_import_jsonl_and_pos_csv(stack, tmp_path):
     in_kafka = decoded_touchpoints(stack, tag, 20)
     assert len(in_kafka) == 20 and all(r["source"] == "import" for r in in_kafka.values())
 
-    serde = default_serde()
+    serde = stack_serde(stack)
     marks = read_topic(stack, RAW, lambda m: m.headers() == [
         ("kizuna-type", b"watermark")] and serde.decode(WATERMARK, m.value())[
         "watermark_time"].isoformat().startswith("2024-03-14T00:00"), 4)
@@ -369,7 +362,7 @@ def test_broker_down_means_503_then_every_acknowledged_event_is_in_kafka(stack, 
         time.sleep(1)
     assert status == 202 and body["accepted"] == 10
     acknowledged = {e["event_id"]: e for e in [*first, *during]}
-    serde = default_serde()
+    serde = stack_serde(stack)
 
     def ours(m) -> int:  # a request's touchpoints come in one batch message per partition
         return sum(r["event_id"].startswith(tag + "-") for r in touchpoints_of(serde, m))

@@ -81,4 +81,7 @@ def test_topics_exist_as_declared(stack, stack_settings):
     config = admin.describe_configs([scores])[scores].result(10)
     assert config["cleanup.policy"].value == "compact,delete"
     again = kizuna(stack, "topics", "create").stdout
-    assert again.count("exists") == len(PUBLIC_TOPICS) and "created" not in again
+    topic_lines = [line for line in again.splitlines() if "partition(s)" in line]
+    assert len(topic_lines) == len(PUBLIC_TOPICS) and "created" not in again
+    assert all(" exists " in line for line in topic_lines)
+    assert "registered" not in again  # nor any new schema version

@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+import re
 import signal
 import tempfile
 import time
@@ -33,8 +34,8 @@ def one_error_line(result) -> str:
 
 def test_up_twice_then_query_lists_the_contract_tables(stack):
     before = {p["name"]: p["pid"] for p in json.loads(kizuna(stack, "status", "--json").stdout)}
-    assert set(before) == {"kafka", "warehouse", "ingest", "sessionizer", "engagement_scorer",
-                           "alerting"}
+    assert set(before) == {"kafka", "schema_registry", "warehouse", "ingest", "sessionizer",
+                           "engagement_scorer", "alerting"}
     again = kizuna(stack, "up")
     assert "0 created" in again.stdout
     after = json.loads(kizuna(stack, "status", "--json").stdout)
@@ -90,6 +91,13 @@ def test_a_second_stack_on_a_taken_port_refuses_to_start(stack):
         assert not supervisor.stack_processes(load(Settings, env))
 
 
+def schema_ids(topics_create: str) -> dict[str, tuple[str, int]]:
+    """subject -> (registered|exists, schema id), from `kizuna topics create`."""
+    found = re.findall(r"^(\S+-\S+)\s+(registered|exists)\s+schema id (\d+)", topics_create,
+                       re.MULTILINE)
+    return {subject: (verb, int(schema_id)) for subject, verb, schema_id in found}
+
+
 def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
     """A second stack beside the session's; its process runner is killed, then cleaned up."""
     with tempfile.TemporaryDirectory(prefix="kz-", dir="/tmp") as home:
@@ -112,6 +120,8 @@ def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
         assert kizuna(env, "query", LIST_TABLES, "--format", "csv").stdout.count("\n") == \
             1 + len(CONTRACT_TABLES)
         kizuna(stack, "query", "SELECT 1")  # the other stack is unaffected
+        ids = schema_ids(kizuna(env, "topics", "create").stdout)
+        assert len(ids) == 10 and all(verb == "exists" for verb, _ in ids.values())
 
         os.kill(supervisor.supervisord_pid(settings), signal.SIGKILL)
         time.sleep(0.5)
@@ -124,6 +134,8 @@ def test_side_by_side_stack_survives_a_crash_and_down_leaves_nothing(stack):
         kizuna(env, "up")
         warm = time.monotonic() - started
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans)
+        # the registry kept its schemas and ids: values already on the topics still resolve
+        assert schema_ids(kizuna(env, "topics", "create").stdout) == ids
         kizuna(env, "down")
         assert supervisor.stack_processes(settings) == []
         assert kizuna(env, "down").stdout.strip() == "nothing running"

@@ -11,10 +11,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from services.common.clickhouse import query_rows
-from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, default_serde
+from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION
 from services.common.settings import Settings, load
 from services.ingest.validation import Enrichment, Rejection, validate
-from tests.conftest import kizuna
+from tests.conftest import kizuna, stack_serde
 from tests.integration.test_sessionizer import Clock, event, run
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def life(who: str, device: str, t0: dt.datetime, n: int) -> list[dict]:
 
 def topic_latest(env: dict, topic: str, schema: str, prefix: str, id_field: str) -> dict:
     """The highest version of each record on `topic` whose key starts with `prefix`."""
-    serde = default_serde()
+    serde = stack_serde(env)
     latest: dict[str, dict] = {}
     for msg in all_messages(env, topic):
         if msg.value() is None or not (msg.key() or b"").decode().startswith(prefix):

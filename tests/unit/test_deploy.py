@@ -8,12 +8,13 @@ from pathlib import Path
 import yaml
 
 from services.cli import build_parser
+from services.localstack.apicurio import VERSION as APICURIO_VERSION
 from services.localstack.kafka import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OFFICIAL_IMAGES = ("apache/kafka", "clickhouse/clickhouse-server", "prom/prometheus",
-                   "grafana/grafana")
+                   "grafana/grafana", "apicurio/apicurio-registry")
 
 
 def compose() -> dict:
@@ -49,6 +50,10 @@ def test_every_compose_service_exists():
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{name}: {source} missing"
     assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    # the registry the local stack runs, and the stages point at it
+    assert services["schema-registry"]["image"].endswith(f":{APICURIO_VERSION}")
+    assert services["warehouse"]["environment"]["KIZUNA_SCHEMA_REGISTRY_URL"].startswith(
+        "http://schema-registry:8080/")
 
 
 def test_prometheus_scrapes_compose_services_on_their_ports():

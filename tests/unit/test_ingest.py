@@ -209,7 +209,7 @@ def test_bulk_imports_pack_each_partitions_touchpoints_in_order():
 
     serde = default_serde()
     sent = []
-    batcher = PartitionBatcher("raw", 4, lambda *args, **kw: sent.append((args, kw)), size=3)
+    batcher = PartitionBatcher(serde, "raw", 4, lambda *args, **kw: sent.append((args, kw)), size=3)
     records = [validate({"event_id": f"e{i}", "event_type": "page_view", "channel": "web",
                          "occurred_at": 1_710_000_000_000 + i, "customer_id": f"C{i % 5}"},
                         Enrichment("import", 1_710_000_000_000)) for i in range(20)]

@@ -1,7 +1,10 @@
 import datetime as dt
+import io
 import json
 
+import fastavro
 import pytest
+from fastavro.schema import parse_schema
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +21,8 @@ from services.common.serde import (
     WATERMARK,
     AvroSerde,
     DecodeError,
+    Registry,
+    RegistryError,
     default_serde,
     read_schema_files,
 )
@@ -172,3 +177,68 @@ def test_a_reader_without_the_writer_schema_says_so():
     with pytest.raises(DecodeError) as err:
         AvroSerde({"thing": V1}).decode("thing", data)
     assert err.value.reason == "unknown_schema"
+
+
+class FakeRegistry(Registry):
+    """A registry in memory: ids in registration order, counting what it is asked."""
+
+    def __init__(self) -> None:
+        self.schemas: list[dict] = []
+        self.asked: list[int] = []
+        self.down = False
+
+    def add(self, schema: dict) -> int:
+        self.schemas.append(schema)
+        return len(self.schemas)
+
+    def schema_id(self, name, schema):
+        if schema not in self.schemas:
+            self.add(schema)
+        return self.schemas.index(schema) + 1
+
+    def schema(self, schema_id):
+        if self.down:
+            raise RegistryError("unreachable")
+        self.asked.append(schema_id)
+        return self.schemas[schema_id - 1] if 0 < schema_id <= len(self.schemas) else None
+
+
+def test_with_a_registry_values_carry_confluents_wire_format():
+    registry = FakeRegistry()
+    registry.add(V1)
+    serde = AvroSerde({"thing": V2}, registry=registry)
+    data = serde.encode("thing", {"id": "x", "tier": "gold"})
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") == 2  # V2, registered second
+    assert serde.decode("thing", data) == {"id": "x", "tier": "gold"}
+    assert registry.asked == []  # its own id is known from encoding
+    # a stock Avro reader of the datum after the 5-byte header
+    assert fastavro.schemaless_reader(io.BytesIO(data[5:]), parse_schema(V2), None) == \
+        {"id": "x", "tier": "gold"}
+
+
+def test_a_registry_reader_takes_old_ids_and_single_object_encoding():
+    registry = FakeRegistry()
+    old_id = registry.add(V1)
+    reader = AvroSerde({"thing": V2}, registry=registry)
+    old = b"\x00" + old_id.to_bytes(4, "big") + AvroSerde({"thing": V1}).datum("thing", {"id": "o"})
+    assert reader.decode("thing", old) == {"id": "o", "tier": "unknown"}
+    assert reader.decode("thing", old) == {"id": "o", "tier": "unknown"}
+    assert registry.asked == [old_id]  # once per id
+    single = AvroSerde({"thing": V2}).encode("thing", {"id": "s", "tier": "t"})
+    assert single[:2] == MAGIC and reader.decode("thing", single) == {"id": "s", "tier": "t"}
+
+
+def test_an_unknown_id_is_a_dead_letter_reason_and_an_unreachable_registry_is_not():
+    registry = FakeRegistry()
+    reader = AvroSerde({"thing": V1}, registry=registry)
+    unknown = b"\x00\x00\x00\x00\x63" + b"\x02x"
+    for _ in range(2):
+        with pytest.raises(DecodeError) as err:
+            reader.decode("thing", unknown)
+        assert err.value.reason == "unknown_schema" and "99" in err.value.detail
+    assert registry.asked == [99]  # a missing id is asked once
+    registry.down = True
+    with pytest.raises(RegistryError):  # retried by the caller, not dead-lettered
+        reader.decode("thing", b"\x00\x00\x00\x00\x07" + b"\x02x")
+    with pytest.raises(DecodeError, match="no schema registry"):
+        AvroSerde({"thing": V1}).decode("thing", unknown)
