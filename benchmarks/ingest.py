@@ -1,7 +1,8 @@
 """`make bench-ingest`: one collector process, 100-event batches, against the local broker.
 
 1. maximum rate: closed loop, C concurrent clients, for D seconds -> accepted events/s;
-2. half that rate, open loop (requests start on schedule whatever the latency) -> p50/p99.
+2. half that rate, open loop (requests start on schedule whatever the latency) -> p50/p99;
+3. the same events as Segment `/v1/batch` bodies (its HTTP Tracking API), closed loop.
 
 Starts its own stack (free ports, temporary KIZUNA_HOME) and stops it. The load generator
 shares the machine's cores with the collector and the broker: the figures are a floor.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -44,7 +46,25 @@ def batches(n: int, size: int) -> list[bytes]:
     return out
 
 
-async def max_rate(url, headers, bodies, seconds, concurrency, size):
+def segment_batches(n: int, size: int) -> list[bytes]:
+    """The same events as Segment's `/v1/batch` bodies, as its SDKs send them."""
+    names = ("Product Viewed", "Product Added", "Order Completed")
+    contexts = ({"userAgent": "Mozilla/5.0", "page": {"path": "/"}}, {"os": {"name": "iOS"}})
+    out = []
+    for b in range(n):
+        batch = [{
+            "type": "track", "messageId": f"seg-{b}-{i}", "event": names[i % 3],
+            "userId": f"C{(b * size + i) % 5000}",
+            "timestamp": f"2024-03-09T16:{b % 60:02d}:{i % 60:02d}.000Z",
+            "properties": {"page": f"/p/{i}", "ref": "campaign-spring", "product_id": f"P{i}",
+                           "price": 19.9, "quantity": 1},
+            "context": {**contexts[i % 2], "library": {"name": "analytics-python"}},
+        } for i in range(size)]
+        out.append(json.dumps({"batch": batch, "sentAt": "2024-03-09T17:00:00.000Z"}).encode())
+    return out
+
+
+async def max_rate(url, headers, bodies, seconds, concurrency, size, ok=202):
     accepted, latencies = 0, []
     stop = time.monotonic() + seconds
 
@@ -55,7 +75,7 @@ async def max_rate(url, headers, bodies, seconds, concurrency, size):
             t = time.perf_counter()
             async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
                 await r.read()
-                if r.status == 202:
+                if r.status == ok:
                     accepted += size
                 else:
                     raise RuntimeError(f"status {r.status}")
@@ -117,6 +137,14 @@ def main() -> None:
         rate, closed = asyncio.run(
             max_rate(url, headers, bodies, args.seconds, args.concurrency, args.batch))
         half = asyncio.run(fixed_rate(url, headers, bodies, args.seconds, rate / 2, args.batch))
+        # Segment's /v1/batch, the same events in Segment's format, in the same run
+        segment_url = url.replace("/v1/events", "/v1/batch")
+        segment_headers = {"Authorization": "Basic " + base64.b64encode(b"bench:").decode(),
+                           "Content-Type": "application/json"}
+        segment_bodies = segment_batches(200, args.batch)
+        segment_rate, segment_closed = asyncio.run(max_rate(
+            segment_url, segment_headers, segment_bodies, args.seconds, args.concurrency,
+            args.batch, ok=200))
     finally:
         subprocess.run([*kizuna, "down"], env=env, stdout=subprocess.DEVNULL)
     result = {
@@ -126,6 +154,10 @@ def main() -> None:
         "max_rate_p50_ms": round(pct(closed, 50), 2), "max_rate_p99_ms": round(pct(closed, 99), 2),
         "half_rate_events_per_s": round(rate / 2),
         "half_rate_p50_ms": round(pct(half, 50), 2), "half_rate_p99_ms": round(pct(half, 99), 2),
+        "segment_batch_max_events_per_s": round(segment_rate),
+        "segment_batch_p50_ms": round(pct(segment_closed, 50), 2),
+        "segment_batch_p99_ms": round(pct(segment_closed, 99), 2),
+        "segment_vs_events_ratio": round(segment_rate / rate, 3),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

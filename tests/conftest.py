@@ -1,6 +1,7 @@
 """Shared fixtures. Integration tests run against a real local stack: an Apache Kafka broker
 from Maven Central and the embedded ClickHouse engine, started with `kizuna up` on free ports
-in a temporary KIZUNA_HOME, and stopped with `kizuna down` at the end of the session."""
+in a temporary KIZUNA_HOME, with a schema registry (Apicurio Registry, also from Maven Central),
+and stopped with `kizuna down` at the end of the session."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common.schema_registry import serde_for
+from services.common.serde import AvroSerde
 from services.common.settings import Settings, load
 from services.localstack import supervisor
 
@@ -50,7 +53,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(home: Path) -> dict[str, str]:
-    kafka, controller, warehouse, ingest, sessionizer, scorer, alerting, http = free_ports(8)
+    kafka, controller, warehouse, ingest, sessionizer, scorer, alerting, http, registry = \
+        free_ports(9)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
     env.update(
         KIZUNA_HOME=str(home),
@@ -58,12 +62,14 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_KAFKA_CONTROLLER_PORT=str(controller),
         KIZUNA_WAREHOUSE_PORT=str(warehouse),
         KIZUNA_CLICKHOUSE_HTTP_PORT=str(http),
+        KIZUNA_SCHEMA_REGISTRY_PORT=str(registry),
         KIZUNA_INGEST_PORT=str(ingest),
         KIZUNA_SESSIONIZER_PORT=str(sessionizer),
         KIZUNA_SCORER_PORT=str(scorer),
         KIZUNA_ALERTING_PORT=str(alerting),
         KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
         KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET}",
+        KIZUNA_SNOWPLOW_APPS=f"sp-shop=shop:{ALL_CHANNELS};sp-stores=stores:pos",
         KIZUNA_INGEST_RATE=str(INGEST_RATE),
         KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",
         KIZUNA_PII_SALT="test-salt",
@@ -76,11 +82,22 @@ def stack_env(home: Path) -> dict[str, str]:
     return env
 
 
+def registry_url(env: dict[str, str]) -> str:
+    return load(Settings, env).schema_registry_url
+
+
+def stack_serde(env: dict[str, str]) -> AvroSerde:
+    """The serde of `env`'s stack: values framed with its schema registry's ids."""
+    return serde_for(load(Settings, env))
+
+
 def services_env(broker: dict[str, str], tag: str) -> dict[str, str]:
     """A second stack's environment on the broker of `broker`'s stack: its own home (its own
-    embedded ClickHouse), ports and topic prefix. `kizuna up` then starts no broker."""
+    embedded ClickHouse), ports and topic prefix. `kizuna up` then starts no broker and no
+    schema registry: it uses those of `broker`'s stack."""
     env = stack_env(Path(tempfile.mkdtemp(prefix=f"kz-{tag}-", dir="/tmp")))
     env["KIZUNA_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker['KIZUNA_KAFKA_PORT']}"
+    env["KIZUNA_SCHEMA_REGISTRY_URL"] = registry_url(broker)
     env["KIZUNA_TOPIC_PREFIX"] = f"kz{tag}."
     return env
 

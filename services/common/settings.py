@@ -130,6 +130,21 @@ class Settings:
         "Kafka bootstrap servers. When set, `kizuna up` uses that cluster and starts no broker.")
     kafka_heap: str = setting(
         "KIZUNA_KAFKA_HEAP", "768m", "Maximum Java heap of the local broker.")
+    schema_registry_port: int = setting(
+        "KIZUNA_SCHEMA_REGISTRY_PORT", "8081",
+        "Port of the local schema registry started by `kizuna up` (127.0.0.1).")
+    schema_registry_url: str = setting(
+        "KIZUNA_SCHEMA_REGISTRY_URL", "http://127.0.0.1:{schema_registry_port}/apis/ccompat/v7",
+        "Confluent-compatible schema registry: topics carry Confluent's wire format (0x00, "
+        "schema id) and `kizuna topics create` registers the schemas under `<topic>-value`. "
+        "When set, `kizuna up` uses that registry and starts none. `none`: no registry, "
+        "values carry Avro single-object encoding and readers need `schemas/`.")
+    schema_registry_basic_auth: str = setting(
+        "KIZUNA_SCHEMA_REGISTRY_BASIC_AUTH", "",
+        "`user:password` for a registry behind basic auth (Confluent Cloud: API key:secret).",
+        secret=True)
+    schema_registry_heap: str = setting(
+        "KIZUNA_SCHEMA_REGISTRY_HEAP", "256m", "Maximum Java heap of the local schema registry.")
     topic_prefix: str = setting(
         "KIZUNA_TOPIC_PREFIX", "kizuna.", "Prefix of every topic name (`kizuna.` + `sessions`).")
     partitions: int = setting(
@@ -150,7 +165,8 @@ class Settings:
         "Interface services listen on; 0.0.0.0 in containers. The embedded engine's query "
         "gateway only ever listens on 127.0.0.1.")
     cache_dir: Path = setting(
-        "KIZUNA_CACHE_DIR", "~/.cache/kizuna", "Downloaded Kafka jars, shared by every stack.")
+        "KIZUNA_CACHE_DIR", "~/.cache/kizuna",
+        "Downloaded Kafka jars and schema registry, shared by every stack.")
     start_timeout: float = setting(
         "KIZUNA_START_TIMEOUT", "120", "Seconds `kizuna up` waits for each component to be ready.")
     log_level: str = setting("KIZUNA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
@@ -183,6 +199,14 @@ class Settings:
         _check_port("KIZUNA_KAFKA_PORT", self.kafka_port)
         _check_port("KIZUNA_KAFKA_CONTROLLER_PORT", self.kafka_controller_port)
         _check_port("KIZUNA_WAREHOUSE_PORT", self.warehouse_port)
+        _check_port("KIZUNA_SCHEMA_REGISTRY_PORT", self.schema_registry_port)
+        if self.schema_registry and urlsplit(self.schema_registry_url).scheme not in (
+                "http", "https"):
+            raise ConfigError(
+                f"KIZUNA_SCHEMA_REGISTRY_URL: expected an http(s):// URL or `none`, got "
+                f"{mask_url(self.schema_registry_url)!r}")
+        if self.schema_registry_basic_auth and ":" not in self.schema_registry_basic_auth:
+            raise ConfigError("KIZUNA_SCHEMA_REGISTRY_BASIC_AUTH: expected `user:password`")
         if self.kafka_port == self.kafka_controller_port:
             raise ConfigError("KIZUNA_KAFKA_PORT and KIZUNA_KAFKA_CONTROLLER_PORT must differ")
         scheme = urlsplit(self.clickhouse_url).scheme
@@ -199,6 +223,16 @@ class Settings:
     def local_kafka(self) -> bool:
         """True when `kizuna up` runs its own broker (no KIZUNA_KAFKA_BOOTSTRAP given)."""
         return "KIZUNA_KAFKA_BOOTSTRAP" not in self.explicit
+
+    @property
+    def schema_registry(self) -> bool:
+        """True when topics carry Confluent's wire format (a registry is configured)."""
+        return self.schema_registry_url.strip().lower() != "none"
+
+    @property
+    def local_schema_registry(self) -> bool:
+        """True when `kizuna up` runs its own registry (no KIZUNA_SCHEMA_REGISTRY_URL given)."""
+        return self.schema_registry and "KIZUNA_SCHEMA_REGISTRY_URL" not in self.explicit
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -304,12 +338,31 @@ class IngestSettings:
         "KIZUNA_IMPORT_SORT_MEMORY_MB", "256",
         "Memory `kizuna import` sorts events in before it spills a sorted run to disk "
         "(under $KIZUNA_HOME/import); bounds its memory whatever the files' size.")
+    segment_events_file: str = setting(
+        "KIZUNA_SEGMENT_EVENTS_FILE", "",
+        "YAML (`events: {Track Name: event_type}`) merged over the shipped map of Segment track "
+        "names (services/ingest/segment_events.yaml); names in neither become snake_case.")
+    snowplow_apps: str = setting(
+        "KIZUNA_SNOWPLOW_APPS", "",
+        "`app_id=source:channel|channel;...`: the Snowplow trackers (by their app id) the "
+        "collector takes events from, and as which source; Snowplow has no write key.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:
         _check_port("KIZUNA_INGEST_PORT", self.port)
+        if self.snowplow_apps:
+            from services.ingest.keys import parse_write_keys
+            parse_write_keys(self.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
         if self.import_sort_memory_mb < 1:
             raise ConfigError("KIZUNA_IMPORT_SORT_MEMORY_MB must be at least 1")
+        if self.segment_events_file:
+            import yaml
+
+            from services.ingest.segment import event_map
+            try:
+                event_map(self.segment_events_file)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise ConfigError(f"KIZUNA_SEGMENT_EVENTS_FILE: {exc}") from None
 
     @property
     def pii_names(self) -> frozenset[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import time
@@ -13,10 +15,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from prometheus_client import Counter as MetricCounter
 
-from services.common.serde import default_serde
+from services.common.schema_registry import serde_for
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH
 from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
-from services.ingest import webhooks
+from services.ingest import segment, snowplow, webhooks
 from services.ingest.collector import (
     MessageBuilder,
     Outcome,
@@ -25,7 +28,7 @@ from services.ingest.collector import (
     process_events,
     split_events,
 )
-from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, verify
+from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, parse_write_keys, verify
 from services.ingest.openapi import OPENAPI
 from services.ingest.producer import BatchProducer
 from services.ingest.validation import Enrichment, PiiRedactor
@@ -54,11 +57,15 @@ class Collector:
         self.settings = settings
         self.keys = write_keys
         self.producer = producer
-        self.messages = MessageBuilder(default_serde(), settings.common.topic_prefix,
+        serde = serde_for(settings.common)
+        serde.prepare((TOUCHPOINT, TOUCHPOINT_BATCH, DEAD_LETTER))
+        self.messages = MessageBuilder(serde, settings.common.topic_prefix,
                                        PiiRedactor(settings.pii_names, settings.pii_salt),
                                        producer.partitions(TOUCHPOINTS_RAW.name(
                                            settings.common.topic_prefix)))
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
+        self.segment_events = segment.event_map(settings.segment_events_file)
+        self.snowplow_apps = parse_write_keys(settings.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}
 
@@ -98,7 +105,8 @@ class Collector:
             bucket = self.buckets[source] = TokenBucket(self.settings.rate_per_source)
         return bucket.take(events, time.monotonic())
 
-    async def deliver(self, outcome: Outcome, source: str, received_at: int) -> web.Response:
+    async def deliver(self, outcome: Outcome, source: str, received_at: int,
+                      status: int = 202, answer: dict | None = None) -> web.Response:
         messages = self.messages.of(outcome, source, received_at)
         started = time.perf_counter()
         error = await self.producer.send(messages)
@@ -112,7 +120,7 @@ class Collector:
             EVENTS.labels("accepted", "", channel).inc(n)
         for reason, n in Counter(rej.reason for _, _, rej, _ in outcome.rejected).items():
             EVENTS.labels("rejected", reason, "").inc(n)
-        return web.json_response(outcome.response(), status=202)
+        return web.json_response({**(answer or {}), **outcome.response()}, status=status)
 
     async def parse(self, body: bytes, source: Source, received_at: int) -> object:
         try:
@@ -126,8 +134,14 @@ class Collector:
     async def accept(self, payload: object, body: bytes, source: Source,
                      received_at: int) -> web.Response:
         """Rate-limit, validate and deliver the events of a parsed body."""
+        events, batch = split_events(payload, self.settings.max_batch_events)
+        return await self.accept_events(events, batch, body, source, received_at)
+
+    async def accept_events(self, events: list[object], batch: bool, body: bytes,
+                            source: Source, received_at: int, *,
+                            originals: list[object] | None = None, status: int = 202,
+                            answer: dict | None = None) -> web.Response:
         settings = self.settings
-        events, batch = split_events(payload, settings.max_batch_events)
         # Before validation: a source over its rate costs no per-event work.
         wait = self.rate_limited(source.name, len(events))
         if wait:
@@ -136,8 +150,8 @@ class Collector:
         enrich = Enrichment(source.name, received_at, source.channels, self.pii,
                             settings.pii_salt)
         outcome = process_events(events, batch, body, enrich,
-                                 max_event_bytes=settings.max_event_bytes)
-        return await self.deliver(outcome, source.name, received_at)
+                                 max_event_bytes=settings.max_event_bytes, originals=originals)
+        return await self.deliver(outcome, source.name, received_at, status, answer)
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -154,6 +168,111 @@ class Collector:
             return await self.accept(payload, body, source, received_at)
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
+
+    async def segment(self, request: web.Request) -> web.Response:
+        """Segment's HTTP Tracking API (`/v1/batch`, `/v1/track`...): the write key as Basic
+        auth user or as `writeKey` in the body; 200 when Kafka has the events, as the SDKs
+        expect; errors as `{"code", "message"}`, which the SDKs log."""
+        kind = request.path.rsplit("/", 1)[-1]
+        kind = kind if kind in segment.TYPES else None  # None: /v1/batch, /v1/import
+        received_at = int(time.time() * 1000)
+        source = self.keys.lookup(_basic_user(request.headers.get("Authorization", "")))
+        try:
+            body = await self.read_body(request)
+            if source is None:  # the key may be in the body
+                try:
+                    payload = json.loads(body)
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                    payload = None
+                key = payload.get("writeKey") if isinstance(payload, dict) else None
+                source = self.keys.lookup(key) if isinstance(key, str) else None
+                if source is None:
+                    return _segment_style(_error(
+                        401, "unauthorized",
+                        "missing or unknown write key (Basic auth user, or writeKey)"))
+            else:
+                payload = await self.parse(body, source, received_at)
+            messages, sent_at = segment.messages_of(payload, kind)
+            if kind is None and not messages and not (
+                    isinstance(payload, dict) and isinstance(payload.get("batch"), list)):
+                raise RequestError(400, "invalid_batch", '/v1/batch takes {"batch": [...]}')
+            if len(messages) > self.settings.max_batch_events:
+                raise RequestError(413, "too_many_events", f"{len(messages)} messages; at most "
+                                   f"{self.settings.max_batch_events} a request")
+            pinned = next(iter(source.channels)) if len(source.channels) == 1 else None
+            events = [segment.to_event(m, self.segment_events, pinned, sent_at)
+                      for m in messages]
+            return _segment_style(await self.accept_events(
+                events, True, body, source, received_at, originals=messages, status=200,
+                answer={"success": True}))
+        except RequestError as exc:
+            return _segment_style(_error(exc.status, exc.reason, exc.detail))
+
+    async def snowplow_post(self, request: web.Request) -> web.Response:
+        """Snowplow's tracker protocol: `{"schema": ".../payload_data/...", "data": [...]}`."""
+        received_at = int(time.time() * 1000)
+        try:
+            body = await self.read_body(request)
+            try:
+                payload = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise RequestError(400, "invalid_json", f"body is not JSON: {exc}"[:300]) \
+                    from None
+            events = snowplow.events_of(payload)
+            if not events:
+                raise RequestError(400, "invalid_batch", 'a tp2 body is {"schema": '
+                                   f'"{snowplow.PAYLOAD_SCHEMA}...", "data": [events]}}')
+            response = await self.snowplow_events(events, body, received_at)
+        except RequestError as exc:
+            response = _error(exc.status, exc.reason, exc.detail)
+        return _cors(request, response)
+
+    async def snowplow_get(self, request: web.Request) -> web.Response:
+        """Snowplow's pixel: one event in the query string; a 1x1 GIF when Kafka has it."""
+        received_at = int(time.time() * 1000)
+        event = dict(request.query)
+        try:
+            response = await self.snowplow_events([event], request.query_string.encode(),
+                                                  received_at)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason, exc.detail)
+        if response.status != 200:
+            return response
+        return web.Response(body=PIXEL, content_type="image/gif",
+                            headers={"Cache-Control": "no-cache, no-store"})
+
+    async def snowplow_events(self, events: list[object], body: bytes,
+                              received_at: int) -> web.Response:
+        """The events of known app ids, each as its app's source; any unknown app id refuses
+        the request (Snowplow has no write key: the app id stands in for it)."""
+        if len(events) > self.settings.max_batch_events:
+            raise RequestError(413, "too_many_events", f"{len(events)} events; at most "
+                               f"{self.settings.max_batch_events} a request")
+        groups: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            app = event.get("aid") if isinstance(event, dict) else None
+            if not isinstance(app, str) or app not in self.snowplow_apps:
+                raise RequestError(401, "unknown_app_id", f"app id {app!r} is not in "
+                                   "KIZUNA_SNOWPLOW_APPS (the trackers this collector takes)")
+            groups.setdefault(app, []).append(index)
+        accepted, rejected = 0, []
+        for app, indexes in groups.items():
+            source = self.snowplow_apps[app]
+            pinned = next(iter(source.channels)) if len(source.channels) == 1 else None
+            originals = [events[i] for i in indexes]
+            mapped = [snowplow.to_event(e, self.segment_events, pinned) for e in originals]
+            response = await self.accept_events(mapped, True, body, source, received_at,
+                                                originals=originals, status=200)
+            if response.status != 200:
+                return response  # what went before is in Kafka: a retry is deduplicated
+            answer = json.loads(response.body)
+            accepted += answer["accepted"]
+            rejected += [{**r, "index": indexes[r["index"]]} for r in answer["rejected"]]
+        return web.json_response({"success": True, "accepted": accepted,
+                                  "rejected": sorted(rejected, key=lambda r: r["index"])})
+
+    async def snowplow_preflight(self, request: web.Request) -> web.Response:
+        return _cors(request, web.Response(status=204))
 
     async def webhook(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
@@ -197,6 +316,43 @@ class Collector:
         return web.json_response(OPENAPI)
 
 
+#: A transparent 1x1 GIF: the answer to Snowplow's pixel requests.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+def _cors(request: web.Request, response: web.Response) -> web.Response:
+    """Browser trackers post across origins, with credentials (Snowplow's JS tracker)."""
+    origin = request.headers.get("Origin")
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "POST, GET, OPTIONS"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _basic_user(header: str) -> str:
+    """The user of an HTTP Basic `Authorization` header (Segment's write key), or ""."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def _segment_style(response: web.Response) -> web.Response:
+    """An error answer also as Segment's `{"code", "message"}`, which its SDKs report."""
+    if response.status < 400:
+        return response
+    data = json.loads(response.body)
+    headers = {k: v for k, v in response.headers.items() if k == "Retry-After"}
+    return web.json_response({"code": data["error"], "message": data["detail"], **data},
+                             status=response.status, headers=headers)
+
+
 @web.middleware
 async def count_requests(request: web.Request, handler) -> web.StreamResponse:
     route = request.match_info.route.resource
@@ -224,6 +380,14 @@ def build_app(collector: Collector) -> web.Application:
                           handler_args={"auto_decompress": False})
     app.router.add_post("/v1/events", collector.events)
     app.router.add_post("/v1/webhooks/email/{provider}", collector.webhook)
+    app.router.add_post("/v1/batch", collector.segment)  # Segment's HTTP Tracking API
+    app.router.add_post("/v1/import", collector.segment)  # its bulk alias
+    for kind in segment.TYPES:
+        app.router.add_post(f"/v1/{kind}", collector.segment)
+    app.router.add_post("/com.snowplowanalytics.snowplow/tp2", collector.snowplow_post)
+    app.router.add_route("OPTIONS", "/com.snowplowanalytics.snowplow/tp2",
+                         collector.snowplow_preflight)
+    app.router.add_get("/i", collector.snowplow_get)
     app.router.add_get("/healthz", collector.healthz)
     app.router.add_get("/readyz", collector.readyz)
     app.router.add_get("/metrics", collector.metrics)

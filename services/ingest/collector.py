@@ -9,14 +9,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.partitioner import murmur2
 
-from services.common.serde import (
-    DEAD_LETTER,
-    TOUCHPOINT,
-    TOUCHPOINT_BATCH,
-    AvroSerde,
-    array,
-    default_serde,
-)
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH, AvroSerde, array
 from services.common.topics import TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.ingest.producer import Message
 from services.ingest.validation import Enrichment, Rejection, profile_id, validate
@@ -69,7 +62,9 @@ def process(payload: object, raw_body: bytes, enrich: Enrichment, *, max_events:
 
 
 def process_events(events: list[object], batch: bool, raw_body: bytes, enrich: Enrichment, *,
-                   max_event_bytes: int) -> Outcome:
+                   max_event_bytes: int, originals: list[object] | None = None) -> Outcome:
+    """Validate `events`; a rejected one keeps its raw form as evidence: the body, or the
+    event, or `originals[i]` when the events were mapped from another format."""
     if not batch and len(raw_body) > max_event_bytes:
         raise RequestError(
             413, "event_too_large", f"event is {len(raw_body)} bytes; at most {max_event_bytes}")
@@ -86,7 +81,10 @@ def process_events(events: list[object], batch: bool, raw_body: bytes, enrich: E
         if isinstance(result, Rejection):
             event_id = event.get("event_id") if isinstance(event, dict) else None
             event_id = event_id if isinstance(event_id, str) else None
-            raw = raw if raw is not None else (_compact(event) if batch else raw_body)
+            if originals is not None:
+                raw = _compact(originals[index])
+            elif raw is None:
+                raw = _compact(event) if batch else raw_body
             outcome.rejected.append((index, event_id, result, raw))
         else:
             outcome.records.append(result)
@@ -118,12 +116,13 @@ class PartitionBatcher:
     the stages one message per few hundred events instead of one per event. A partition's
     touchpoints keep their order; a lone one goes as an ordinary keyed touchpoint message."""
 
-    def __init__(self, topic: str, partitions: int, send, size: int = 500) -> None:
+    def __init__(self, serde: AvroSerde, topic: str, partitions: int, send,
+                 size: int = 500) -> None:
         self.topic = topic
         self.partitions = partitions
         self.send = send  # (topic, value, key, events, **produce options)
         self.size = size
-        self.serde = default_serde()
+        self.serde = serde
         self.pending: dict[int, list[dict]] = {}
 
     def add(self, record: dict) -> None:
@@ -159,6 +158,7 @@ class MessageBuilder:
     def __init__(self, serde: AvroSerde, prefix: str,
                  redact: Callable[[bytes], bytes] = lambda payload: payload,
                  partitions: int | None = None) -> None:
+        self.serde = serde
         self.encode = serde.encode
         self.raw_topic = TOUCHPOINTS_RAW.name(prefix)
         self.dlq_topic = TOUCHPOINTS_DLQ.name(prefix)
@@ -187,7 +187,7 @@ class MessageBuilder:
         if self.partitions and len(outcome.records) > 1:
             messages: list[Message] = []
             batcher = PartitionBatcher(
-                self.raw_topic, self.partitions,
+                self.serde, self.raw_topic, self.partitions,
                 lambda topic, value, key, _n, partition=-1, headers=None: messages.append(
                     (topic, key, value, partition, headers)))
             for record in outcome.records:

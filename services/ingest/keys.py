@@ -18,8 +18,8 @@ class Source:
     channels: frozenset[str]
 
 
-def parse_write_keys(spec: str) -> dict[str, Source]:
-    """`key=source:channel|channel;...` -> {key: Source}."""
+def parse_write_keys(spec: str, env: str = "KIZUNA_WRITE_KEYS") -> dict[str, Source]:
+    """`key=source:channel|channel;...` -> {key: Source} (`env`: the setting, for errors)."""
     keys: dict[str, Source] = {}
     for n, item in enumerate(filter(None, (i.strip() for i in spec.split(";"))), 1):
         key, sep, rest = item.partition("=")
@@ -27,11 +27,11 @@ def parse_write_keys(spec: str) -> dict[str, Source]:
         allowed = frozenset(c.strip() for c in channels.split("|") if c.strip())
         if not (sep and sep2 and key.strip() and name.strip() and allowed):
             raise ConfigError(
-                f"KIZUNA_WRITE_KEYS: entry {n} is not key=source:channel|channel")
+                f"{env}: entry {n} is not key=source:channel|channel")
         unknown = allowed - CHANNELS
         if unknown:
             raise ConfigError(
-                f"KIZUNA_WRITE_KEYS: entry {n} names unknown channel(s) {sorted(unknown)}")
+                f"{env}: entry {n} names unknown channel(s) {sorted(unknown)}")
         keys[key.strip()] = Source(name.strip(), allowed)
     return keys
 

@@ -34,9 +34,34 @@ _EVENT = {
 }
 
 
-def _responses(ok: str) -> dict:
+_SEGMENT_MESSAGE = {
+    "type": "object",
+    "description": "A message of Segment's HTTP Tracking API (README: Segment and RudderStack)",
+    "required": ["messageId"],
+    "properties": {
+        "type": {"enum": ["track", "identify", "page", "screen", "alias", "group"]},
+        "messageId": {"type": "string"}, "userId": {"type": ["string", "number"]},
+        "anonymousId": {"type": "string"}, "previousId": {"type": "string"},
+        "event": {"type": "string"}, "properties": {"type": "object"},
+        "traits": {"type": "object"}, "context": {"type": "object"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "originalTimestamp": {"type": "string", "format": "date-time"},
+        "sentAt": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _segment(summary: str, schema: dict) -> dict:
+    responses = _responses("Kafka holds every accepted event; rejections listed", "200")
+    return {"post": {
+        "summary": summary, "security": [{"segmentWriteKey": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": responses}}
+
+
+def _responses(ok: str, status: str = "202") -> dict:
     return {
-        "202": {"description": ok, "content": {"application/json": {"schema": _ACCEPTED}}},
+        status: {"description": ok, "content": {"application/json": {"schema": _ACCEPTED}}},
         "400": {"description": "body is not JSON, or not an event or batch",
                 "content": {"application/json": {"schema": _ERROR}}},
         "401": {"description": "missing or unknown key / bad signature",
@@ -51,7 +76,11 @@ def _responses(ok: str) -> dict:
 OPENAPI = {
     "openapi": "3.1.0",
     "info": {"title": "Kizuna collector", "version": "1"},
-    "components": {"securitySchemes": {"writeKey": {"type": "http", "scheme": "bearer"}}},
+    "components": {"securitySchemes": {
+        "writeKey": {"type": "http", "scheme": "bearer"},
+        "segmentWriteKey": {"type": "http", "scheme": "basic",
+                            "description": "the write key as user, empty password (or "
+                                           "`writeKey` in the body)"}}},
     "paths": {
         "/v1/events": {"post": {
             "summary": "One touchpoint or a batch {\"events\": [...]}; JSON, optionally gzip",
@@ -68,6 +97,14 @@ OPENAPI = {
                             "schema": {"type": "string"}}],
             "responses": _responses("Kafka holds every accepted event"),
         }},
+        "/v1/batch": _segment(
+            "Segment's batch: {\"batch\": [messages], \"sentAt\"}; gzip allowed",
+            {"type": "object", "required": ["batch"], "properties": {
+                "batch": {"type": "array", "maxItems": 1000, "items": _SEGMENT_MESSAGE},
+                "sentAt": {"type": "string", "format": "date-time"},
+                "writeKey": {"type": "string"}}}),
+        **{f"/v1/{kind}": _segment(f"Segment's {kind} call: one message", _SEGMENT_MESSAGE)
+           for kind in ("track", "identify", "page", "screen", "alias", "group")},
         "/healthz": {"get": {"responses": {"200": {"description": "process alive"}}}},
         "/readyz": {"get": {"responses": {"200": {"description": "Kafka reachable"},
                                           "503": {"description": "Kafka unreachable"}}}},
