@@ -283,15 +283,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="sessionizer: touchpoints per raw message (1: as the collector "
                              "writes; 500: as kizuna import writes)")
-    parser.add_argument("--framing", choices=["confluent", "single-object", "both"],
-                        default="confluent",
-                        help="on Kafka: Confluent's wire format with the local schema registry, "
-                             "Avro single-object encoding, or both in one run")
+    parser.add_argument("--framing", default="confluent",
+                        help="on Kafka, comma-separated, in this order on one stack: "
+                             "confluent (Confluent's wire format, the local schema registry), "
+                             "single-object (Avro single-object encoding); both = "
+                             "confluent,single-object")
     args = parser.parse_args()
     if args.only != "kafka":
         (pure if args.stage == "sessionizer" else pure_scorer)(args.events, args.profiles)
     if args.only != "pure":
-        framings = ("confluent", "single-object") if args.framing == "both" else (args.framing,)
+        framings = tuple(["confluent", "single-object"] if args.framing == "both"
+                         else args.framing.split(","))
+        if not set(framings) <= {"confluent", "single-object"}:
+            parser.error(f"--framing: unknown {args.framing!r}")
         through_kafka(args.stage, args.events, args.profiles, args.profile, args.batch,
                       args.generated, framings)
 
