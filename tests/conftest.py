@@ -5,6 +5,7 @@ and stopped with `kizuna down` at the end of the session."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from services.common.schema_registry import serde_for
 from services.common.serde import AvroSerde
@@ -33,6 +36,13 @@ WRITE_KEYS = {  # key -> source:channels; one source per test concern keeps rate
     "key-chaos": f"chaos:{ALL_CHANNELS}",
 }
 WEBHOOK_SECRET = "whsec-test"
+#: Email providers' test keys: SendGrid's ECDSA P-256 pair (the collector holds the public
+#: key), Mailgun's signing key, Postmark's Basic credentials.
+SENDGRID_KEY = ec.derive_private_key(0x6B697A756E612D73656E6467726964, ec.SECP256R1())
+SENDGRID_PUBLIC = base64.b64encode(SENDGRID_KEY.public_key().public_bytes(
+    Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
+MAILGUN_KEY = "key-mailgun-test"
+POSTMARK_LOGIN = "postmark:pm-secret"
 #: (stage, marker): a touch whose event_id contains the marker makes that stage's logic raise
 POISON_MARKERS = (("sessionizer", "poison~sessionizer"),
                   ("engagement_scorer", "poison~engagement_scorer"),
@@ -68,7 +78,8 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_SCORER_PORT=str(scorer),
         KIZUNA_ALERTING_PORT=str(alerting),
         KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
-        KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET}",
+        KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET};sendgrid={SENDGRID_PUBLIC};"
+                               f"mailgun={MAILGUN_KEY};postmark={POSTMARK_LOGIN}",
         KIZUNA_SNOWPLOW_APPS=f"sp-shop=shop:{ALL_CHANNELS};sp-stores=stores:pos",
         KIZUNA_INGEST_RATE=str(INGEST_RATE),
         KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",

@@ -331,7 +331,9 @@ class IngestSettings:
         "KIZUNA_PII_SALT", "", "Salt of the PII hash; set it in production.", secret=True)
     webhook_secrets: str = setting(
         "KIZUNA_WEBHOOK_SECRETS", "",
-        "`provider=secret;...`: HMAC-SHA256 secrets of email-provider webhooks.", secret=True)
+        "`provider=secret;...`: email webhooks' secrets: sendgrid= its verification key, "
+        "mailgun= its signing key, postmark= user:password, any other name an HMAC-SHA256 "
+        "secret for the generic webhook.", secret=True)
     webhook_tolerance: int = setting(
         "KIZUNA_WEBHOOK_TOLERANCE", "300", "Seconds a webhook signature's timestamp may be off.")
     import_sort_memory_mb: float = setting(

@@ -19,7 +19,7 @@ from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH
 from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
-from services.ingest import segment, snowplow, webhooks
+from services.ingest import providers, segment, snowplow, webhooks
 from services.ingest.collector import (
     MessageBuilder,
     Outcome,
@@ -66,6 +66,7 @@ class Collector:
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
         self.segment_events = segment.event_map(settings.segment_events_file)
         self.snowplow_apps = parse_write_keys(settings.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
+        self.mailgun_tokens = providers.TokenCache()
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}
 
@@ -284,16 +285,48 @@ class Collector:
             body = await self.read_body(request)
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
-        problem = verify(secret, request.headers.get("Kizuna-Timestamp"),
-                         request.headers.get("Kizuna-Signature"), body, time.time(),
-                         self.settings.webhook_tolerance)
+        now, tolerance = time.time(), self.settings.webhook_tolerance
+        salt = self.settings.pii_salt
+        if provider == "sendgrid":
+            problem = providers.sendgrid_problem(secret.decode(), request.headers, body, now,
+                                                 tolerance)
+        elif provider == "postmark":
+            problem = providers.postmark_problem(secret.decode(),
+                                                 request.headers.get("Authorization"))
+        elif provider == "mailgun":
+            problem = None  # signed inside the body: checked once it is parsed
+        else:
+            problem = verify(secret, request.headers.get("Kizuna-Timestamp"),
+                             request.headers.get("Kizuna-Signature"), body, now, tolerance)
         if problem:
             return _error(401, "bad_signature", problem)
         source = Source(f"webhook:{provider}", frozenset({"email"}))
         try:
-            payload = await self.parse(body, source, received_at)
-            events = webhooks.to_touchpoints(payload, provider, self.settings.pii_salt)
-            return await self.accept({"events": events}, body, source, received_at)
+            if provider == "mailgun":
+                try:
+                    payload = json.loads(body)
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                    payload = None
+                problem = providers.mailgun_problem(secret.decode(), payload, now, tolerance,
+                                                    self.mailgun_tokens)
+                if problem:
+                    return _error(401, "bad_signature", problem)
+                events = providers.mailgun_events(payload, salt)
+            else:
+                payload = await self.parse(body, source, received_at)
+                mapping = {"sendgrid": providers.sendgrid_events,
+                           "postmark": providers.postmark_events}.get(provider)
+                events = mapping(payload, salt) if mapping else \
+                    webhooks.to_touchpoints(payload, provider, salt)
+            if len(events) > self.settings.max_batch_events:
+                raise RequestError(413, "too_many_events", f"{len(events)} events; at most "
+                                   f"{self.settings.max_batch_events} a request")
+            originals = payload if provider == "sendgrid" and isinstance(payload, list) \
+                else None
+            if originals is not None and len(originals) != len(events):
+                originals = None
+            return await self.accept_events(events, True, body, source, received_at,
+                                            originals=originals)
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
 

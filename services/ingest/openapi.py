@@ -91,8 +91,10 @@ OPENAPI = {
             "responses": _responses("Kafka holds every accepted event; rejections listed"),
         }},
         "/v1/webhooks/email/{provider}": {"post": {
-            "summary": "Email provider events, signed: Kizuna-Signature: v1=HMAC-SHA256("
-                       "secret, Kizuna-Timestamp + '.' + body)",
+            "summary": "Email provider events: sendgrid (ECDSA-signed Event Webhook), mailgun "
+                       "(HMAC in the body, tokens never reused), postmark (Basic auth), or "
+                       "any other name: the generic format, Kizuna-Signature: "
+                       "v1=HMAC-SHA256(secret, Kizuna-Timestamp + '.' + body)",
             "parameters": [{"name": "provider", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": _responses("Kafka holds every accepted event"),
