@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import os
 import shutil
 import socket
@@ -17,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from services.common.schema_registry import serde_for
 from services.common.serde import AvroSerde
@@ -42,6 +46,13 @@ SENDGRID_KEY = ec.derive_private_key(0x6B697A756E612D73656E6467726964, ec.SECP25
 SENDGRID_PUBLIC = base64.b64encode(SENDGRID_KEY.public_key().public_bytes(
     Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
 MAILGUN_KEY = "key-mailgun-test"
+#: Amazon SNS's signing key for tests, and its certificate (the collector's `ses=` secret).
+SNS_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_SNS_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.us-east-1.amazonaws.com")])
+SNS_CERTIFICATE = x509.CertificateBuilder().subject_name(_SNS_NAME).issuer_name(
+    _SNS_NAME).public_key(SNS_KEY.public_key()).serial_number(1).not_valid_before(
+    dt.datetime(2020, 1, 1)).not_valid_after(dt.datetime(2040, 1, 1)).sign(
+    SNS_KEY, hashes.SHA256()).public_bytes(Encoding.PEM)
 POSTMARK_LOGIN = "postmark:pm-secret"
 #: (stage, marker): a touch whose event_id contains the marker makes that stage's logic raise
 POISON_MARKERS = (("sessionizer", "poison~sessionizer"),
@@ -63,6 +74,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "sns-cert.pem").write_bytes(SNS_CERTIFICATE)
     kafka, controller, warehouse, ingest, sessionizer, scorer, alerting, http, registry = \
         free_ports(9)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
@@ -79,7 +92,8 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_ALERTING_PORT=str(alerting),
         KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
         KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET};sendgrid={SENDGRID_PUBLIC};"
-                               f"mailgun={MAILGUN_KEY};postmark={POSTMARK_LOGIN}",
+                               f"mailgun={MAILGUN_KEY};postmark={POSTMARK_LOGIN};"
+                               f"ses={home / 'sns-cert.pem'}",
         KIZUNA_SNOWPLOW_APPS=f"sp-shop=shop:{ALL_CHANNELS};sp-stores=stores:pos",
         KIZUNA_INGEST_RATE=str(INGEST_RATE),
         KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",

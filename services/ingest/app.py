@@ -8,13 +8,16 @@ import binascii
 import json
 import logging
 import time
+import urllib.request
 import zlib
 from collections import Counter
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from prometheus_client import Counter as MetricCounter
 
+from services.common.errors import ConfigError
 from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH
 from services.common.settings import IngestSettings
@@ -67,6 +70,7 @@ class Collector:
         self.segment_events = segment.event_map(settings.segment_events_file)
         self.snowplow_apps = parse_write_keys(settings.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
         self.mailgun_tokens = providers.TokenCache()
+        self.ses_certificate = _certificate(self.webhook_secrets.get("ses"))
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}
 
@@ -293,7 +297,7 @@ class Collector:
         elif provider == "postmark":
             problem = providers.postmark_problem(secret.decode(),
                                                  request.headers.get("Authorization"))
-        elif provider == "mailgun":
+        elif provider in ("mailgun", "ses"):
             problem = None  # signed inside the body: checked once it is parsed
         else:
             problem = verify(secret, request.headers.get("Kizuna-Timestamp"),
@@ -302,6 +306,8 @@ class Collector:
             return _error(401, "bad_signature", problem)
         source = Source(f"webhook:{provider}", frozenset({"email"}))
         try:
+            if provider == "ses":
+                return await self.ses(body, source, received_at, now, tolerance)
             if provider == "mailgun":
                 try:
                     payload = json.loads(body)
@@ -330,6 +336,26 @@ class Collector:
         except RequestError as exc:
             return _error(exc.status, exc.reason, exc.detail)
 
+    async def ses(self, body: bytes, source: Source, received_at: int, now: float,
+                  tolerance: float) -> web.Response:
+        """Amazon SES events through SNS: the SNS signature checked against the configured
+        certificate; a subscription confirmed by visiting its SubscribeURL."""
+        try:
+            envelope = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            envelope = None
+        problem = providers.sns_problem(self.ses_certificate, envelope, now, tolerance)
+        if problem:
+            return _error(401, "bad_signature", problem)
+        if envelope["Type"] != "Notification":
+            if envelope["Type"] == "SubscriptionConfirmation":
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, _visit, envelope.get("SubscribeURL"))
+                log.info("confirmed the SNS subscription to %s", envelope.get("TopicArn"))
+            return web.json_response({"confirmed": envelope["Type"]}, status=200)
+        events = providers.ses_events(envelope, self.settings.pii_salt)
+        return await self.accept_events(events, True, body, source, received_at)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"stage": "ingest", "status": "ok"})
 
@@ -347,6 +373,29 @@ class Collector:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
+
+
+def _certificate(path: bytes | None) -> bytes:
+    """`ses=<path>` in KIZUNA_WEBHOOK_SECRETS: the SNS signing certificate (PEM)."""
+    if path is None:
+        return b""
+    try:
+        return Path(path.decode()).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"KIZUNA_WEBHOOK_SECRETS: ses= names the SNS signing certificate "
+                          f"(a PEM file): {exc}") from None
+
+
+def _visit(url: object) -> None:
+    """Confirm an SNS subscription (its URL comes from a message whose signature verified)."""
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise RequestError(400, "invalid_subscription", "SubscribeURL is not an http(s) URL")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            resp.read()
+    except OSError as exc:
+        raise RequestError(502, "subscription_not_confirmed",
+                           f"visiting SubscribeURL failed: {exc}") from None
 
 
 #: A transparent 1x1 GIF: the answer to Snowplow's pixel requests.

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -231,3 +232,80 @@ def _rfc3339(value: object) -> object:
         except ValueError:
             return value
     return value
+
+
+# -- Amazon SES through SNS ---------------------------------------------------------------------
+
+SES_TYPES = {"Send": "email_send_request", "Delivery": "email_send", "Open": "email_open",
+             "Click": "email_click", "Bounce": "email_bounce",
+             "Complaint": "email_spam_report", "Subscription": "email_unsubscribe",
+             "Reject": "email_rejected", "DeliveryDelay": "email_deferred"}
+SNS_SIGNED = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
+                                 "TopicArn", "Type"),
+    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
+                                "TopicArn", "Type"),
+}
+
+
+def sns_problem(certificate_pem: bytes, envelope: object, now: float,
+                tolerance: float) -> str | None:
+    """Why an SNS message is not authentic: its signature (version 1: SHA1withRSA, 2:
+    SHA256withRSA) over the fields SNS signs, checked against the configured SNS signing
+    certificate (never one fetched from the message's own URL)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    if not isinstance(envelope, dict) or envelope.get("Type") not in SNS_SIGNED:
+        return "not an SNS message (Type Notification, SubscriptionConfirmation...)"
+    version = str(envelope.get("SignatureVersion"))
+    if version not in ("1", "2"):
+        return f"SignatureVersion {version!r} is not 1 or 2"
+    try:
+        at = datetime.fromisoformat(str(envelope.get("Timestamp")).replace("Z", "+00:00"))
+    except ValueError:
+        return "Timestamp is not RFC 3339"
+    if abs(now - at.timestamp()) > tolerance:
+        return f"Timestamp {envelope.get('Timestamp')} is more than {tolerance:.0f} s off"
+    text = "".join(f"{name}\n{envelope[name]}\n" for name in SNS_SIGNED[envelope["Type"]]
+                   if envelope.get(name) is not None)
+    try:
+        key = x509.load_pem_x509_certificate(certificate_pem).public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            return "the configured SNS certificate has no RSA key"
+        key.verify(base64.b64decode(str(envelope.get("Signature"))), text.encode(),
+                   padding.PKCS1v15(), hashes.SHA1() if version == "1" else hashes.SHA256())
+    except (InvalidSignature, ValueError, binascii.Error):
+        return "signature does not verify with the configured SNS certificate"
+    return None
+
+
+def ses_events(envelope: dict, salt: str) -> list[object]:
+    """An SNS notification's SES event (`eventType`, or `notificationType` of the older
+    notifications) as one touchpoint per recipient it concerns."""
+    try:
+        message = json.loads(envelope.get("Message") or "")
+    except (TypeError, json.JSONDecodeError, RecursionError):
+        return [envelope]
+    if not isinstance(message, dict):
+        return [envelope]
+    kind = message.get("eventType") or message.get("notificationType")
+    mail = message.get("mail") if isinstance(message.get("mail"), dict) else {}
+    if kind not in SES_TYPES:
+        return [message]
+    detail = message.get(kind[0].lower() + kind[1:])
+    detail = detail if isinstance(detail, dict) else {}
+    tags = mail.get("tags") if isinstance(mail.get("tags"), dict) else {}
+    customers = tags.get(CUSTOMER_ARG) or [None]
+    recipients = [r.get("emailAddress") for r in detail.get("bouncedRecipients", [])
+                  + detail.get("complainedRecipients", []) if isinstance(r, dict)] \
+        or detail.get("recipients") or mail.get("destination") or [None]
+    campaign = (tags.get("campaign") or [None])[0]
+    at = detail.get("timestamp") or mail.get("timestamp")
+    return [_touch(f"ses:{envelope.get('MessageId')}:{i}", SES_TYPES[kind], at,
+                   customers[0], recipient, salt,
+                   {"message_id": mail.get("messageId"), "url": detail.get("link"),
+                    "provider_event": kind, "bounce_type": detail.get("bounceType")},
+                   campaign)
+            for i, recipient in enumerate(recipients)]

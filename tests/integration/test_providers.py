@@ -11,16 +11,17 @@ import uuid
 
 from tests.conftest import POSTMARK_LOGIN, kizuna
 from tests.integration.test_collector import post
-from tests.unit.test_providers import mailgun, sendgrid_headers
+from tests.integration.test_sessionizer import Clock
+from tests.unit.test_providers import SES_CLICK, mailgun, sendgrid_headers, sns
 
 PATH = "/v1/webhooks/email/"
 
 
 def test_each_providers_webhook_lands_and_forgeries_do_not(stack) -> None:
     tag = uuid.uuid4().hex[:10]
-    now = time.time()
+    now = time.time()  # the signatures' time; the events' own, this test's week
     customer = f"C-{tag}"
-    at = int(now) - 3600
+    at = int(Clock.start().timestamp())
     sendgrid = json.dumps([
         {"email": f"{tag}@example.com", "timestamp": at, "event": "delivered",
          "sg_event_id": f"{tag}-sg1", "sg_message_id": f"{tag}.filter1",
@@ -74,3 +75,44 @@ def test_each_providers_webhook_lands_and_forgeries_do_not(stack) -> None:
          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at + 180))}",
          "email_unsubscribe", "email", customer)])
     assert f"{tag}@example.com" not in out  # addresses never land in clear
+
+
+def test_ses_through_sns_confirms_its_subscription_and_lands(stack) -> None:
+    import http.server
+    import threading
+
+    tag = uuid.uuid4().hex[:10]
+    visited: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            visited.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<ConfirmSubscriptionResponse/>")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        now = time.time()
+        confirm = sns("You have chosen to subscribe", "SubscriptionConfirmation", at=now,
+                      SubscribeURL=f"http://127.0.0.1:{server.server_port}/?Token={tag}",
+                      Token=tag)
+        status, answer, _ = post(stack, PATH + "ses", confirm, key=None)
+        assert status == 200 and visited == [f"/?Token={tag}"]
+        forged = dict(confirm, SubscribeURL="http://127.0.0.1:9/elsewhere")
+        assert post(stack, PATH + "ses", forged, key=None)[0] == 401 and len(visited) == 1
+    finally:
+        server.shutdown()
+    click = dict(SES_CLICK, mail=dict(SES_CLICK["mail"], tags={"kizuna_customer_id": [
+        f"C-{tag}"]}))
+    notification = sns(click, at=now, MessageId=f"{tag}-ses")
+    status, answer, _ = post(stack, PATH + "ses", notification, key=None)
+    assert (status, answer["accepted"]) == (202, 1), answer
+    kizuna(stack, "wait", "--timeout", "120")
+    out = kizuna(stack, "query", "--format", "json", "SELECT event_type, customer_id FROM "
+                 f"kizuna.touchpoints WHERE event_id = 'ses:{tag}-ses:0'").stdout
+    assert json.loads(out) == {"event_type": "email_click", "customer_id": f"C-{tag}"}

@@ -22,8 +22,9 @@ from segment.analytics.client import Client as SegmentClient
 
 from services.common.serde import DEAD_LETTER
 from services.common.topics import TOUCHPOINTS_DLQ
-from tests.conftest import kizuna, stack_serde
+from tests.conftest import kizuna, services_stack, stack_serde
 from tests.integration.test_collector import read_topic
+from tests.integration.test_sessionizer import Clock
 
 NODE_SDK = "@segment/analytics-node@3.1.0"
 NODE_SCRIPT = Path(__file__).with_name("trackers") / "segment_node.cjs"
@@ -59,7 +60,7 @@ def iso(t: dt.datetime) -> str:
 def test_segment_rudderstack_and_node_sdks_make_one_customer(stack, node_modules) -> None:
     tag = f"sdk{uuid.uuid4().hex[:8]}"
     customer, device = f"{tag}-C1", f"{tag}-dev"
-    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+    t0 = Clock.start()  # the session stack's event time: this test's own week
     at = [t0 + dt.timedelta(minutes=m) for m in range(10)]
     errors: list = []
 
@@ -199,12 +200,19 @@ def test_the_tracking_api_answers_as_segment_does(stack) -> None:
 
 
 def test_snowplow_trackers_post_and_pixel_land_as_touchpoints(stack) -> None:
+    # a stack of its own: the tracker's own clock (dtm, stm) puts a touch at today, which
+    # would move the session stack's event time past the other tests' weeks
+    with services_stack(stack, "sp") as env:
+        snowplow_trackers(env)
+
+
+def snowplow_trackers(stack: dict) -> None:
     from snowplow_tracker import Emitter, SelfDescribingJson, Subject, Tracker
     from snowplow_tracker.events import PageView, SelfDescribing, StructuredEvent
 
     tag = f"sp{uuid.uuid4().hex[:8]}"
     customer, device = f"{tag}-C1", f"{tag}-duid"
-    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+    t0 = Clock.start()
     ms = [int((t0 + dt.timedelta(minutes=m)).timestamp() * 1000) for m in range(5)]
     failures: list = []
     emitter = Emitter("127.0.0.1", protocol="http", port=int(stack["KIZUNA_INGEST_PORT"]),

@@ -3,6 +3,8 @@
 import base64
 import hashlib
 import hmac
+import json
+import time
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -115,3 +117,74 @@ def test_postmark_basic_credentials_and_record_types():
     assert out[1]["event_time"] == 1709999994907 and out[1]["properties"]["url"] == \
         "https://example.com"
     assert len({r["anonymous_id"] for r in out}) == 1  # the same recipient
+
+
+def sns(message: dict | str, kind: str = "Notification", version: str = "1",
+        at: float = NOW, key=None, **extra) -> dict:
+    """An SNS envelope as Amazon sends it, signed as SNS signs (the string-to-sign of its
+    documentation)."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from tests.conftest import SNS_KEY
+
+    envelope = {"Type": kind, "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:ses-events",
+                "Message": message if isinstance(message, str) else json.dumps(message),
+                "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at)),
+                "SignatureVersion": version,
+                "SigningCertURL": "https://sns.us-east-1.amazonaws.com/cert.pem", **extra}
+    text = "".join(f"{name}\n{envelope[name]}\n" for name in providers.SNS_SIGNED[kind]
+                   if envelope.get(name) is not None)
+    digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+    envelope["Signature"] = base64.b64encode((key or SNS_KEY).sign(
+        text.encode(), padding.PKCS1v15(), digest)).decode()
+    return envelope
+
+
+SES_CLICK = {  # an SES event as its documentation shows it (event publishing, Click)
+    "eventType": "Click",
+    "mail": {"timestamp": "2024-03-09T15:59:00.000Z", "source": "shop@example.com",
+             "messageId": "EXAMPLE7c191be45-e9aedb9a-02f9-4d12-a87d-dd0099a07f8a-000000",
+             "destination": ["Recipient@Example.com"],
+             "tags": {"kizuna_customer_id": ["C10"], "campaign": ["spring"]}},
+    "click": {"timestamp": "2024-03-09T15:59:53.000Z", "link": "https://shop.example/p/1",
+              "ipAddress": "192.0.2.1", "userAgent": "Mozilla/5.0"},
+}
+
+
+def test_sns_signatures_of_both_versions_and_what_is_refused():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.conftest import SNS_CERTIFICATE
+
+    for version in ("1", "2"):
+        assert providers.sns_problem(SNS_CERTIFICATE, sns(SES_CLICK, version=version), NOW,
+                                     300) is None
+    forged = dict(sns(SES_CLICK), Message=json.dumps(dict(SES_CLICK, eventType="Bounce")))
+    assert "does not verify" in providers.sns_problem(SNS_CERTIFICATE, forged, NOW, 300)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert "does not verify" in providers.sns_problem(SNS_CERTIFICATE,
+                                                      sns(SES_CLICK, key=stranger), NOW, 300)
+    assert "off" in providers.sns_problem(SNS_CERTIFICATE, sns(SES_CLICK, at=NOW - 900), NOW,
+                                          300)
+    confirm = sns("You have chosen to subscribe", "SubscriptionConfirmation",
+                  SubscribeURL="https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
+                  Token="2336412f37")
+    assert providers.sns_problem(SNS_CERTIFICATE, confirm, NOW, 300) is None
+
+
+def test_ses_events_map_to_the_email_vocabulary():
+    (click,) = records(providers.ses_events(sns(SES_CLICK), "s"))
+    assert (click["event_type"], click["customer_id"], click["event_time"]) == \
+        ("email_click", "C10", 1709999993000)
+    assert click["properties"]["url"] == "https://shop.example/p/1"
+    assert click["context"] == {"campaign": "spring"}
+    bounce = {"notificationType": "Bounce",
+              "bounce": {"bounceType": "Permanent", "timestamp": "2024-03-09T15:59:58.000Z",
+                         "bouncedRecipients": [{"emailAddress": "a@example.com"},
+                                               {"emailAddress": "b@example.com"}]},
+              "mail": {"timestamp": "2024-03-09T15:59:00.000Z", "messageId": "m",
+                       "destination": ["a@example.com", "b@example.com"]}}
+    out = records(providers.ses_events(sns(bounce), "s"))
+    assert [r["event_type"] for r in out] == ["email_bounce", "email_bounce"]
+    assert len({r["anonymous_id"] for r in out}) == 2 and not any(r["customer_id"] for r in out)
