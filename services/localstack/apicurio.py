@@ -8,16 +8,12 @@ stages talk to the registry of `KIZUNA_SCHEMA_REGISTRY_URL`.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
 
-from services.common.errors import StackError
 from services.common.settings import Settings
-from services.localstack.kafka import java_command
+from services.localstack.kafka import java_command, maven_fetch
 
 VERSION = "2.6.13.Final"  # 3.x needs Java 21
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{VERSION}:tar.gz:all"
@@ -30,38 +26,18 @@ def install_dir(settings: Settings) -> Path:
 
 def ensure_installed(settings: Settings) -> Path:
     """Fetch and unpack the registry once with Maven; later calls reuse the cache."""
-    target = install_dir(settings)
-    if (target / ".complete").exists():
-        return target
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise StackError(
-            "Maven not found on PATH; it fetches the schema registry once: install it "
-            "(`apt-get install maven`), or set KIZUNA_SCHEMA_REGISTRY_URL to a registry "
-            "(`none`: no registry)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="apicurio-", dir=target.parent))
-    try:
-        result = subprocess.run(
-            [mvn, "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}",
-             f"-DoutputDirectory={staging}"], capture_output=True, text=True)
-        if result.returncode != 0:
-            errors = [ln for ln in result.stdout.splitlines() if "ERROR" in ln] or ["(no output)"]
-            raise StackError(
-                f"fetching Apicurio Registry {VERSION} with Maven failed: {errors[0].strip()}; "
-                "check access to Maven Central and retry `kizuna up`")
-        archive = next(staging.glob("*.tar.gz"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-        archive.unlink()
-        (staging / ".complete").touch()
-        staging.rename(target)
-    except OSError:
-        if not (target / ".complete").exists():  # not another stack finishing the same fetch
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return maven_fetch(
+        install_dir(settings), ["dependency:copy", f"-Dartifact={ARTIFACT}"],
+        f"Apicurio Registry {VERSION}",
+        "the schema registry once: install it (`apt-get install maven`), or set "
+        "KIZUNA_SCHEMA_REGISTRY_URL to a registry (`none`: no registry)", _unpack)
+
+
+def _unpack(staging: Path) -> None:
+    archive = next(staging.glob("*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(staging, filter="data")
+    archive.unlink()
 
 
 def url(settings: Settings) -> str:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from services.common.errors import StackError
@@ -43,29 +44,44 @@ def jars_dir(settings: Settings) -> Path:
 
 def ensure_jars(settings: Settings) -> Path:
     """Fetch the broker's jars with Maven once; later calls reuse the cache."""
-    target = jars_dir(settings)
+    return maven_fetch(
+        jars_dir(settings), ["-f", str(POM), "dependency:copy-dependencies",
+                             "-DincludeScope=runtime"],
+        f"Kafka {KAFKA_VERSION} jars",
+        "Kafka's jars once: install it (`apt-get install maven`) or use "
+        "deploy/docker-compose.yml")
+
+
+def maven_fetch(target: Path, goal: list[str], what: str, needed_for: str,
+                unpack: Callable[[Path], None] | None = None) -> Path:
+    """`target`, filled once by Maven (`mvn <goal> -DoutputDirectory=...`) in a staging
+    directory beside it, then `unpack(staging)`, then renamed into place: a stack that finds
+    `target/.complete` reuses it, and two stacks fetching at once leave one complete copy.
+    `needed_for` ends the error when Maven is missing ("it fetches ...").
+    """
     if (target / ".complete").exists():
         return target
     mvn = shutil.which("mvn")
     if not mvn:
-        raise StackError(
-            "Maven not found on PATH; it fetches Kafka's jars once: install it "
-            "(`apt-get install maven`) or use deploy/docker-compose.yml")
+        raise StackError(f"Maven not found on PATH; it fetches {needed_for}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=target.parent))
-    cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-           "-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        errors = [ln for ln in result.stdout.splitlines() if "ERROR" in ln] or ["(no output)"]
-        raise StackError(
-            f"fetching Kafka {KAFKA_VERSION} jars with Maven failed: {errors[0].strip()}; "
-            "check access to Maven Central and retry `kizuna up`")
-    (staging / ".complete").touch()
+    staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=target.parent))
     try:
+        result = subprocess.run([mvn, "-B", "-q", *goal, f"-DoutputDirectory={staging}"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            errors = [ln for ln in result.stdout.splitlines() if "ERROR" in ln] or ["(no output)"]
+            raise StackError(
+                f"fetching {what} with Maven failed: {errors[0].strip()}; "
+                "check access to Maven Central and retry `kizuna up`")
+        if unpack is not None:
+            unpack(staging)
+        (staging / ".complete").touch()
         staging.rename(target)
-    except OSError:  # another stack finished the same fetch first
+    except OSError:
+        if not (target / ".complete").exists():  # not another stack finishing the same fetch
+            raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
