@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
@@ -31,7 +30,14 @@ from services.ingest.collector import (
     process_events,
     split_events,
 )
-from services.ingest.keys import Source, WriteKeys, parse_webhook_secrets, parse_write_keys, verify
+from services.ingest.keys import (
+    Source,
+    WriteKeys,
+    basic_credentials,
+    parse_webhook_secrets,
+    parse_write_keys,
+    verify,
+)
 from services.ingest.openapi import OPENAPI
 from services.ingest.producer import BatchProducer
 from services.ingest.validation import Enrichment, PiiRedactor
@@ -416,13 +422,7 @@ def _cors(request: web.Request, response: web.Response) -> web.Response:
 
 def _basic_user(header: str) -> str:
     """The user of an HTTP Basic `Authorization` header (Segment's write key), or ""."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return ""
-    try:
-        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
-    except (binascii.Error, UnicodeDecodeError):
-        return ""
+    return basic_credentials(header).partition(":")[0]
 
 
 def _segment_style(response: web.Response) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -94,12 +96,31 @@ def verify(secret: bytes, timestamp: str | None, signature: str | None, body: by
     """None when the signature is good and fresh, else why not."""
     if not timestamp or not signature:
         return "missing Kizuna-Timestamp or Kizuna-Signature header"
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        return "Kizuna-Timestamp is not unix seconds"
-    if abs(now - ts) > tolerance:
-        return f"timestamp outside the {tolerance} s tolerance (stale or replayed)"
+    stale = stale_timestamp(timestamp, now, tolerance)
+    if stale:
+        return stale
     if not hmac.compare_digest(sign(secret, timestamp, body), signature.strip()):
         return "signature does not match"
     return None
+
+
+def stale_timestamp(timestamp: str, now: float, tolerance: float) -> str | None:
+    """Why a signed request's unix-seconds timestamp is refused (None: it is fresh)."""
+    try:
+        at = float(timestamp)
+    except ValueError:
+        return f"timestamp {timestamp[:40]!r} is not unix seconds"
+    if abs(now - at) > tolerance:
+        return f"timestamp {timestamp} is more than {tolerance:.0f} s off (stale or replayed)"
+    return None
+
+
+def basic_credentials(authorization: str | None) -> str:
+    """`user:password` of an HTTP Basic `Authorization` header, or "" when there is none."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""

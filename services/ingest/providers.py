@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
+from services.ingest.keys import basic_credentials, stale_timestamp
 from services.ingest.validation import pii_hash
 
 PROVIDERS = ("sendgrid", "mailgun", "postmark")
@@ -59,7 +60,7 @@ def sendgrid_problem(public_key: str, headers: Mapping[str, str], body: bytes, n
     signature, timestamp = headers.get(SENDGRID_SIGNATURE), headers.get(SENDGRID_TIMESTAMP)
     if not signature or not timestamp:
         return f"missing {SENDGRID_SIGNATURE} or {SENDGRID_TIMESTAMP}"
-    stale = _stale(timestamp, now, tolerance)
+    stale = stale_timestamp(timestamp, now, tolerance)
     if stale:
         return stale
     try:
@@ -104,7 +105,7 @@ def mailgun_problem(signing_key: str, payload: object, now: float, tolerance: fl
         return 'missing "signature": {timestamp, token, signature}'
     timestamp, token, digest = (str(signature.get(k, "")) for k in
                                 ("timestamp", "token", "signature"))
-    stale = _stale(timestamp, now, tolerance)
+    stale = stale_timestamp(timestamp, now, tolerance)
     if stale:
         return stale
     expected = hmac.new(signing_key.encode(), (timestamp + token).encode(),
@@ -117,24 +118,8 @@ def mailgun_problem(signing_key: str, payload: object, now: float, tolerance: fl
 
 
 def postmark_problem(credentials: str, authorization: str | None) -> str | None:
-    scheme, _, encoded = (authorization or "").partition(" ")
-    try:
-        given = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        given = ""
-    if scheme.lower() != "basic" or not hmac.compare_digest(given.encode(),
-                                                           credentials.encode()):
+    if not hmac.compare_digest(basic_credentials(authorization).encode(), credentials.encode()):
         return "missing or wrong Basic credentials (set them in the webhook's URL)"
-    return None
-
-
-def _stale(timestamp: str, now: float, tolerance: float) -> str | None:
-    try:
-        at = float(timestamp)
-    except ValueError:
-        return "timestamp is not unix seconds"
-    if abs(now - at) > tolerance:
-        return f"timestamp {timestamp} is more than {tolerance:.0f} s off (stale or replayed)"
     return None
 
 

@@ -122,7 +122,7 @@ def to_event(message: object, names: Mapping[str, str], pinned_channel: str | No
         if not isinstance(traits, dict):
             traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
         raw.update(traits)
-    commerce = _commerce(raw)
+    commerce = _commerce(raw, properties)
     flatten(raw, "", properties, COMMERCE_KEYS)
     event = {
         "event_id": message.get("messageId"),
@@ -188,8 +188,9 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _commerce(props: dict) -> dict | None:
-    """Spec v2 commerce properties -> Kizuna's `commerce`, or None when there are none."""
+def _commerce(props: Mapping, properties: dict) -> dict | None:
+    """Spec v2 commerce properties -> Kizuna's `commerce`, or None when there are none; an
+    order's products also as `product_count` and `product_ids` in `properties`."""
     products = props.get("products") if isinstance(props.get("products"), list) else []
     products = [p for p in products if isinstance(p, dict)]
     one = products[0] if len(products) == 1 else props
@@ -209,9 +210,9 @@ def _commerce(props: dict) -> dict | None:
     }
     if products:
         ids = [i for i in (_id(p.get("product_id")) or _id(p.get("sku")) for p in products) if i]
-        props["product_count"] = len(products)
+        properties["product_count"] = len(products)
         if ids:
-            props["product_ids"] = ",".join(ids)[:1024]
+            properties["product_ids"] = ",".join(ids)[:1024]
     if all(v is None for v in commerce.values()):
         return None
     return commerce
@@ -228,10 +229,6 @@ def flatten(obj: Mapping, prefix: str, out: dict, skip: tuple[str, ...] = ()) ->
             out[name] = json.dumps(value, separators=(",", ":"), default=str)[:1024]
         elif isinstance(value, str | int | float | bool):
             out[name] = value[:1024] if isinstance(value, str) else value
-    if "product_count" in obj and not prefix:
-        out["product_count"] = obj["product_count"]
-        if "product_ids" in obj:
-            out["product_ids"] = obj["product_ids"]
 
 
 def _context(context: Mapping) -> dict:
