@@ -42,8 +42,8 @@ def main() -> None:
 
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
+    from services.domain.weights import load_weights
     from services.engagement_scorer.batch import score_batch
-    from services.engagement_scorer.weights import load_weights
     from services.generator.personas import generate
     from services.ingest.validation import Enrichment, Rejection, validate
     from services.sessionizer.processor import (

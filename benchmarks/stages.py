@@ -23,13 +23,14 @@ from pathlib import Path
 
 import psutil
 
+from services.domain.eventtime import MINUTE_MS
 from services.sessionizer.processor import (
     PartitionProcessor,
     Touchpoint,
     Watermark,
     handoffs_by_partition,
 )
-from services.sessionizer.sessions import MINUTE_MS, SessionRules
+from services.sessionizer.sessions import SessionRules
 
 
 def generated_records(n: int, seed: int = 1) -> list[dict]:
@@ -129,16 +130,15 @@ def _one_worker(stage: str, env: dict, prefix: str, framing: str, data: list[dic
     from services.common.schema_registry import register, serde_for
     from services.common.serde import TOUCHPOINT
     from services.common.settings import Settings, load
-    from services.common.topics import PUBLIC_TOPICS, TOUCHPOINTS_RAW
+    from services.common.topics import ATTRIBUTED, PUBLIC_TOPICS, TOUCHPOINTS_RAW
+    from services.domain.touch import touch_of
     from services.ingest.importer import PartitionBatcher
     from services.localstack.registry import readyz_ok
-    from services.sessionizer.app import ATTRIBUTED
-    from services.sessionizer.processor import touch_of
     from tests.conftest import free_ports
 
     port = str(free_ports(1)[0])
     bench = {**env, "KIZUNA_TOPIC_PREFIX": prefix, "KIZUNA_SESSIONIZER_PORT": port,
-             "KIZUNA_SCORER_PORT": port}
+             "KIZUNA_ENGAGEMENT_SCORER_PORT": port}
     if framing == "single-object":
         bench["KIZUNA_SCHEMA_REGISTRY_URL"] = "none"
     settings = load(Settings, bench)
@@ -248,9 +248,9 @@ def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
 
 
 def pure_scorer(n: int, profiles: int) -> None:
+    from services.domain.touch import touch_of
+    from services.domain.weights import load_weights
     from services.engagement_scorer.batch import score_batch
-    from services.engagement_scorer.weights import load_weights
-    from services.sessionizer.processor import touch_of
 
     weights = load_weights()
     chunks, chunk = [], {}

@@ -52,7 +52,9 @@ from services.common.settings import Settings, load
 from services.common.topics import (
     ALERTS_CART_ABANDONMENT,
     ALERTS_CHURN_RISK,
+    ATTRIBUTED,
     ENGAGEMENT_SCORES,
+    HANDOFF,
     PUBLIC_TOPICS,
     SESSIONS,
     TOUCHPOINTS_RAW,
@@ -60,7 +62,6 @@ from services.common.topics import (
 from services.ingest.importer import PartitionBatcher
 from services.localstack.health import scrape, series_total
 from services.localstack.registry import readyz_ok
-from services.sessionizer.app import ATTRIBUTED, HANDOFF
 from tests.conftest import free_ports, stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,7 +320,7 @@ def collector(b: Bench) -> None:
 STAGES = {  # name -> (module, port setting, counter, labels)
     "sessionizer": ("services.sessionizer", "KIZUNA_SESSIONIZER_PORT",
                     "kizuna_sessionizer_events_total", {"outcome": "events"}),
-    "engagement_scorer": ("services.engagement_scorer", "KIZUNA_SCORER_PORT",
+    "engagement_scorer": ("services.engagement_scorer", "KIZUNA_ENGAGEMENT_SCORER_PORT",
                           "kizuna_engagement_scorer_touches_total", {}),
     "alerting": ("services.alerting", "KIZUNA_ALERTING_PORT", "kizuna_alerting_touches_total",
                  {}),

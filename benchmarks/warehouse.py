@@ -24,8 +24,8 @@ from benchmarks.stages import generated_records
 from services.alerting.carts import CartRules
 from services.alerting.processor import CART, AlertProcessor, alert_record, churn_record
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
+from services.domain.weights import load_weights
 from services.engagement_scorer.batch import score_batch
-from services.engagement_scorer.weights import load_weights
 from services.sessionizer.processor import (
     PartitionProcessor,
     Touchpoint,

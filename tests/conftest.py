@@ -88,7 +88,7 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_SCHEMA_REGISTRY_PORT=str(registry),
         KIZUNA_INGEST_PORT=str(ingest),
         KIZUNA_SESSIONIZER_PORT=str(sessionizer),
-        KIZUNA_SCORER_PORT=str(scorer),
+        KIZUNA_ENGAGEMENT_SCORER_PORT=str(scorer),
         KIZUNA_ALERTING_PORT=str(alerting),
         KIZUNA_WRITE_KEYS=";".join(f"{k}={v}" for k, v in WRITE_KEYS.items()),
         KIZUNA_WEBHOOK_SECRETS=f"esp={WEBHOOK_SECRET};sendgrid={SENDGRID_PUBLIC};"

@@ -15,7 +15,7 @@ from pathlib import Path
 import faust
 from prometheus_client import Counter, Gauge
 
-from services.alerting.carts import HOUR_MS, MINUTE_MS, CartRules
+from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import (
     CART,
@@ -29,10 +29,21 @@ from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ALERT
-from services.common.settings import AlertingSettings, ScorerSettings, SessionizerSettings, load
-from services.common.topics import ALERTS_CART_ABANDONMENT, ALERTS_CHURN_RISK, ALERTS_HISTORY
-from services.engagement_scorer.weights import DAY_MS, Weights, load_weights
-from services.sessionizer.app import ATTRIBUTED
+from services.common.settings import (
+    AlertingSettings,
+    EngagementScorerSettings,
+    SessionizerSettings,
+    load,
+)
+from services.common.topics import (
+    ALERTS_CART_ABANDONMENT,
+    ALERTS_CHURN_RISK,
+    ALERTS_HISTORY,
+    ATTRIBUTED,
+)
+from services.domain import attributed
+from services.domain.eventtime import DAY_MS, HOUR_MS, MINUTE_MS
+from services.domain.weights import Weights, load_weights
 
 log = logging.getLogger("kizuna.alerting")
 STAGE = "alerting"
@@ -78,10 +89,9 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
     fault = faults.markers(common.fault_injection, STAGE)
 
     def handle(partition: int, messages: list) -> None:
-        faults.check(fault, (x[1] for m in messages for part in ("c", "l")
-                             for touches in m.get(part, {}).values() for x in touches))
-        TOUCHES.inc(sum(len(x) for m in messages for part in ("c", "l")
-                        for x in m.get(part, {}).values()))
+        faults.check(fault, attributed.event_ids(messages))
+        TOUCHES.inc(sum(len(touches) for m in messages
+                        for _, touches in attributed.customer_touches(m)))
         now = int(time.time() * 1000)
         for customer, kind, found, snapshot in processor.process(partition, messages):
             record = (alert_record(customer, found, snapshot, now, rules)
@@ -95,7 +105,7 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
         faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
 
     PENDING.set_function(processor.pending)
-    parts.agent(handle, faust_stage.customer_units, faust_stage.unit_payload)
+    parts.agent(handle, faust_stage.attributed_units, faust_stage.attributed_payload)
     parts.on_revoked(processor.forget_partition)
     return parts.app
 
@@ -104,7 +114,7 @@ def main() -> None:
     settings = load(AlertingSettings)
     logs.configure(settings.common.log_level, settings.common.log_format)
     try:  # the scorer's weights: the same engagement chooses the recommended channel
-        scorer = load(ScorerSettings)
+        scorer = load(EngagementScorerSettings)
         weights = load_weights(Path(scorer.weights_file) if scorer.weights_file else None)
     except KizunaError as exc:
         print(f"alerting: error: {exc}", file=sys.stderr)

@@ -37,14 +37,16 @@ import hashlib
 from bisect import insort
 from dataclasses import dataclass
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
+from services.domain.eventtime import DAY_MS, HOUR_MS, MINUTE_MS
+from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, MOVED_AT
+
 CART_ACTIVITY = frozenset({"cart_add", "cart_view", "checkout_start"})
 IMPLICIT = "implicit"
-#: A cart's touch as stored: [t, event_id, event_type, product_id, quantity, unit_price,
-#: currency, moved_at].
-T, EVENT_ID, EVENT_TYPE, PRODUCT, QUANTITY, PRICE, CURRENCY, MOVED_AT = range(8)
+#: A cart's touch as stored: [at, event_id, event_type, product_id, quantity, unit_price,
+#: currency, moved_at]. `at`, `event_id`, `event_type` and `moved_at` (None unless a login
+#: claimed it) sit where a touch has them (services.domain.touch); the cart's own fields take
+#: the places of a touch's channel, value, anonymous_id and extra.
+PRODUCT_ID, QUANTITY, UNIT_PRICE, CURRENCY = 3, 4, 5, 6
 #: Statuses of a recorded decision. The first two are published on the alert topic.
 OPEN, RESOLVED, HISTORICAL, WITHDRAWN = "open", "resolved", "historical", "withdrawn"
 SENT = frozenset({OPEN, RESOLVED})
@@ -143,7 +145,7 @@ def _changed(state: dict, key: str | None) -> None:
 
 
 def _order(x: list) -> tuple[int, str]:
-    return x[T], x[EVENT_ID]
+    return x[AT], x[EVENT_ID]
 
 
 @dataclass
@@ -172,16 +174,16 @@ class _Content:
 
     def take(self, x: list) -> bool:
         """Apply a cart touch; True when it emptied the cart."""
-        kind, product = x[EVENT_TYPE], x[PRODUCT]
+        kind, product = x[EVENT_TYPE], x[PRODUCT_ID]
         self.currency = x[CURRENCY] or self.currency
         if kind not in ("cart_add", "cart_remove"):
             return False
         had = bool(self.items)
         if product:
-            item = self.items.setdefault(product, [0, x[PRICE]])
+            item = self.items.setdefault(product, [0, x[UNIT_PRICE]])
             item[0] += (1 if kind == "cart_add" else -1) * (x[QUANTITY] or 1)
-            if x[PRICE] is not None:
-                item[1] = x[PRICE]
+            if x[UNIT_PRICE] is not None:
+                item[1] = x[UNIT_PRICE]
             if item[0] <= 0:
                 del self.items[product]
         if kind == "cart_add":
@@ -202,11 +204,11 @@ def _timeline(touches: list[list], purchases: list[list]):
     converted)."""
     i = j = 0
     while i < len(touches) or j < len(purchases):
-        if j < len(purchases) and (i == len(touches) or purchases[j][0] < touches[i][T]):
+        if j < len(purchases) and (i == len(touches) or purchases[j][0] < touches[i][AT]):
             yield purchases[j][0], None
             j += 1
         else:
-            yield touches[i][T], touches[i]
+            yield touches[i][AT], touches[i]
             i += 1
 
 
@@ -239,12 +241,12 @@ def episodes(key: str, touches: list[list], purchases: list[list], delay_ms: int
         if current is None:
             if kind not in CART_ACTIVITY or not content.stocked:
                 continue  # a view of an empty cart, or a removal: nothing to abandon
-            current = Episode(key, [], x[T] + delay_ms)
+            current = Episode(key, [], x[AT] + delay_ms)
             out.append(current)
         current.touches.append(x)
         current.currency = content.currency
         if kind in CART_ACTIVITY:
-            current.deadline = max(current.deadline, x[T] + delay_ms)
+            current.deadline = max(current.deadline, x[AT] + delay_ms)
     if current is not None:
         current.items = content.base()[0]
     return out
@@ -308,7 +310,7 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
             "items": [[p, q, price] for p, (q, price) in sorted(items.items())],
             "value": round(sum(q * (price or 0.0) for q, price in items.values()), 2),
             "currency": episode.currency, "moved_at": max(moved) if moved else None,
-            "start": episode.touches[0][T],
+            "start": episode.touches[0][AT],
         }))
     # The alerts decided before stand in the cap: a sent one whatever the touches say now,
     # and a historical one as decided, unless its episode is judged again here: then it
@@ -485,7 +487,7 @@ def _forget(state: dict, rules: CartRules) -> None:
     back so that no episode still open or not yet judged spans it. Each cart keeps what it
     held at the cut (`bases`). Recorded alerts stay while a purchase may still resolve them."""
     newest = max([p[0] for p in state["purchases"]]
-                 + [touches[-1][T] for touches in state["carts"].values() if touches],
+                 + [touches[-1][AT] for touches in state["carts"].values() if touches],
                  default=None)
     judged = state["judged"]
     if newest is None or judged is None:
@@ -495,7 +497,7 @@ def _forget(state: dict, rules: CartRules) -> None:
     # history claimed at a login is still on its way)
     cut = min(newest, judged, state["arrived"] if state["arrived"] is not None else newest) \
         - rules.retain_ms
-    if not any(touches[0][T] < cut for touches in state["carts"].values() if touches) \
+    if not any(touches[0][AT] < cut for touches in state["carts"].values() if touches) \
             and not (state["purchases"] and state["purchases"][0][0] < cut - rules.claim_ms):
         _forget_alerts(state, cut, rules)  # nothing that old
         return
@@ -503,14 +505,14 @@ def _forget(state: dict, rules: CartRules) -> None:
         for episode in _cart_episodes(state, key, rules):
             final = _stands_at(episode) + rules.lateness_ms < judged  # judged: ended
             if episode.deadline >= cut or not final:
-                cut = min(cut, episode.touches[0][T])
+                cut = min(cut, episode.touches[0][AT])
                 break
-    if not any(x[T] < cut for touches in state["carts"].values() for x in touches) \
+    if not any(x[AT] < cut for touches in state["carts"].values() for x in touches) \
             and not any(p[0] < cut - rules.claim_ms for p in state["purchases"]):
         _forget_alerts(state, cut, rules)
         return
     for key, touches in list(state["carts"].items()):
-        gone = [x for x in touches if x[T] < cut]
+        gone = [x for x in touches if x[AT] < cut]
         base = state["bases"].get(key)
         since = base[3] if base and len(base) > 3 else None
         content = _Content(base)

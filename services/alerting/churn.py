@@ -21,7 +21,7 @@ resolution window (default 30 days) after an alert resolves it (same `alert_id`)
 Touches come here in event-time order (the processor releases them once the allowed lateness
 has passed), so every decision depends on the events only: replays, batch sizes and partition
 counts give the same alerts. A device's history handed over at a later login comes in at the
-login's time (`sessions.counts_at`), and its signals count from then. State is JSON-ready.
+login's time (`touch.counts_at`), and its signals count from then. State is JSON-ready.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from services.engagement_scorer import profile
-from services.engagement_scorer.weights import DAY_MS, Weights
-from services.sessionizer.sessions import EVENT_ID, EVENT_TYPE, EXTRA, T, counts_at
+from services.domain import engagement
+from services.domain.eventtime import DAY_MS
+from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, EXTRA, counts_at
+from services.domain.weights import Weights
 
 #: Explicit signals: event type -> (reason, severity, recommended action).
 SIGNALS = {
@@ -87,7 +88,7 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     """One touch, newer than or equal to every touch before it, already applied to `prof`
     (the scorer's profile state). Returns alerts to emit: an explicit signal's alert, and
     resolutions of alerts this purchase answers."""
-    t, kind = touch[T], touch[EVENT_TYPE]
+    t, kind = touch[AT], touch[EVENT_TYPE]
     out = []
     if kind == "purchase":
         state["last_purchase"] = _latest(state["last_purchase"], t, touch[EVENT_ID])
@@ -112,7 +113,7 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     # moved at login) counts at the latest touch's time: valued at its own time, it would
     # read the later score backwards and inflate the peak.
     at = max(t, prof["score"][1])
-    score = profile.decayed_value(prof["score"], at, weights.half_life_ms)
+    score = engagement.decayed_value(prof["score"], at, weights.half_life_ms)
     day = str(at // DAY_MS)
     peaks = state["peaks"]
     if score > peaks.get(day, -math.inf):
@@ -163,7 +164,7 @@ def deadlines(state: dict, prof: dict, rules: ChurnRules, weights: Weights) -> d
             out["engagement_drop"] = (max(when, last[0]), last[0], last[1])
     bought = state["last_purchase"]
     if bought is not None and fired.get("purchase_silence") != bought[0]:
-        rhythm = profile.btyd(prof["days"], bought[0])["median_interpurchase_days"]
+        rhythm = engagement.btyd(prof["days"], bought[0])["median_interpurchase_days"]
         if rhythm is not None:
             wait = max(rules.silence_factor * rhythm * DAY_MS, rules.silence_min_ms)
             out["purchase_silence"] = (bought[0] + int(wait), bought[0], bought[1])
@@ -210,6 +211,6 @@ def _raise(state: dict, prof: dict, customer: str, at: int, reasons: list[tuple]
     alert = {"alert_id": alert_id(customer, at, reasons[0][0]), "status": "open",
              "detected_at": at, "reasons": [r[0] for r in reasons], "severity": severity,
              "evidence": evidence, "action": reasons[0][2], "since": since,
-             "score": round(profile.decayed_value(prof["score"], at, weights.half_life_ms), 6)}
+             "score": round(engagement.decayed_value(prof["score"], at, weights.half_life_ms), 6)}
     state["open"].append(alert)
     return [alert]

@@ -1,14 +1,14 @@
 """Alerting's work on one partition's batch of attributed touches, pure (no Kafka).
 
-Input: the sessionizer's attributed messages `{"t": partition event time, "c": {customer:
-touches}, "l": {customer: touches too late for sessions}}`. A customer's state holds their
-carts (`cart`), their engagement, purchases and consent (`profile`, the scorer's own
-functions), their churn-risk state (`churn`) and the touches not yet final (`pending`).
+Input: the sessionizer's attributed messages (`services.domain.attributed`). A customer's
+state holds their carts (`cart`), their engagement, purchases and consent (`profile`, the
+engagement state the scorer publishes: `services.domain.engagement`), their churn-risk state
+(`churn`) and the touches not yet final (`pending`).
 
 Carts are judged when the partition's event time passes their deadline plus the allowed
 lateness. Touches are held until the partition's event time is more than the allowed lateness
 past them, then applied to the profile and the churn rules in event-time order (a device's
-history handed over at a login in the login's place: `sessions.counts_at`; the sessionizer's
+history handed over at a login in the login's place: `touch.counts_at`; the sessionizer's
 event time waits for it), with the churn deadlines (dormancy, silence, engagement drop) fired
 in between at their exact event time. A
 per-partition index of due times (rebuilt from the store after a restart) finds the customers
@@ -25,23 +25,24 @@ from services.alerting import carts, churn
 from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
 from services.common.schedule import Schedule
-from services.engagement_scorer import profile
-from services.engagement_scorer.weights import Weights
-from services.sessionizer.sessions import (
+from services.domain import attributed, engagement
+from services.domain.eventtime import NEVER
+from services.domain.touch import (
+    AT,
     CHANNEL,
     EVENT_ID,
     EVENT_TYPE,
     EXTRA,
     MOVED_AT,
-    T,
+    cart_fields,
     counts_at,
 )
+from services.domain.weights import Weights
 
 #: State keys: a customer's state under `c:<customer>`, the partition's event time under
 #: `t:<partition>`, and the stage's offsets (`faust_stage`) under `\x00offset:...`: no
 #: customer id can be read as, or overwrite, the stage's own bookkeeping.
 CUSTOMER, STREAM_TIME = "c:", "t:"
-NEVER = -(2**62)
 CART_TYPES = carts.CART_ACTIVITY | {"cart_remove", "purchase"}
 CART, CHURN = "cart_abandonment", "churn_risk"
 
@@ -49,10 +50,8 @@ CART, CHURN = "cart_abandonment", "churn_risk"
 def cart_touch(touch: list) -> CartTouch | None:
     if touch[EVENT_TYPE] not in CART_TYPES:
         return None
-    extra = touch[EXTRA] or {}
-    return CartTouch(touch[T], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL],
-                     extra.get("cart"), extra.get("product"), extra.get("qty"),
-                     extra.get("price"), extra.get("currency"),
+    return CartTouch(touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL],
+                     *cart_fields(touch[EXTRA] or {}),
                      touch[MOVED_AT] if len(touch) > MOVED_AT else None)
 
 
@@ -60,7 +59,7 @@ def upgraded(state: dict) -> dict:
     """A customer's state with every part, whatever version of the stage stored it (states
     written before churn risk existed have no `churn` and `pending`)."""
     state["cart"] = carts.upgraded(state.get("cart") or carts.new_state())
-    state.setdefault("profile", profile.new_state())
+    state.setdefault("profile", engagement.new_state())
     state.setdefault("churn", churn.new_state())
     state.setdefault("pending", [])
     state.setdefault("decided", [])
@@ -140,16 +139,14 @@ class AlertProcessor:
                     if _customer_of(key, self.store.get(key)) == customer:
                         del self.store[key]
                 out = [x for x in out if x[0] != customer]
-            # `l`: touches the sessionizer of an earlier version found too late for sessions
-            for part in (message["c"], message.get("l", {})):
-                for customer, touches in part.items():
-                    state = state_of(customer)
-                    fresh = _fresh(state, touches)
-                    for touch in fresh:  # judged by the partition's event time (`_decide`)
-                        ct = cart_touch(touch)
-                        if ct is not None:
-                            carts.add(state["cart"], ct)
-                    self._hold(schedule, customer, state, fresh)
+            for customer, touches in attributed.customer_touches(message):
+                state = state_of(customer)
+                fresh = _fresh(state, touches)
+                for touch in fresh:  # judged by the partition's event time (`_decide`)
+                    ct = cart_touch(touch)
+                    if ct is not None:
+                        carts.add(state["cart"], ct)
+                self._hold(schedule, customer, state, fresh)
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         while (customer := schedule.pop_due(stream_time)) is not None:
@@ -197,7 +194,7 @@ class AlertProcessor:
         """The alerts with the customer's profile as it stands now, at their decision."""
         if not alerts:
             return []
-        snap = profile.snapshot(state["profile"], customer, self.weights)
+        snap = engagement.snapshot(state["profile"], customer, self.weights)
         return [(customer, kind, alert, snap) for alert in alerts]
 
     def _decided(self, state: dict, alerts: list[dict]) -> None:
@@ -270,7 +267,7 @@ class AlertProcessor:
             else:
                 i += 1
                 found = churn.observe(risk, prof, touch, customer, rules, weights) \
-                    if profile.apply(prof, touch, weights) else []
+                    if engagement.apply(prof, touch, weights) else []
             for alert in found:
                 if alert["status"] == "open" and \
                         alert["detected_at"] < reached - self.rules.horizon_ms:
@@ -298,7 +295,7 @@ def json_copy(state: dict) -> dict:
 def _fresh(state: dict, touches: list[list]) -> list[list]:
     """The touches this customer's state has not taken yet: a batch of the sessionizer redone
     after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
-    profile's ids (`profile.apply`), held ones in `pending`."""
+    profile's ids (`engagement.apply`), held ones in `pending`."""
     applied = state["profile"]["recent"]
     taken = {touch[EVENT_ID] for touch in state["pending"]}
     fresh = []

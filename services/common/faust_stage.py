@@ -32,6 +32,7 @@ from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS_DLQ
+from services.domain import attributed
 
 log = logging.getLogger("kizuna.stage")
 
@@ -523,27 +524,15 @@ class Stage:
         self.app.on_partitions_revoked.connect(revoked)
 
 
-def customer_units(event: faust.types.EventT) -> list:
-    """An attributed message (`{t, c: {customer: touches}, e: [erased]}`) as one unit per
-    customer, each carrying the message's time, so that a customer's touches that a stage
-    cannot take are dead-lettered alone; bytes that are not such a message stay whole (the
-    stage raises on them, and they are dead-lettered)."""
-    try:
-        message = orjson.loads(event.message.value)
-        t = message["t"]
-        units = [{"t": t, "c": {}, "e": message["e"]}] if message.get("e") else []
-        for part in ("c", "l"):
-            units += [{"t": t, "c": {}, part: {customer: touches}} if part == "l"
-                      else {"t": t, "c": {customer: touches}}
-                      for customer, touches in message.get(part, {}).items()]
-        return units or [{"t": t, "c": {}}]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return [event.message.value]
+def attributed_units(event: faust.types.EventT) -> list:
+    """The units of an attributed message (`services.domain.attributed.units`): one per
+    customer, so a customer's touches that a stage cannot take are dead-lettered alone."""
+    return attributed.units(event.message.value)
 
 
-def unit_payload(value: object, event: faust.types.EventT) -> bytes:
+def attributed_payload(unit: object, event: faust.types.EventT) -> bytes:
     """A dead-lettered unit of an attributed message: that customer's part of it."""
-    return orjson.dumps(value) if isinstance(value, dict) else (event.message.value or b"")
+    return attributed.unit_payload(unit, event.message.value)
 
 
 def corrupt_state(parts: Stage, stage: str, key: str, stored: object, why: str) -> None:

@@ -18,9 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 from services.common.errors import ConfigError
 
 
-def setting(env: str, default: str, doc: str, *, secret: bool = False) -> typing.Any:
-    """Declare a dataclass field read from the environment variable `env`."""
-    return field(metadata={"env": env, "default": default, "doc": doc, "secret": secret})
+def setting(env: str, default: str, doc: str, *, secret: bool = False,
+            formerly: str | None = None) -> typing.Any:
+    """Declare a dataclass field read from the environment variable `env` (or, when that is
+    not set, from `formerly`: the name it had before a rename, still read)."""
+    return field(metadata={"env": env, "default": default, "doc": doc, "secret": secret,
+                           "formerly": formerly})
 
 
 def _parse(env: str, raw: str, kind: type) -> object:
@@ -57,6 +60,8 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
             continue
         meta = f.metadata
         raw = environ.get(meta["env"])
+        if (raw is None or raw == "") and meta["formerly"]:
+            raw = environ.get(meta["formerly"])
         if raw is not None and raw != "":
             explicit.add(meta["env"])
         else:
@@ -351,20 +356,11 @@ class IngestSettings:
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:
+        # KIZUNA_SNOWPLOW_APPS and KIZUNA_SEGMENT_EVENTS_FILE are read, and checked, by the
+        # collector at start (services.ingest.app.Collector).
         _check_port("KIZUNA_INGEST_PORT", self.port)
-        if self.snowplow_apps:
-            from services.ingest.keys import parse_write_keys
-            parse_write_keys(self.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
         if self.import_sort_memory_mb < 1:
             raise ConfigError("KIZUNA_IMPORT_SORT_MEMORY_MB must be at least 1")
-        if self.segment_events_file:
-            import yaml
-
-            from services.ingest.segment import event_map
-            try:
-                event_map(self.segment_events_file)
-            except (OSError, ValueError, yaml.YAMLError) as exc:
-                raise ConfigError(f"KIZUNA_SEGMENT_EVENTS_FILE: {exc}") from None
 
     @property
     def pii_names(self) -> frozenset[str]:
@@ -409,26 +405,30 @@ class SessionizerSettings:
 
 
 @dataclass(frozen=True)
-class ScorerSettings:
-    """The engagement scorer: score, RFM and BTYD per customer."""
+class EngagementScorerSettings:
+    """The engagement scorer: score, RFM and BTYD per customer. Its variables were
+    KIZUNA_SCORER_* before 0.9; those names are still read."""
 
     common: Settings
     port: int = setting(
-        "KIZUNA_SCORER_PORT", "8091", "Engagement scorer HTTP port: readyz and metrics.")
+        "KIZUNA_ENGAGEMENT_SCORER_PORT", "8091",
+        "Engagement scorer HTTP port: readyz and metrics.", formerly="KIZUNA_SCORER_PORT")
     weights_file: str = setting(
         "KIZUNA_WEIGHTS_FILE", "",
         "Engagement weights, half-life and tiers (YAML); empty: the shipped "
-        "services/engagement_scorer/weights.yaml. Validated at start.")
+        "services/domain/weights.yaml. Validated at start.")
     batch_size: int = setting(
-        "KIZUNA_SCORER_BATCH", "2000", "Most Kafka messages the scorer processes as one batch.")
+        "KIZUNA_ENGAGEMENT_SCORER_BATCH", "2000",
+        "Most Kafka messages the scorer processes as one batch.", formerly="KIZUNA_SCORER_BATCH")
     store: str = setting(
-        "KIZUNA_SCORER_STORE", "memory://",
-        "faust table store of the scorer: `memory://` or `rocksdb://`.")
+        "KIZUNA_ENGAGEMENT_SCORER_STORE", "memory://",
+        "faust table store of the scorer: `memory://` or `rocksdb://`.",
+        formerly="KIZUNA_SCORER_STORE")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
 
     def validate(self) -> None:
-        _check_port("KIZUNA_SCORER_PORT", self.port)
-        _check_store("KIZUNA_SCORER_STORE", self.store)
+        _check_port("KIZUNA_ENGAGEMENT_SCORER_PORT", self.port)
+        _check_store("KIZUNA_ENGAGEMENT_SCORER_STORE", self.store)
 
 
 @dataclass(frozen=True)
@@ -494,4 +494,4 @@ class AlertingSettings:
 
 #: Every settings object, in the order `kizuna config` prints them.
 ALL_SETTINGS: tuple[type, ...] = (Settings, IngestSettings, SessionizerSettings,
-                                  ScorerSettings, AlertingSettings, WarehouseSettings)
+                                  EngagementScorerSettings, AlertingSettings, WarehouseSettings)

@@ -1,6 +1,8 @@
-"""Kafka topics as code: every public topic declared once (contract section 4).
+"""Kafka topics as code: every topic Kizuna names, declared once (contract section 4).
 
-Internal topics (faust's changelogs and repartitions) are created by the stages themselves.
+The public ones (`PUBLIC_TOPICS`) are created by `kizuna topics create`; the internal ones
+between the stages (`INTERNAL_TOPICS`) by the stages that use them, at start. faust's own
+changelog topics are named and created by faust.
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ ALERTS_CHURN_RISK = TopicSpec("alerts.churn_risk", "churn alerts", key="customer
 ALERTS_HISTORY = TopicSpec(
     "alerting.history", "alert decisions recorded, never sent (internal)", key="customer id",
     retention_ms=30 * DAY_MS, schemas=(ALERT,))
+
+#: Internal: identity links and device state on their way to the customer's partition, and
+#: each partition's event time announced to the others (the sessionizer's own input beside
+#: the raw topic, co-partitioned with it).
+HANDOFF = TopicSpec(
+    "sessionizer.handoff", "identity links and device state on their way to the customer's "
+    "partition (internal)", key="profile id", retention_ms=7 * DAY_MS)
+#: Internal: touches attributed to customers (services.domain.attributed), the engagement
+#: scorer's and alerting's input.
+ATTRIBUTED = TopicSpec(
+    "sessionizer.attributed", "touches attributed to customers and the partition's event "
+    "time, {t, c: {customer: touches}, e: [customers erased]} in JSON, a few messages per "
+    "partition and batch (internal; the scorer's and alerting's input)",
+    key="none (partition of the customers)", retention_ms=7 * DAY_MS)
+
+INTERNAL_TOPICS: tuple[TopicSpec, ...] = (HANDOFF, ATTRIBUTED, ALERTS_HISTORY)
 
 PUBLIC_TOPICS: tuple[TopicSpec, ...] = (
     TOUCHPOINTS_RAW, TOUCHPOINTS_DLQ, SESSIONS, ENGAGEMENT_SCORES,

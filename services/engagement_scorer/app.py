@@ -20,11 +20,11 @@ from services.common import faults, faust_stage, logs
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE
-from services.common.settings import ScorerSettings, load
-from services.common.topics import ENGAGEMENT_SCORES
+from services.common.settings import EngagementScorerSettings, load
+from services.common.topics import ATTRIBUTED, ENGAGEMENT_SCORES
+from services.domain import attributed
+from services.domain.weights import Weights, load_weights
 from services.engagement_scorer.batch import score_batch
-from services.engagement_scorer.weights import Weights, load_weights
-from services.sessionizer.app import ATTRIBUTED
 
 log = logging.getLogger("kizuna.engagement_scorer")
 STAGE = "engagement_scorer"
@@ -33,7 +33,7 @@ TOUCHES = Counter("kizuna_engagement_scorer_touches", "Touches by outcome", ["ou
 PROFILES = Counter("kizuna_engagement_scorer_profiles", "Profile updates emitted")
 
 
-def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
+def create_app(settings: EngagementScorerSettings, weights: Weights) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
     ensure_topics(common, (ATTRIBUTED,))
@@ -47,8 +47,7 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
     fault = faults.markers(common.fault_injection, STAGE)
 
     def handle(partition: int, batches: list) -> None:
-        faults.check(fault, (x[1] for b in batches for part in ("c", "l")
-                             for touches in b.get(part, {}).values() for x in touches))
+        faults.check(fault, attributed.event_ids(batches))
         scored = score_batch(parts.store, weights, batches)
         for customer in scored.erased:  # a tombstone: the compacted topic forgets the customer
             parts.outbox.produce(scores_name, None, customer.encode())
@@ -59,15 +58,15 @@ def create_app(settings: ScorerSettings, weights: Weights) -> faust.App:
             faust_stage.corrupt_state(parts, STAGE, key, stored, why)
         faust_stage.observe_latency(STAGE, max(b["t"] for b in batches))
         TOUCHES.labels("applied").inc(scored.applied)
-        TOUCHES.labels("duplicate").inc(scored.duplicates)
+        TOUCHES.labels("duplicates").inc(scored.duplicates)
         PROFILES.inc(len(scored.profiles))
 
-    parts.agent(handle, faust_stage.customer_units, faust_stage.unit_payload)
+    parts.agent(handle, faust_stage.attributed_units, faust_stage.attributed_payload)
     return parts.app
 
 
 def main() -> None:
-    settings = load(ScorerSettings)
+    settings = load(EngagementScorerSettings)
     logs.configure(settings.common.log_level, settings.common.log_format)
     try:
         weights = load_weights(Path(settings.weights_file) if settings.weights_file else None)

@@ -1,6 +1,6 @@
 """The scorer's work on one partition's batch of attributed messages, pure (no Kafka).
 
-State keys: `c:<customer>` holds a customer's profile state (`profile.new_state()`); the
+State keys: `c:<customer>` holds a customer's profile state (`engagement.new_state()`); the
 stage's own bookkeeping (the offsets it has taken, `\\x00offset:...`) lives beside it, so no
 customer id, whatever it is, can be read as, or overwrite, one of those. States stored under
 the bare customer id by the previous version are moved when read. A state that cannot be
@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
-from services.engagement_scorer.profile import apply, new_state, snapshot
-from services.engagement_scorer.weights import Weights
+from services.domain.attributed import AttributedMessage, customer_touches
+from services.domain.engagement import apply, new_state, snapshot
+from services.domain.weights import Weights
 
 CUSTOMER = "c:"
 REQUIRED = frozenset(new_state())
@@ -47,12 +48,11 @@ def load_state(store: MutableMapping, customer: str, out: Scored) -> dict:
     return state
 
 
-def score_batch(store: MutableMapping, weights: Weights, batches: list[dict]) -> Scored:
+def score_batch(store: MutableMapping, weights: Weights,
+                batches: list[AttributedMessage]) -> Scored:
     """Apply a partition's attributed touches; the changed customers' profiles."""
     out = Scored()
     changed: dict[str, dict] = {}
-    # {"t": partition event time, "c": {customer: touches}, "l": too late for sessions (an
-    #  earlier sessionizer), "e": [customers to forget]}
     for batch in batches:
         for customer in batch.get("e", ()):
             changed.pop(customer, None)
@@ -60,17 +60,16 @@ def score_batch(store: MutableMapping, weights: Weights, batches: list[dict]) ->
                 if isinstance(store.get(key), dict):
                     del store[key]
             out.erased.append(customer)
-        for part in ("c", "l"):
-            for customer, touches in batch.get(part, {}).items():
-                state = changed.get(customer)
-                if state is None:
-                    state = load_state(store, customer, out)
-                for touch in touches:
-                    if apply(state, touch, weights):
-                        out.applied += 1
-                    else:
-                        out.duplicates += 1
-                changed[customer] = state
+        for customer, touches in customer_touches(batch):
+            state = changed.get(customer)
+            if state is None:
+                state = load_state(store, customer, out)
+            for touch in touches:
+                if apply(state, touch, weights):
+                    out.applied += 1
+                else:
+                    out.duplicates += 1
+            changed[customer] = state
     for customer, state in changed.items():
         store[CUSTOMER + customer] = state
         out.profiles.append(snapshot(state, customer, weights))

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from services.common.errors import ConfigError
+
 EVENTS_FILE = Path(__file__).with_name("segment_events.yaml")
 TYPES = ("track", "identify", "page", "screen", "alias", "group")
 FIXED_TYPES = {"page": "page_view", "screen": "screen_view", "identify": "identify",
@@ -54,7 +56,10 @@ def event_map(extra_file: str = "") -> dict[str, str]:
     """Track event names -> event_type: the shipped map, then `extra_file`'s entries."""
     names = dict(_read(EVENTS_FILE))
     if extra_file:
-        names.update(_read(Path(extra_file)))
+        try:
+            names.update(_read(Path(extra_file)))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"KIZUNA_SEGMENT_EVENTS_FILE: {exc}") from None
     return names
 
 

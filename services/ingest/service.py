@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from aiohttp import web
 
 from services.common import logs
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, KizunaError
 from services.common.settings import IngestSettings, load
 from services.ingest.app import Collector, build_app
 from services.ingest.keys import WriteKeys, write_keys_spec
@@ -23,7 +24,13 @@ def main() -> None:
     if not keys:
         raise ConfigError("no write keys: set KIZUNA_WRITE_KEYS (key=source:channel|...)")
     producer = BatchProducer(settings)
-    app = build_app(Collector(settings, keys, producer))
+    try:
+        collector = Collector(settings, keys, producer)
+    except KizunaError as exc:
+        producer.close()
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = build_app(collector)
 
     async def close_producer(_app: web.Application) -> None:
         left = producer.close()

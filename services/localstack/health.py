@@ -27,7 +27,8 @@ PROCESSED = {
     "ingest": ("KIZUNA_INGEST_PORT", "kizuna_ingest_events_total", {}),
     "sessionizer": ("KIZUNA_SESSIONIZER_PORT", "kizuna_sessionizer_events_total",
                     {"outcome": "events"}),
-    "engagement_scorer": ("KIZUNA_SCORER_PORT", "kizuna_engagement_scorer_touches_total", {}),
+    "engagement_scorer": ("KIZUNA_ENGAGEMENT_SCORER_PORT",
+                          "kizuna_engagement_scorer_touches_total", {}),
     "alerting": ("KIZUNA_ALERTING_PORT", "kizuna_alerting_touches_total", {}),
     "warehouse": ("KIZUNA_WAREHOUSE_PORT", "kizuna_warehouse_rows_total", {}),
 }

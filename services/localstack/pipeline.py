@@ -13,12 +13,13 @@ from services.common.settings import Settings
 from services.common.topics import (
     ALERTS_CART_ABANDONMENT,
     ALERTS_CHURN_RISK,
+    ATTRIBUTED,
     ENGAGEMENT_SCORES,
+    HANDOFF,
     SESSIONS,
     TOUCHPOINTS_DLQ,
     TOUCHPOINTS_RAW,
 )
-from services.sessionizer.app import ATTRIBUTED, HANDOFF
 
 log = logging.getLogger("kizuna.pipeline")
 

@@ -18,8 +18,8 @@ from services.common.errors import UnreachableError
 from services.common.kafka import check_reachable
 from services.common.settings import (
     AlertingSettings,
+    EngagementScorerSettings,
     IngestSettings,
-    ScorerSettings,
     SessionizerSettings,
     Settings,
     WarehouseSettings,
@@ -73,7 +73,7 @@ def sessionizer_port(settings: Settings) -> int:
 
 
 def scorer_port(settings: Settings) -> int:
-    return load(ScorerSettings).port
+    return load(EngagementScorerSettings).port
 
 
 def alerting_port(settings: Settings) -> int:
@@ -124,7 +124,7 @@ def ports(settings: Settings) -> dict[str, int]:
     found = {"KIZUNA_WAREHOUSE_PORT": settings.warehouse_port,
              "KIZUNA_INGEST_PORT": ingest_port(settings),
              "KIZUNA_SESSIONIZER_PORT": sessionizer_port(settings),
-             "KIZUNA_SCORER_PORT": scorer_port(settings),
+             "KIZUNA_ENGAGEMENT_SCORER_PORT": scorer_port(settings),
              "KIZUNA_ALERTING_PORT": alerting_port(settings)}
     if settings.embedded_clickhouse:
         found["KIZUNA_CLICKHOUSE_HTTP_PORT"] = load(WarehouseSettings).clickhouse_http_port

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import faust
-import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import faults, faust_stage, logs
@@ -32,7 +31,9 @@ from services.common.serde import (
     AvroSerde,
 )
 from services.common.settings import SessionizerSettings, load
-from services.common.topics import SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW, TopicSpec
+from services.common.topics import ATTRIBUTED, HANDOFF, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
+from services.domain import attributed
+from services.domain.eventtime import HOUR_MS, MINUTE_MS
 from services.sessionizer.processor import (
     DeadLetter,
     Erase,
@@ -43,20 +44,10 @@ from services.sessionizer.processor import (
     Watermark,
     time_message,
 )
-from services.sessionizer.sessions import HOUR_MS, MINUTE_MS, SessionRules
+from services.sessionizer.sessions import SessionRules
 
 log = logging.getLogger("kizuna.sessionizer")
 STAGE = "sessionizer"
-HANDOFF = TopicSpec(
-    "sessionizer.handoff", "identity links and device state on their way to the customer's "
-    "partition (internal)", key="profile id", retention_ms=7 * 24 * HOUR_MS)
-ATTRIBUTED = TopicSpec(
-    "sessionizer.attributed", "touches attributed to customers and the partition's event "
-    "time, {t, c: {customer: touches}, e: [customers erased]} in JSON, a few messages per "
-    "partition and batch "
-    "(internal; the scorer's and alerting's input)", key="none (partition of the customers)",
-    retention_ms=7 * 24 * HOUR_MS)
-
 EVENTS = Counter("kizuna_sessionizer_events", "Touchpoints and handoffs by outcome", ["outcome"])
 SESSIONS_OUT = Counter("kizuna_sessionizer_sessions", "Session updates emitted", ["status"])
 OPEN_SESSIONS = Gauge("kizuna_sessionizer_open_sessions", "Sessions open in this worker's state")
@@ -144,21 +135,6 @@ def payload_of(serde: AvroSerde) -> Callable[[object, faust.types.EventT], bytes
     return payload
 
 
-def attributed_chunks(attributed: dict[str, list], limit: int = 2000) -> Iterator[dict]:
-    """Customers' touches in messages of about `limit` touches (a few hundred KB, well under
-    Kafka's default 1 MB message limit); a customer's touches stay in one message."""
-    chunk: dict[str, list] = {}
-    size = 0
-    for customer, touches in attributed.items():
-        if chunk and size + len(touches) > limit:
-            yield chunk
-            chunk, size = {}, 0
-        chunk[customer] = touches
-        size += len(touches)
-    if chunk:
-        yield chunk
-
-
 def create_app(settings: SessionizerSettings) -> faust.App:
     common = settings.common
     prefix = common.topic_prefix
@@ -190,19 +166,13 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             announce = json.dumps(time_message(partition, out.stream_time)).encode()
             for other in range(partitions):
                 produce(handoff_name, announce, None, other)
-        # The partition's customers are the same on the co-partitioned topic. Each message
-        # carries the partition's output time (see processor.py), so downstream timers move
-        # even without touches. `c`: the customers' touches, on time, late, or moved by
-        # identity.
+        # The partition's customers are the same on the co-partitioned topic (the message
+        # is services.domain.attributed's).
         if out.attributed or out.erased or out.output_time is not None:
             stream_time = processor.output_time(partition)
             OUTPUT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
-            if out.erased:  # `e`: customers to forget (kizuna erase), before what follows
-                produce(attributed_name, orjson.dumps({"t": stream_time, "c": {},
-                                                       "e": out.erased}), None, partition)
-            for chunk in attributed_chunks(out.attributed) if out.attributed else [{}]:
-                produce(attributed_name, orjson.dumps({"t": stream_time, "c": chunk}), None,
-                        partition)
+            for message in attributed.encode(stream_time, out.attributed, out.erased):
+                produce(attributed_name, message, None, partition)
         for channel, behind_ms in out.late:
             LATE.labels(channel).inc()
             LATENESS.labels(channel).observe(behind_ms / 1000)

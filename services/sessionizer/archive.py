@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from services.sessionizer import sessions as s
+from services.domain.eventtime import DAY_MS, DEDUP_MS
+from services.domain.touch import AT, EVENT_ID
 
 ARCHIVE = "r:"
-RETAIN_MS = s.DEDUP_MS
+RETAIN_MS = DEDUP_MS
 
 
 def day_key(key: str, day: int) -> str:
@@ -54,29 +55,29 @@ class Archive:
         """The archived runs within `gap` of the span [lo, hi]."""
         out = []
         for day, end in state.get("archive", ()):
-            if day * s.DAY_MS > hi + gap:
+            if day * DAY_MS > hi + gap:
                 break
             if end + gap < lo:
                 continue
             out += [run for run in self._day(key, day)
-                    if run[0][s.T] - gap <= hi and run[-1][s.T] + gap >= lo]
+                    if run[0][AT] - gap <= hi and run[-1][AT] + gap >= lo]
         return out
 
     def holds(self, key: str, state: dict, t: int, event_id: str) -> bool:
-        return any(any(x[s.EVENT_ID] == event_id for x in run)
+        return any(any(x[EVENT_ID] == event_id for x in run)
                    for run in self.near(key, state, t, t, 0))
 
     def put(self, key: str, state: dict, runs: list[list[list]]) -> None:
         for run in runs:
-            day = run[0][s.T] // s.DAY_MS
+            day = run[0][AT] // DAY_MS
             kept = self._day(key, day)
             kept.append(run)
-            kept.sort(key=lambda r: (r[0][s.T], r[0][s.EVENT_ID]))
+            kept.sort(key=lambda r: (r[0][AT], r[0][EVENT_ID]))
             self._index(key, state, day)
 
     def remove(self, key: str, state: dict, runs: list[list[list]]) -> None:
         for run in runs:
-            day = run[0][s.T] // s.DAY_MS
+            day = run[0][AT] // DAY_MS
             kept = self._day(key, day)
             kept[:] = [r for r in kept if r is not run]
             self._index(key, state, day)
@@ -86,7 +87,7 @@ class Archive:
         runs = self._day(key, day)
         index = [entry for entry in state.get("archive", ()) if entry[0] != day]
         if runs:
-            index.append([day, max(run[-1][s.T] for run in runs)])
+            index.append([day, max(run[-1][AT] for run in runs)])
             index.sort()
         if index:
             state["archive"] = index

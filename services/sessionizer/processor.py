@@ -48,15 +48,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.schedule import Schedule
+from services.domain.eventtime import DAY_MS, DEDUP_MS, HOUR_MS, NEVER
+from services.domain.touch import AT, EVENT_ID, MOVED_AT, moved_touch, touch_of
 from services.sessionizer import sessions as s
 from services.sessionizer.archive import Archive
 from services.sessionizer.sessions import SessionRules
 
 CUSTOMER, DEVICE, STREAM_TIME, ANNOUNCED, LOGINS, SEEN = "c:", "a:", "t:", "w:", "l:", "s:"
-CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
-NEVER = -(2**62)
 #: A login claims the device's sessions that ended within this window before it.
-DEVICE_HISTORY_MS = 30 * 24 * s.HOUR_MS
+DEVICE_HISTORY_MS = 30 * 24 * HOUR_MS
 #: Most touches in one message of a device's history on its way to the customer.
 DEVICE_HISTORY_TOUCHES = 2000
 
@@ -132,30 +132,6 @@ def handoffs_by_partition(out: Outputs, partition: int, partitions: int,
     return routed
 
 
-def moved_touch(touch: list, login_time: int) -> list:
-    """A device's touch attributed at its login: the touch, then the login's event time
-    (`sessions.MOVED_AT`)."""
-    return [*touch, login_time]
-
-
-def touch_of(record: dict) -> list:
-    kind = record["event_type"]
-    commerce = record.get("commerce") or {}
-    value = (commerce.get("value") or 0.0) if kind in ("purchase", "refund") else 0.0
-    extra = None
-    properties = record.get("properties") or {}
-    if kind == "nps_response" and isinstance(properties.get("score"), int | float):
-        extra = {"score": properties["score"]}
-    elif kind in ("opt_in", "opt_out") and properties.get("channel"):
-        extra = {"channel": str(properties["channel"])}
-    elif kind in CART_EVENTS and commerce:
-        extra = {"cart": commerce.get("cart_id"), "product": commerce.get("product_id"),
-                 "qty": commerce.get("quantity"), "price": commerce.get("unit_price"),
-                 "currency": commerce.get("currency")}
-    return [record["event_time"], record["event_id"], kind, record["channel"], value,
-            record.get("anonymous_id"), extra]
-
-
 class PartitionProcessor:
     """Processes batches of one stage process's partitions over a shared state mapping."""
 
@@ -226,7 +202,7 @@ class PartitionProcessor:
         if expires is not None:
             return expires
         if state.get("seen"):  # ids an earlier version kept: forgotten the window after
-            return (state["seen"][-1] + 1) * s.DAY_MS + s.DEDUP_MS
+            return (state["seen"][-1] + 1) * DAY_MS + DEDUP_MS
         return None
 
 
@@ -288,7 +264,7 @@ class _Batch:
         state = self.state(key)
         if s.contains(state["runs"], t, event_id) or self.archive.holds(key, state, t, event_id):
             return True
-        day = t // s.DAY_MS
+        day = t // DAY_MS
         return day in state.get("seen", ()) and event_id in self.seen_ids(_seen_key(key, day))
 
     def seen_ids(self, ids_key: str) -> list[str]:
@@ -367,7 +343,7 @@ class _Batch:
         next stages' event time waits for it in order (the output time's hold at logins): so
         they judge the customer's later touches after the device's claimed ones, in any
         order the late data came in."""
-        if late and state.get("pending") and touch[s.T] >= state.get("claiming", NEVER):
+        if late and state.get("pending") and touch[AT] >= state.get("claiming", NEVER):
             state.setdefault("held", []).append(touch)
         else:
             self.out.attributed.setdefault(customer, []).append(touch)
@@ -378,17 +354,17 @@ class _Batch:
         have gone had it come first: with the device's history the login claims (ending
         within 30 days before it, `_claimable`) to the customer, counted from the login
         (`moved_touch`); else it stays the device's, in an anonymous session."""
-        if self.took(key, touch[s.T], touch[s.EVENT_ID]):
+        if self.took(key, touch[AT], touch[EVENT_ID]):
             self.out.counts["duplicates"] += 1
             return
         self.changed.add(key)
         held = [x for run in state["runs"] + self.archive.runs(key, state) for x in run]
         runs = s.build(held + [touch], self.rules.gap_ms, self.rules.close_at)
         claimed = _claimable(runs, at)
-        if any(s.contains([run], touch[s.T], touch[s.EVENT_ID]) for run in claimed):
+        if any(s.contains([run], touch[AT], touch[EVENT_ID]) for run in claimed):
             # the customer's: kept in the device's history only (what the login claims, and
             # its duplicates), never a session of the device's own
-            old = self.archive.near(key, state, touch[s.T], touch[s.T], self.rules.gap_ms)
+            old = self.archive.near(key, state, touch[AT], touch[AT], self.rules.gap_ms)
             joined = s.build([x for run in old for x in run] + [touch], self.rules.gap_ms,
                              self.rules.close_at)
             self.archive.remove(key, state, old)
@@ -401,7 +377,7 @@ class _Batch:
 
     def add(self, key: str, state: dict, touch: list) -> None:
         closed_before = self.closing_time() - self.rules.lateness_ms
-        if len(touch) > s.MOVED_AT or touch[s.T] < max(state.get("moved", NEVER), closed_before):
+        if len(touch) > MOVED_AT or touch[AT] < max(state.get("moved", NEVER), closed_before):
             # It may join a closed session, come before a login that claimed touches, or be
             # one of those (it joins only the sessions open at its login: `sessions.build`).
             added = self.reform(key, state, [touch])
@@ -449,14 +425,14 @@ class _Batch:
         elif kind == "forward":
             touch = message["touch"]
             key = CUSTOMER + message["customer_id"]
-            if self.took(key, touch[s.T], touch[s.EVENT_ID]):
+            if self.took(key, touch[AT], touch[EVENT_ID]):
                 # sent again by a batch redone after a crash, or a copy delivered again
                 self.out.counts["duplicates"] += 1
                 return
             state = self.touched(key)
             self.add(key, state, touch)
             self.attribute(message["customer_id"], state, touch,
-                           touch[s.T] + self.rules.lateness_ms < self.stream_time)
+                           touch[AT] + self.rules.lateness_ms < self.stream_time)
 
     def link(self, message: dict) -> None:
         device, customer = message["anonymous_id"], message["customer_id"]
@@ -490,14 +466,14 @@ class _Batch:
                 sid = s.session_id(piece[0])
                 if live:
                     emitted[sid] = state["emitted"].get(sid) or [
-                        piece[0][s.T], piece[0][s.EVENT_ID], s.version(len(piece), False, s.OPEN)]
+                        piece[0][AT], piece[0][EVENT_ID], s.version(len(piece), False, s.OPEN)]
                 else:  # over before the login's window: it stays the device's, closed
                     self.out.sessions.append(s.summary(piece, profile_id, None, s.CLOSED))
         for run in claimed:
             if all(run is not r for r in state["runs"]):
                 for piece in s.pieces(run, self.rules.max_length_ms):
                     emitted[s.session_id(piece[0])] = [
-                        piece[0][s.T], piece[0][s.EVENT_ID],
+                        piece[0][AT], piece[0][EVENT_ID],
                         s.version(len(piece), False, s.CLOSED)]
         # in parts of at most 2,000 touches (each message well under Kafka's 1 MB), the last
         # one a `transfer` that ends the wait
@@ -534,7 +510,7 @@ class _Batch:
         login = f"{customer}\x00{message['anonymous_id']}"
         at = (self.logins.pop(login, None) if last else self.logins.get(login))
         at = message.get("at", at)  # None: a transfer from before logins were timed
-        touches = [touch if at is None or touch[s.T] >= at else moved_touch(touch, at)
+        touches = [touch if at is None or touch[AT] >= at else moved_touch(touch, at)
                    for run in message["runs"] for touch in run]
         if last:
             pending.remove(message["anonymous_id"])
@@ -561,11 +537,11 @@ class _Batch:
         sessions that were open at the login's event time, and only those. Runs that event
         time has closed go back to the archive, re-emitted where they changed; sessions
         absorbed by another are re-emitted as merged. False if every touch was here."""
-        fresh = [x for x in touches if not self.took(key, x[s.T], x[s.EVENT_ID])]
+        fresh = [x for x in touches if not self.took(key, x[AT], x[EVENT_ID])]
         if not fresh:
             return False
         gap = self.rules.gap_ms
-        lo, hi = min(x[s.T] for x in fresh), max(x[s.T] for x in fresh)
+        lo, hi = min(x[AT] for x in fresh), max(x[AT] for x in fresh)
         old: list[list[list]] = []
         while True:  # the archived runs around them, and around those
             more = [run for run in self.archive.near(key, state, lo, hi, gap)
@@ -573,8 +549,8 @@ class _Batch:
             if not more:
                 break
             old += more
-            lo = min(lo, *(run[0][s.T] for run in more))
-            hi = max(hi, *(run[-1][s.T] for run in more))
+            lo = min(lo, *(run[0][AT] for run in more))
+            hi = max(hi, *(run[-1][AT] for run in more))
         held = [x for run in state["runs"] + old for x in run]
         runs = s.build(held + fresh, gap, self.rules.close_at)
         now = NEVER if state.get("pending") else self.closing_time()
@@ -582,8 +558,8 @@ class _Batch:
         state["runs"] = [run for run in runs if self.rules.close_at(run) >= now]
         self.archive.remove(key, state, old)
         self.archive.put(key, state, closed)
-        if fresh[-1][s.T] + self.rules.lateness_ms < self.stream_time:
-            state["late"] = [max(x[s.T] for x in fresh), self.stream_time]
+        if fresh[-1][AT] + self.rules.lateness_ms < self.stream_time:
+            state["late"] = [max(x[AT] for x in fresh), self.stream_time]
         self.settle(key, state, old, closed, state["runs"] + closed)
         if state["runs"]:
             self.schedule.wake(min(self.rules.close_at(run) for run in state["runs"]), key)
@@ -603,7 +579,7 @@ class _Batch:
         before = {}
         for run in old:
             for piece in s.pieces(run, self.rules.max_length_ms):
-                before[s.session_id(piece[0])] = (piece[0][s.T], piece[0][s.EVENT_ID],
+                before[s.session_id(piece[0])] = (piece[0][AT], piece[0][EVENT_ID],
                                                   s.version(len(piece), attributed, s.CLOSED))
         after = set()
         for run in closed:
@@ -663,13 +639,13 @@ class _Batch:
         state["runs"] = keep
         index = state.get("archive")
         if index:
-            latest = max([end for _, end in index] + [run[-1][s.T] for run in keep])
+            latest = max([end for _, end in index] + [run[-1][AT] for run in keep])
             self.archive.prune(key, state, latest, self.rules.gap_ms)
             expires = self.archive.expires_at(state)
             if not keep and expires is not None and expires < now:
                 self.forget(key, state)  # idle for the whole window
         days = state.get("seen")  # ids kept by an earlier version expire by its rule
-        if days and not state["runs"] and (days[-1] + 1) * s.DAY_MS + s.DEDUP_MS < now:
+        if days and not state["runs"] and (days[-1] + 1) * DAY_MS + DEDUP_MS < now:
             self.forget_seen(key, state)
         if key.startswith(CUSTOMER):
             _note_moved(state)
@@ -685,7 +661,7 @@ class _Batch:
         for run in state["runs"]:
             for piece in s.pieces(run, self.rules.max_length_ms):
                 record = s.summary(piece, profile_id, customer, s.OPEN)
-                live[record["session_id"]] = (record, piece[0][s.EVENT_ID])
+                live[record["session_id"]] = (record, piece[0][EVENT_ID])
         for sid, (started_at, first_event_id, last_version) in list(emitted.items()):
             if sid in live:
                 continue
@@ -744,7 +720,7 @@ def _claimable(runs: list[list[list]], login: int) -> list[list[list]]:
     each run and the login alone, so what a login claims does not depend on how far the
     device's partition had got when the link came, nor on which of the device's touches
     came after it (`before_login`)."""
-    return [run for run in runs if run[-1][s.T] >= login - DEVICE_HISTORY_MS]
+    return [run for run in runs if run[-1][AT] >= login - DEVICE_HISTORY_MS]
 
 
 def _transfer(customer: str, device: str, at: int, runs: list | None = None,
@@ -759,8 +735,8 @@ def _note_moved(state: dict) -> None:
     """Note the latest login whose claimed touches a customer's open runs hold: a touch
     before it goes through `reform`; one after it cannot change what that login decided,
     and is inserted by the plain gap rule (the same result, see `sessions.build`)."""
-    logins = [touch[s.MOVED_AT] for run in state["runs"]
-              for touch in run if len(touch) > s.MOVED_AT]
+    logins = [touch[MOVED_AT] for run in state["runs"]
+              for touch in run if len(touch) > MOVED_AT]
     if logins:
         state["moved"] = max(logins)
     else:

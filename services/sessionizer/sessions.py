@@ -7,7 +7,8 @@ the set of touches, whatever order they came in: a late touch that bridges two r
 them, one before a run's start moves it, and the result is what sorting everything first
 would have given. A session's id is derived from its first touch, so it is deterministic.
 
-State is JSON-ready (lists and dicts) because it is what the stage's changelog stores.
+State is JSON-ready (lists and dicts) because it is what the stage's changelog stores. A touch
+is the domain's (`services.domain.touch`).
 """
 
 from __future__ import annotations
@@ -17,21 +18,17 @@ from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-#: How far behind a profile's latest touch a touch delivered again is still known as a
-#: duplicate (the sessionizer's `seen`, the scorer's `recent`).
-DEDUP_MS = 60 * DAY_MS
-
-# A touch: [event_time_ms, event_id, event_type, channel, value, anonymous_id, extra]. A list,
-# not a class: it is stored as is, and there are many of them. `value` is the order value of a
-# purchase or refund (else 0); `extra` what scoring needs of the properties (an NPS score, the
-# channel of an opt-in or opt-out), or None.
-T, EVENT_ID, EVENT_TYPE, CHANNEL, REVENUE, ANONYMOUS_ID, EXTRA = range(7)
-#: A device's touch handed to its customer at a later login carries the login's event time
-#: as an eighth item, in the sessionizer's output only (`counts_at`).
-MOVED_AT = 7
+from services.domain.eventtime import HOUR_MS, MINUTE_MS
+from services.domain.touch import (
+    ANONYMOUS_ID,
+    AT,
+    CHANNEL,
+    EVENT_ID,
+    EVENT_TYPE,
+    PURCHASE,
+    VALUE,
+    counts_at,
+)
 
 OPEN, CLOSED, MERGED = "open", "closed", "merged"
 _RANK = {OPEN: 0, CLOSED: 1, MERGED: 3}
@@ -50,19 +47,11 @@ class SessionRules:
 
     def close_at(self, run: list[list]) -> int:
         """Event time after which no acceptable touch can join `run` any more."""
-        return run[-1][T] + self.gap_ms + self.lateness_ms
-
-
-def counts_at(touch: list) -> int:
-    """When a touch counts for its customer's decisions (churn risk): its event time, or, for
-    a device's touch that became the customer's at a later login, the login's time. So where a
-    device's history lands among the customer's own touches depends on the events only, not
-    on how long the hand-over took."""
-    return max(touch[T], touch[MOVED_AT]) if len(touch) > MOVED_AT else touch[T]
+        return run[-1][AT] + self.gap_ms + self.lateness_ms
 
 
 def session_id(first: list) -> str:
-    digest = hashlib.sha256(f"{first[T]}\0{first[EVENT_ID]}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{first[AT]}\0{first[EVENT_ID]}".encode()).hexdigest()
     return "s-" + digest[:24]
 
 
@@ -78,14 +67,14 @@ def merged_version(last: int) -> int:
 
 def insert(runs: list[list[list]], touch: list, gap_ms: int) -> bool:
     """Add `touch` to the sorted runs, merging the runs it bridges; False if a duplicate."""
-    t = touch[T]
+    t = touch[AT]
     # Runs it touches: those whose span, widened by the gap, contains t.
-    hit = [i for i, run in enumerate(runs) if run[0][T] - gap_ms <= t <= run[-1][T] + gap_ms]
+    hit = [i for i, run in enumerate(runs) if run[0][AT] - gap_ms <= t <= run[-1][AT] + gap_ms]
     for i in hit:
         if any(x[EVENT_ID] == touch[EVENT_ID] for x in runs[i]):
             return False
     if not hit:
-        starts = [run[0][T] for run in runs]
+        starts = [run[0][AT] for run in runs]
         runs.insert(bisect_left(starts, t), [touch])
         return True
     _join(runs, hit, touch)
@@ -113,12 +102,12 @@ def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int
     touch never joins a session that had closed before its login, whatever arrived since."""
     runs: list[list[list]] = []
     latest: list[int] = []  # per run, the latest time one of its touches counts at
-    for touch in sorted(touches, key=lambda x: (counts_at(x), x[T], x[EVENT_ID])):
-        at, t = counts_at(touch), touch[T]
+    for touch in sorted(touches, key=lambda x: (counts_at(x), x[AT], x[EVENT_ID])):
+        at, t = counts_at(touch), touch[AT]
         # Open then: not closed before it, or holding touches that count at that same instant
         # (a device's history comes in whole at its login: its runs form among themselves).
         hit = [i for i, run in enumerate(runs)
-               if run[0][T] - gap_ms <= t <= run[-1][T] + gap_ms
+               if run[0][AT] - gap_ms <= t <= run[-1][AT] + gap_ms
                and (close_at(run) >= at or latest[i] == at)]
         if not hit:
             runs.append([touch])
@@ -133,7 +122,7 @@ def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int
 
 
 def contains(runs: list[list[list]], t: int, event_id: str) -> bool:
-    return any(run[0][T] <= t <= run[-1][T] and any(x[EVENT_ID] == event_id for x in run)
+    return any(run[0][AT] <= t <= run[-1][AT] and any(x[EVENT_ID] == event_id for x in run)
                for run in runs)
 
 
@@ -143,7 +132,7 @@ def merge_runs(runs: list[list[list]], other: list[list[list]], gap_ms: int) -> 
 
 
 def _order(touch: list) -> tuple[int, str]:
-    return touch[T], touch[EVENT_ID]
+    return touch[AT], touch[EVENT_ID]
 
 
 def pieces(run: list[list], max_length_ms: int) -> list[list[list]]:
@@ -151,7 +140,7 @@ def pieces(run: list[list], max_length_ms: int) -> list[list[list]]:
     out: list[list[list]] = []
     current: list[list] = []
     for touch in run:
-        if current and touch[T] - current[0][T] >= max_length_ms:
+        if current and touch[AT] - current[0][AT] >= max_length_ms:
             out.append(current)
             current = []
         current.append(touch)
@@ -173,16 +162,16 @@ def summary(touches: list[list], profile_id: str, customer_id: str | None, statu
         channels.add(touch[CHANNEL])
         if touch[ANONYMOUS_ID]:
             devices.add(touch[ANONYMOUS_ID])
-        if kind == "purchase":
+        if kind == PURCHASE:
             purchases += 1
-            revenue += touch[REVENUE]
+            revenue += touch[VALUE]
     return {
         "session_id": session_id(touches[0]),
         "profile_id": profile_id,
         "customer_id": customer_id,
         "anonymous_ids": sorted(devices),
-        "started_at": touches[0][T],
-        "ended_at": touches[-1][T],
+        "started_at": touches[0][AT],
+        "ended_at": touches[-1][AT],
         "event_count": len(touches),
         "channels": sorted(channels),
         "event_type_counts": counts,
@@ -212,9 +201,9 @@ def merged(sid: str, profile_id: str, customer_id: str | None, started_at: int,
 def locate(runs: list[list[list]], touch_key: tuple[int, str], max_length_ms: int) -> str | None:
     """Id of the session that now holds the touch with this (time, event_id)."""
     for run in runs:
-        if run[0][T] <= touch_key[0] <= run[-1][T]:
+        if run[0][AT] <= touch_key[0] <= run[-1][AT]:
             for piece in pieces(run, max_length_ms):
-                if piece[0][T] <= touch_key[0] <= piece[-1][T] and any(
+                if piece[0][AT] <= touch_key[0] <= piece[-1][AT] and any(
                         _order(x) == touch_key for x in piece):
                     return session_id(piece[0])
     return None

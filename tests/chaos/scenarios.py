@@ -210,7 +210,8 @@ class CollectorKilled:
 
 
 PORT_SETTINGS = {"sessionizer": "KIZUNA_SESSIONIZER_PORT",
-                 "engagement_scorer": "KIZUNA_SCORER_PORT", "alerting": "KIZUNA_ALERTING_PORT"}
+                 "engagement_scorer": "KIZUNA_ENGAGEMENT_SCORER_PORT",
+                 "alerting": "KIZUNA_ALERTING_PORT"}
 
 
 def rebalance(name: str) -> Callable[[dict, str], str]:
@@ -321,7 +322,8 @@ class PoisonProcessing:
         return wrong
 
 
-PORTS = (("KIZUNA_SESSIONIZER_PORT", "sessionizer"), ("KIZUNA_SCORER_PORT", "engagement_scorer"),
+PORTS = (("KIZUNA_SESSIONIZER_PORT", "sessionizer"),
+         ("KIZUNA_ENGAGEMENT_SCORER_PORT", "engagement_scorer"),
          ("KIZUNA_ALERTING_PORT", "alerting"))
 
 

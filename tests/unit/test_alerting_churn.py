@@ -9,8 +9,8 @@ import pytest
 from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import CHURN, AlertProcessor, churn_record
-from services.engagement_scorer.weights import load_weights
-from services.sessionizer.processor import moved_touch
+from services.domain.touch import moved_touch
+from services.domain.weights import load_weights
 
 T0 = 1_710_000_000_000
 MIN = 60_000

@@ -188,7 +188,7 @@ def test_kubernetes_manifests_run_every_stage_safely():
     assert set(config["data"]) | set(secret["stringData"]) <= known
     weights = next(d for d in docs if d["metadata"]["name"] == "kizuna-weights")
     assert weights["data"]["weights.yaml"] == (
-        ROOT / "services/engagement_scorer/weights.yaml").read_text()
+        ROOT / "services/domain/weights.yaml").read_text()
     assert config["data"]["KIZUNA_WEIGHTS_FILE"] == "/etc/kizuna/weights.yaml"
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     modules = set()

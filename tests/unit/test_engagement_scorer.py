@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
-from services.engagement_scorer.profile import apply, new_state, snapshot
-from services.engagement_scorer.weights import DAY_MS, load_weights
+from services.domain.engagement import apply, new_state, snapshot
+from services.domain.eventtime import DAY_MS
+from services.domain.weights import load_weights
 
 W = load_weights()
 T0 = 1_710_000_000_000
@@ -209,7 +210,7 @@ def test_an_erased_customer_is_forgotten_and_starts_again() -> None:
 
 def test_a_score_asked_for_long_before_its_anchor_does_not_overflow() -> None:
     # A decision about 1997 from a purchase log imported behind live touches of 2026.
-    from services.engagement_scorer.profile import decayed_value
+    from services.domain.engagement import decayed_value
 
     anchor = [12.5, 1_790_000_000_000]  # 2026
     assert decayed_value(anchor, 852_076_800_000, 14 * 86_400_000) == 12.5  # 1997

@@ -15,6 +15,8 @@ from aiokafka.partitioner import murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.domain.eventtime import DAY_MS, DEDUP_MS, HOUR_MS, MINUTE_MS
+from services.domain.touch import EVENT_ID, MOVED_AT, counts_at
 from services.sessionizer import sessions as s
 from services.sessionizer.processor import (
     Handoff,
@@ -24,11 +26,11 @@ from services.sessionizer.processor import (
     handoffs_by_partition,
     time_message,
 )
-from services.sessionizer.sessions import MINUTE_MS, SessionRules
+from services.sessionizer.sessions import SessionRules
 
 T0 = 1_710_000_000_000
 RULES = SessionRules()
-END_OF_TIME = T0 + 3 * 24 * s.HOUR_MS  # closes everything; device history (30 days) stays
+END_OF_TIME = T0 + 3 * 24 * HOUR_MS  # closes everything; device history (30 days) stays
 
 
 def tp(event_id: str, minute: float, customer: str | None = None, device: str | None = None,
@@ -85,7 +87,7 @@ class Pipeline:
                     for customer, touches in part.items():
                         assert partition_of(customer, self.n) == p  # co-partitioned output
                         self.attributed.setdefault(customer, []).extend(
-                            x[s.EVENT_ID] for x in touches)
+                            x[EVENT_ID] for x in touches)
                 for k, v in out.counts.items():
                     self.counts[k] = self.counts.get(k, 0) + v
                 routed = handoffs_by_partition(out, p, self.n, lambda k: partition_of(k, self.n))
@@ -133,9 +135,9 @@ def test_sessions_close_when_event_time_passes_gap_plus_lateness() -> None:
     assert {r["status"] for r in p.table().values()} == {s.CLOSED}
     assert p.counts["sessions_closed"] == 1
     left = p.store["c:C1"]  # the closed run leaves the open runs for the archive
-    day = T0 // s.DAY_MS
+    day = T0 // DAY_MS
     assert (left["runs"], left["archive"]) == ([], [[day, T0]])
-    assert [[x[s.EVENT_ID] for x in run] for run in p.store[f"r:c:C1:{day}"]] == [["e1"]]
+    assert [[x[EVENT_ID] for x in run] for run in p.store[f"r:c:C1:{day}"]] == [["e1"]]
 
 
 def test_a_session_is_split_at_the_maximum_length() -> None:
@@ -143,7 +145,7 @@ def test_a_session_is_split_at_the_maximum_length() -> None:
     p = Pipeline().send(*events).close_all()
     rows = sorted(p.table().values(), key=lambda r: r["started_at"])
     assert [r["event_count"] for r in rows] == [72, 8]  # 72 x 20 min = 24 h
-    assert rows[0]["ended_at"] - rows[0]["started_at"] < 24 * s.HOUR_MS
+    assert rows[0]["ended_at"] - rows[0]["started_at"] < 24 * HOUR_MS
 
 
 def test_a_late_event_that_bridges_two_sessions_merges_them() -> None:
@@ -273,8 +275,8 @@ def test_event_time_for_the_next_stages_waits_for_a_logins_device_history() -> N
     assert proc.output_time(0) == T0 + 30 * MINUTE_MS == out.output_time
     # The device's history reaches the customer's stages marked with the login's time.
     (moved,) = out.attributed["C1"]
-    assert moved[s.EVENT_ID] == "w1" and moved[s.MOVED_AT] == login
-    assert s.counts_at(moved) == login and s.counts_at(moved[:s.MOVED_AT]) == T0
+    assert moved[EVENT_ID] == "w1" and moved[MOVED_AT] == login
+    assert counts_at(moved) == login and counts_at(moved[:MOVED_AT]) == T0
 
 
 CONFIGS = [(1, 1), (1, 1000), (4, 3), (4, 1000)]
@@ -459,11 +461,11 @@ def test_a_linked_device_hands_its_history_to_the_customer_and_forgets_it_later(
     p.run().send(tp("fwd", 24 * 60, device="dev-f")).run()  # linked: forwarded to the customer
     assert p.counts["identity_links"] == 1 and "fwd" in p.attributed["C-f"]
     assert "d0" in p.attributed["C-f"]
-    p.watermark(T0 + 3 * s.DAY_MS).run()
+    p.watermark(T0 + 3 * DAY_MS).run()
     assert [k for k in p.store if k.startswith("r:c:C-f:")]
     p.send(tp("fwd", 24 * 60, device="dev-f")).run()  # delivered again: the customer knows it
     assert p.counts["duplicates"] == 1
-    p.watermark(T0 + s.DEDUP_MS + 3 * s.DAY_MS).run()
+    p.watermark(T0 + DEDUP_MS + 3 * DAY_MS).run()
     assert not [k for k in p.store if k.startswith(("r:a:dev-f:", "r:c:C-f:"))]
     assert p.store["a:dev-f"]["linked_to"] == "C-f"  # the link stays (`kizuna erase`)
 
@@ -487,28 +489,17 @@ def test_a_device_touch_from_before_its_login_that_comes_after_the_link_goes_as_
 
 def test_a_profile_forgets_its_closed_sessions_after_the_retention_window() -> None:
     p = Pipeline().send(tp("e1", 0, "C-idle")).run()
-    p.watermark(T0 + 5 * 24 * s.HOUR_MS).run()
-    day = T0 // s.DAY_MS
+    p.watermark(T0 + 5 * 24 * HOUR_MS).run()
+    day = T0 // DAY_MS
     assert f"r:c:C-idle:{day}" in p.store  # its session closed, its touches stay
-    p.watermark(T0 + s.DEDUP_MS + s.DAY_MS).run()
+    p.watermark(T0 + DEDUP_MS + DAY_MS).run()
     assert "c:C-idle" not in p.store and f"r:c:C-idle:{day}" not in p.store
-
-
-def test_attributed_touches_go_out_in_bounded_messages() -> None:
-    from services.sessionizer.app import attributed_chunks
-
-    attributed = {f"C{i}": [[i, f"e{i}-{j}"] for j in range(i % 7 + 1)] for i in range(3000)}
-    chunks = list(attributed_chunks(attributed, limit=500))
-    assert all(sum(map(len, c.values())) <= 500 for c in chunks)
-    merged = {k: v for c in chunks for k, v in c.items()}
-    assert merged == attributed  # nothing lost, a customer never split
-    assert list(attributed_chunks({})) == []
 
 
 def test_an_anonymous_device_is_forgotten_after_its_window() -> None:
     # Regression: the history's expiry time stayed in the past and closing spun forever.
     p = Pipeline().send(tp("x1", 0, device="ghost"))
-    p.watermark(T0 + 70 * 24 * s.HOUR_MS).run()  # past the 60-day window, in one step
+    p.watermark(T0 + 70 * 24 * HOUR_MS).run()  # past the 60-day window, in one step
     assert "a:ghost" not in p.store
     assert [r["status"] for r in p.table().values()] == [s.CLOSED]
 
@@ -625,7 +616,7 @@ def generated_history(customers: int, days: int, seed: int) -> list[dict]:
     from services.ingest.validation import Enrichment, Rejection, validate
 
     world = generate(customers, days, seed, T0)
-    enrich = Enrichment("test", T0 + (days + 1) * s.DAY_MS, skew_correction=False)
+    enrich = Enrichment("test", T0 + (days + 1) * DAY_MS, skew_correction=False)
     return sorted((r for r in (validate(e, enrich) for e in world.events)
                    if not isinstance(r, Rejection)),
                   key=lambda r: (r["event_time"], r["event_id"]))
@@ -639,10 +630,10 @@ def test_history_backfilled_behind_live_touches_gives_the_sessions_of_history_fi
     # before their login: what a login claims is measured from the login, not from how far
     # the device's partition had got when the link came.)
     history = generated_history(8, 50, 23)
-    live_from = T0 + 51 * s.DAY_MS
+    live_from = T0 + 51 * DAY_MS
     live = [tp(f"live-{i}", (live_from - T0) / MINUTE_MS + i, history[i * 7]["customer_id"]
                or "C-live") for i in range(10)]
-    end = live_from + s.DAY_MS
+    end = live_from + DAY_MS
     first = Pipeline(partitions, batch).send(*history).watermark(live_from - MINUTE_MS).run()
     first.send(*live).watermark(end).run()
     behind = Pipeline(partitions, batch).send(*live).watermark(end).run().send(*history).run()

@@ -79,3 +79,15 @@ def test_a_worker_id_makes_each_stage_a_static_group_member() -> None:
     assert named.group_instance_id("sessionizer") == "acme.sessionizer-pod-3"
     # `kizuna up` runs its stages as static members named `local`, unless told otherwise.
     assert child_environment(load(Settings, {}))["KIZUNA_WORKER_ID"] == "local"
+
+
+def test_a_renamed_variable_is_still_read_under_its_former_name() -> None:
+    from services.common.settings import EngagementScorerSettings
+
+    old = load(EngagementScorerSettings, {"KIZUNA_SCORER_PORT": "9191",
+                                          "KIZUNA_SCORER_BATCH": "10"})
+    assert (old.port, old.batch_size) == (9191, 10)
+    assert "KIZUNA_ENGAGEMENT_SCORER_PORT" in old.explicit
+    new = load(EngagementScorerSettings, {"KIZUNA_SCORER_PORT": "9191",
+                                          "KIZUNA_ENGAGEMENT_SCORER_PORT": "9292"})
+    assert new.port == 9292  # the current name wins

@@ -1,5 +1,7 @@
 """A customer's engagement, RFM and BTYD state: pure functions over a JSON-ready dict.
 
+The scorer publishes it; alerting keeps the same state to judge churn risk.
+
 Decayed sums are kept as an anchor `[value, at]`: the sum's value at event time `at`, the
 latest touch seen. A touch at `t <= at` adds `w * 2^(-(at - t)/h)`; a later one moves the
 anchor: `value * 2^(-(t - at)/h) + w`. Either way the anchor equals the sum recomputed from
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import statistics
 
-from services.engagement_scorer.weights import DAY_MS, Weights
-from services.sessionizer.sessions import CHANNEL, DEDUP_MS, EVENT_ID, EVENT_TYPE, EXTRA, REVENUE, T
+from services.domain.eventtime import DAY_MS, DEDUP_MS
+from services.domain.touch import AT, CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, VALUE
+from services.domain.weights import Weights
 
 #: Channels a downstream system can reach a customer on (a store visit is not one).
 CONTACTABLE = ("email", "app", "web", "support", "social")
@@ -53,7 +56,7 @@ def decayed_value(anchor: list | None, at: int, half_life_ms: float) -> float:
 
 def apply(state: dict, touch: list, weights: Weights) -> bool:
     """Add one attributed touch; False when it was seen already."""
-    t, event_id, kind, channel = touch[T], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL]
+    t, event_id, kind, channel = touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL]
     recent = state["recent"]
     if event_id in recent:
         return False
@@ -66,7 +69,7 @@ def apply(state: dict, touch: list, weights: Weights) -> bool:
     last = state["last_event_at"]
     state["last_event_at"] = t if last is None else max(last, t)
     if kind == "purchase":
-        value = touch[REVENUE] or 0.0
+        value = touch[VALUE] or 0.0
         day = str(t // DAY_MS)  # a JSON key
         state["days"][day] = state["days"].get(day, 0.0) + value
         state["purchase_count"] += 1
@@ -75,7 +78,7 @@ def apply(state: dict, touch: list, weights: Weights) -> bool:
         state["first_purchase_at"] = t if first is None else min(first, t)
         state["last_purchase_at"] = t if latest is None else max(latest, t)
     elif kind == "refund":
-        state["refunds"] += touch[REVENUE] or 0.0
+        state["refunds"] += touch[VALUE] or 0.0
     consent = CONSENT.get(kind)
     if kind in ("opt_in", "opt_out") and extra.get("channel"):
         consent = (str(extra["channel"]), kind == "opt_in")

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from services.common.errors import ConfigError
-from services.sessionizer.sessions import DAY_MS
+from services.domain.eventtime import DAY_MS
 
 SHIPPED = Path(__file__).with_name("weights.yaml")
 NPS_BANDS = ("detractor", "passive", "promoter")

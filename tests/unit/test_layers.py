@@ -1,0 +1,67 @@
+"""The package layers: stages import `services.domain` and `services.common`, never another
+stage; the domain imports nothing of Kizuna but itself and `services.common.errors`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+STAGES = ("ingest", "sessionizer", "engagement_scorer", "alerting", "warehouse")
+
+
+def kizuna_imports(path: Path) -> set[str]:
+    """The `services.<package>` modules a file imports, anywhere in it (function-level
+    imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.startswith("services."))
+    return found
+
+
+def owner(module: str) -> str:
+    return module.split(".")[1]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_imports_no_other_stage(stage: str) -> None:
+    crossings = sorted(f"{path.relative_to(SERVICES.parent)} imports {module}"
+                       for path in (SERVICES / stage).rglob("*.py")
+                       for module in kizuna_imports(path)
+                       if owner(module) in STAGES and owner(module) != stage)
+    assert crossings == []
+
+
+def test_the_domain_depends_on_nothing_of_kizuna() -> None:
+    allowed = {"domain", "common.errors"}
+    crossings = sorted(f"{path.name} imports {module}"
+                       for path in (SERVICES / "domain").rglob("*.py")
+                       for module in kizuna_imports(path)
+                       if owner(module) != "domain" and not module.startswith(
+                           "services.common.errors"))
+    assert crossings == [], allowed
+
+
+def test_common_depends_on_no_stage() -> None:
+    crossings = sorted(f"{path.name} imports {module}"
+                       for path in (SERVICES / "common").rglob("*.py")
+                       for module in kizuna_imports(path) if owner(module) in STAGES)
+    assert crossings == []
+
+
+def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
+    """The scan itself: a function-level import of another stage is found."""
+    source = tmp_path / "x.py"
+    source.write_text("def f():\n    from services.sessionizer.app import main\n"
+                      "    import services.alerting.carts\n")
+    assert kizuna_imports(source) == {"services.sessionizer.app",
+                                      "services.sessionizer.app.main",
+                                      "services.alerting.carts"}
