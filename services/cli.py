@@ -267,7 +267,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(p))
         return 0
-    print(f"customer {p['customer_id']}  (as of {p['updated_at']} UTC, event time)")
+    print(f"customer {p['customer_id']}  (as of {p['as_of']} UTC, event time)")
     print(f"  engagement   {p['engagement_score']:.2f}  tier {p['tier']}")
     total = sum(abs(v) for v in p["channel_scores"].values()) or 1.0
     for channel, value in sorted(p["channel_scores"].items(), key=lambda x: -abs(x[1])):

@@ -114,7 +114,7 @@ PROFILE_COLUMNS = [
     "customer_id", "engagement_score", "tier", "channel_scores", "last_event_at",
     "purchase_count", "total_revenue", "first_purchase_at", "last_purchase_at", "frequency",
     "recency", "T", "monetary_value", "rfm_segment", "top_revenue_20", "preferred_channel",
-    "reachable_channels", "median_interpurchase_days", "updated_at", "version",
+    "reachable_channels", "median_interpurchase_days", "as_of", "version",
 ]
 
 def alert_row(r: dict) -> list:

@@ -95,7 +95,7 @@ def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
             SELECT replaceOne(customer_id, '{tag}', '') AS who, purchase_count,
                    round(total_revenue, 2) AS revenue, round(engagement_score, 3) AS score,
                    tier, frequency, recency, T, round(monetary_value, 2) AS m,
-                   preferred_channel, toUnixTimestamp64Milli(updated_at) - {shift_ms} AS at
+                   preferred_channel, toUnixTimestamp64Milli(as_of) - {shift_ms} AS at
             FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}')"""),
         "alerts": rows(f"""
             SELECT replaceOne(customer_id, '{tag}', '') AS who, alert_type, status,

@@ -35,9 +35,32 @@ def test_migrate_creates_the_contract_tables_once(engine):
         "WHERE database = 'kizuna' AND table = 'customer_profiles'"
     ).result_rows}
     for name in ("customer_id", "engagement_score", "tier", "frequency", "recency", "T",
-                 "monetary_value", "rfm_segment", "preferred_channel", "updated_at"):
+                 "monetary_value", "rfm_segment", "preferred_channel", "as_of", "updated_at"):
         assert name in columns
-    assert columns["updated_at"] == "DateTime64(3, 'UTC')"
+    assert columns["as_of"] == columns["updated_at"] == "DateTime64(3, 'UTC')"
+
+
+def test_a_profile_stored_before_the_rename_reads_as_of_and_updated_at(engine):
+    """Migration 0007 renames customer_profiles.updated_at to as_of (the record's name) on a
+    table that holds rows; the view answers to both names."""
+    settings, client = engine
+    client.command(f"CREATE DATABASE IF NOT EXISTS {settings.store_database}")
+    for migration in discover():
+        if migration.version < 7:
+            for statement in migration.statements(settings):
+                client.command(statement)
+    store = settings.store_database
+    client.command(f"INSERT INTO {store}.customer_profiles (customer_id, engagement_score, "
+                   "tier, last_event_at, updated_at, version) VALUES "
+                   "('C1', 1.5, 'warm', '2024-03-13 10:00:00', '2024-03-13 10:00:00', 1)")
+    for migration in discover():
+        if migration.version >= 7:
+            for statement in migration.statements(settings):
+                client.command(statement)
+    row = client.query("SELECT customer_id, as_of, updated_at FROM kizuna.customer_profiles"
+                       ).result_rows
+    naive = T0.replace(tzinfo=None)
+    assert row == [("C1", naive, naive)]
 
 
 def test_contract_names_return_deduplicated_latest_rows(engine):
