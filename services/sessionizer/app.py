@@ -34,6 +34,7 @@ from services.common.settings import SessionizerSettings, load
 from services.common.topics import ATTRIBUTED, HANDOFF, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.domain import attributed
 from services.domain.eventtime import HOUR_MS, MINUTE_MS
+from services.sessionizer import handoff
 from services.sessionizer.processor import (
     DeadLetter,
     Erase,
@@ -42,7 +43,6 @@ from services.sessionizer.processor import (
     PartitionProcessor,
     Touchpoint,
     Watermark,
-    time_message,
 )
 from services.sessionizer.sessions import SessionRules
 
@@ -163,7 +163,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             produce(handoff_name, json.dumps(message).encode(), key.encode())
         if out.stream_time is not None:  # after the handoffs: see processor.py
             EVENT_TIME.labels(str(partition)).set(max(out.stream_time, 0) / 1000)
-            announce = json.dumps(time_message(partition, out.stream_time)).encode()
+            announce = json.dumps(handoff.time(partition, out.stream_time)).encode()
             for other in range(partitions):
                 produce(handoff_name, announce, None, other)
         # The partition's customers are the same on the co-partitioned topic (the message

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from services.domain.eventtime import DAY_MS, DEDUP_MS, HOUR_MS, MINUTE_MS
 from services.domain.touch import EVENT_ID, MOVED_AT, counts_at
+from services.sessionizer import handoff
 from services.sessionizer import sessions as s
 from services.sessionizer.processor import (
     Handoff,
@@ -24,7 +25,6 @@ from services.sessionizer.processor import (
     Touchpoint,
     Watermark,
     handoffs_by_partition,
-    time_message,
 )
 from services.sessionizer.sessions import SessionRules
 
@@ -268,7 +268,7 @@ def test_event_time_for_the_next_stages_waits_for_a_logins_device_history() -> N
                            Touchpoint(tp("x2", 30, "X"))])
     (link,) = [Handoff(m) for _, m in out.handoffs]
     # Every partition is at minute 30 now, but the device has not answered the login yet.
-    out = proc.process(0, [Handoff(time_message(0, T0 + 30 * MINUTE_MS))])
+    out = proc.process(0, [Handoff(handoff.time(0, T0 + 30 * MINUTE_MS))])
     assert proc.aligned_time(0) == T0 + 30 * MINUTE_MS and proc.output_time(0) == login
     (transfer,) = [Handoff(m) for _, m in proc.process(0, [link]).handoffs]
     out = proc.process(0, [transfer])
