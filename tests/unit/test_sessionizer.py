@@ -639,3 +639,20 @@ def test_history_backfilled_behind_live_touches_gives_the_sessions_of_history_fi
     behind = Pipeline(partitions, batch).send(*live).watermark(end).run().send(*history).run()
     assert spans(behind) == spans(first)
     assert not behind.dead_letters and behind.counts["corrections"] == len(history)
+
+
+def test_a_state_stored_before_the_archive_is_upgraded_when_read() -> None:
+    # States of 0.4 kept closed runs inline (`closed`, `recent`); read now, they move to the
+    # archive, a copy of one of their touches is a duplicate, and a late touch still joins
+    # the session it belongs to.
+    old_run = [[T0, "o1", "page_view", "web", 0.0, None, None],
+               [T0 + 5 * MINUTE_MS, "o2", "page_view", "web", 0.0, None, None]]
+    store = {"c:C-old": {"p": 0, "runs": [], "emitted": {}, "closed": [old_run]},
+             "t:0": T0 + 2 * 24 * HOUR_MS, "w:0": [T0 + 2 * 24 * HOUR_MS]}
+    p = Pipeline(store=store)
+    p.send(tp("o1", 0, "C-old"), tp("o3", 10, "C-old")).run()
+    state = p.store["c:C-old"]
+    assert "closed" not in state and "recent" not in state and state["archive"]
+    assert p.counts["duplicates"] == 1 and p.counts["corrections"] == 1
+    (session,) = [x for x in p.sessions if x["status"] == "closed"]
+    assert (session["event_count"], session["started_at"]) == (3, T0)
