@@ -4,6 +4,7 @@ stage; the domain imports nothing of Kizuna but itself and `services.common.erro
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,23 @@ def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
     assert kizuna_imports(source) == {"services.sessionizer.app",
                                       "services.sessionizer.app.main",
                                       "services.alerting.carts"}
+
+
+def test_every_contract_section_the_code_cites_is_in_docs_contract() -> None:
+    root = SERVICES.parent
+    headings = set(re.findall(r"^## (\d+)\. ", (root / "docs/contract.md").read_text(), re.M))
+    cited = {(path.relative_to(root), n)
+             for folder in ("services", "tests", "benchmarks")
+             for path in (root / folder).rglob("*.py")
+             for group in re.findall(r"contract sections? ([\d, and]+)", path.read_text())
+             for n in re.findall(r"\d+", group)}
+    assert cited and {n for _, n in cited} <= headings, sorted(
+        (str(p), n) for p, n in cited if n not in headings)
+
+
+def test_the_architecture_page_names_modules_that_exist() -> None:
+    root = SERVICES.parent
+    page = (root / "docs/architecture.md").read_text()
+    named = set(re.findall(r"`((?:services|deploy)/[\w/.]+)`", page))
+    assert len(named) > 15
+    assert [n for n in sorted(named) if not (root / n).exists()] == []
