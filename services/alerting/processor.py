@@ -3,7 +3,7 @@
 Input: the sessionizer's attributed messages (`services.domain.attributed`). A customer's
 state holds their carts (`cart`), their engagement, purchases and consent (`profile`, the
 engagement state the scorer publishes: `services.domain.engagement`), their churn-risk state
-(`churn`) and the touches not yet final (`pending`).
+(`churn`) and the touches not yet final (`unsettled`).
 
 Carts are judged when the partition's event time passes their deadline plus the allowed
 lateness. Touches are held until the partition's event time is more than the allowed lateness
@@ -57,11 +57,12 @@ def cart_touch(touch: list) -> CartTouch | None:
 
 def upgraded(state: dict) -> dict:
     """A customer's state with every part, whatever version of the stage stored it (states
-    written before churn risk existed have no `churn` and `pending`)."""
+    written before churn risk existed have no `churn` and `unsettled`; before 0.9 `unsettled`
+    was `pending`, and the profile's `recent_event_ids` `recent`)."""
     state["cart"] = carts.upgraded(state.get("cart") or carts.new_state())
-    state.setdefault("profile", engagement.new_state())
+    state["profile"] = engagement.upgraded(state.get("profile") or engagement.new_state())
     state.setdefault("churn", churn.new_state())
-    state.setdefault("pending", [])
+    state.setdefault("unsettled", state.pop("pending", []))  # its name before 0.9
     state.setdefault("decided", [])
     return state
 
@@ -92,8 +93,8 @@ class AlertProcessor:
         times = [carts.due_at(state["cart"], self.rules)]
         if state["decided"]:
             times.append(min(at for at, _ in state["decided"]) + self.rules.lateness_ms)
-        if state["pending"]:
-            times.append(min(map(counts_at, state["pending"])) + self.rules.lateness_ms)
+        if state["unsettled"]:
+            times.append(min(map(counts_at, state["unsettled"])) + self.rules.lateness_ms)
         due = churn.due_at(state["churn"], state["profile"], self.churn_rules, self.weights)
         if due is not None:
             times.append(due + self.rules.lateness_ms)
@@ -186,7 +187,7 @@ class AlertProcessor:
     def _hold(self, schedule: Schedule, customer: str, state: dict,
               touches: list[list]) -> None:
         if touches:
-            state["pending"].extend(touches)
+            state["unsettled"].extend(touches)
             schedule.wake(self.due_at(state), customer)
 
     def _with_snapshot(self, customer: str, state: dict, kind: str,
@@ -242,7 +243,7 @@ class AlertProcessor:
 
     def _release(self, customer: str, state: dict, final: int,
                  reached: int) -> list[tuple[str, str, dict, dict]]:
-        """Apply the customer's pending touches up to `final` in event-time order to the
+        """Apply the customer's unsettled touches up to `final` in event-time order to the
         profile and the churn rules, firing churn deadlines that fall between them (each
         alert with the profile at its own decision). A churn alert further than the
         correction horizon behind `reached` (from touches that came that late) is recorded
@@ -251,12 +252,13 @@ class AlertProcessor:
         alert (README: what a late touch may change)."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
-        pending = sorted(state["pending"], key=lambda x: (counts_at(x), x[EVENT_ID]))
+        unsettled = sorted(state["unsettled"], key=lambda x: (counts_at(x), x[EVENT_ID]))
         out: list[tuple[str, str, dict, dict]] = []
         i = 0
         due = churn.due_at(risk, prof, rules, weights)
         while True:
-            touch = pending[i] if i < len(pending) and counts_at(pending[i]) <= final else None
+            touch = unsettled[i] if i < len(unsettled) \
+                and counts_at(unsettled[i]) <= final else None
             if due is not None and due <= final and (touch is None or due < counts_at(touch)):
                 # In order, a deadline fires in the batch that moves event time past it; one
                 # before that (`reached`) comes from touches that arrived after it passed.
@@ -274,7 +276,7 @@ class AlertProcessor:
                     alert["status"] = carts.HISTORICAL  # in the state's open alerts too
             out += self._with_snapshot(customer, state, CHURN, found)
             due = churn.due_at(risk, prof, rules, weights)
-        state["pending"] = pending[i:]
+        state["unsettled"] = unsettled[i:]
         return out
 
 
@@ -295,9 +297,9 @@ def json_copy(state: dict) -> dict:
 def _fresh(state: dict, touches: list[list]) -> list[list]:
     """The touches this customer's state has not taken yet: a batch of the sessionizer redone
     after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
-    profile's ids (`engagement.apply`), held ones in `pending`."""
-    applied = state["profile"]["recent"]
-    taken = {touch[EVENT_ID] for touch in state["pending"]}
+    profile's ids (`engagement.apply`), held ones in `unsettled`."""
+    applied = state["profile"]["recent_event_ids"]
+    taken = {touch[EVENT_ID] for touch in state["unsettled"]}
     fresh = []
     for touch in touches:
         if touch[EVENT_ID] not in applied and touch[EVENT_ID] not in taken:

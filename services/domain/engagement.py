@@ -33,7 +33,14 @@ CONSENT = {"email_unsubscribe": ("email", False), "email_spam_report": ("email",
 def new_state() -> dict:
     return {"score": None, "channels": {}, "last_event_at": None, "days": {},
             "purchase_count": 0, "revenue": 0.0, "refunds": 0.0, "first_purchase_at": None,
-            "last_purchase_at": None, "consent": {}, "recent": {}, "applied": 0}
+            "last_purchase_at": None, "consent": {}, "recent_event_ids": {}, "applied": 0}
+
+
+def upgraded(state: dict) -> dict:
+    """A state stored before 0.9 called its recent event ids `recent`."""
+    if "recent" in state and "recent_event_ids" not in state:
+        state["recent_event_ids"] = state.pop("recent")
+    return state
 
 
 def decayed_add(anchor: list | None, w: float, t: int, half_life_ms: float) -> list:
@@ -57,7 +64,7 @@ def decayed_value(anchor: list | None, at: int, half_life_ms: float) -> float:
 def apply(state: dict, touch: list, weights: Weights) -> bool:
     """Add one attributed touch; False when it was seen already."""
     t, event_id, kind, channel = touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL]
-    recent = state["recent"]
+    recent = state["recent_event_ids"]
     if event_id in recent:
         return False
     recent[event_id] = t
@@ -89,7 +96,7 @@ def apply(state: dict, touch: list, weights: Weights) -> bool:
     state["applied"] += 1
     if len(recent) > 64 and len(recent) % 64 == 0:
         horizon = state["last_event_at"] - DEDUP_MS
-        state["recent"] = {e: at for e, at in recent.items() if at >= horizon}
+        state["recent_event_ids"] = {e: at for e, at in recent.items() if at >= horizon}
     return True
 
 

@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from services.domain.attributed import AttributedMessage, customer_touches
-from services.domain.engagement import apply, new_state, snapshot
+from services.domain.engagement import apply, new_state, snapshot, upgraded
 from services.domain.weights import Weights
 
 CUSTOMER = "c:"
@@ -40,6 +40,8 @@ def load_state(store: MutableMapping, customer: str, out: Scored) -> dict:
             del store[customer]
     if state is None:
         return new_state()
+    if isinstance(state, dict):
+        upgraded(state)  # stored by an earlier version
     if not isinstance(state, dict) or not state.keys() >= REQUIRED:
         out.corrupt.append((key, state, "not a profile state: "
                             + (f"missing {sorted(REQUIRED - state.keys())}"

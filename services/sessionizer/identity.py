@@ -139,8 +139,8 @@ class Identity:
         customer = message["customer_id"]
         key = CUSTOMER + customer
         state = self.state(key)
-        pending = state.get("pending", [])
-        if message["anonymous_id"] not in pending:
+        awaited = state.get("awaiting", [])
+        if message["anonymous_id"] not in awaited:
             # Sent again by the device's partition redoing a batch after a crash: its runs are
             # here already, and may have closed since; merging them again would show them twice.
             self.out.counts["duplicates"] += 1
@@ -153,14 +153,14 @@ class Identity:
         touches = [touch if at is None or touch[AT] >= at else moved_touch(touch, at)
                    for run in message["runs"] for touch in run]
         if last:
-            pending.remove(message["anonymous_id"])
-            if not pending:
-                state.pop("pending", None)
+            awaited.remove(message["anonymous_id"])
+            if not awaited:
+                state.pop("awaiting", None)
         # the device's touches before its login count from the login
         self.reform(key, state, touches)
         if touches:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(touches)
-        if not state.get("pending"):  # then the customer's own that waited for them
+        if not state.get("awaiting"):  # then the customer's own that waited for them
             state.pop("claiming", None)
             self.out.attributed.setdefault(customer, []).extend(state.pop("held", []))
         for sid, entry in message.get("emitted", {}).items():

@@ -67,10 +67,12 @@ from services.sessionizer.state import (
     CUSTOMER,
     DEVICE,
     ProfileState,
+    awaiting,
     kept,
     new_profile,
     note_moved,
     readable,
+    upgrade,
 )
 
 STREAM_TIME, ANNOUNCED, LOGINS = "t:", "w:", "l:"
@@ -154,7 +156,7 @@ class PartitionProcessor:
     def due_at(self, key: str, state: ProfileState) -> int | None:
         """When this profile next needs attention without new input: a run to close, or
         an idle profile's archive to forget."""
-        if state.get("pending"):
+        if awaiting(state):
             return None  # waiting for a device's answer; its transfer reschedules
         if state["runs"]:
             return min(self.rules.close_at(run) for run in state["runs"])
@@ -210,6 +212,8 @@ class _Batch(Identity, Closing):
             elif "recent" in state or "closed" in state:  # stored by an earlier version
                 self.archive.put(key, state, state.pop("recent", []) + state.pop("closed", []))
                 self.changed.add(key)
+            if upgrade(state):
+                self.changed.add(key)
             self.states[key] = state
         return state
 
@@ -260,7 +264,7 @@ class _Batch(Identity, Closing):
             if device and device not in state.setdefault("devices", []):
                 state["devices"].append(device)
                 # Its sessions wait for the device's answer before they may close.
-                state.setdefault("pending", []).append(device)
+                state.setdefault("awaiting", []).append(device)
                 if not late:  # the next stages are past a late login already
                     self.logins[f"{customer}\x00{device}"] = t
                 else:  # theirs go out after the device's history (`attribute`)
@@ -287,7 +291,7 @@ class _Batch(Identity, Closing):
         next stages' event time waits for it in order (the output time's hold at logins): so
         they judge the customer's later touches after the device's claimed ones, in any
         order the late data came in."""
-        if late and state.get("pending") and touch[AT] >= state.get("claiming", NEVER):
+        if late and state.get("awaiting") and touch[AT] >= state.get("claiming", NEVER):
             state.setdefault("held", []).append(touch)
         else:
             self.out.attributed.setdefault(customer, []).append(touch)
@@ -355,7 +359,7 @@ class _Batch(Identity, Closing):
             hi = max(hi, *(run[-1][AT] for run in more))
         held = [x for run in state["runs"] + old for x in run]
         runs = s.build(held + fresh, gap, self.rules.close_at)
-        now = NEVER if state.get("pending") else self.closing_time()
+        now = NEVER if state.get("awaiting") else self.closing_time()
         closed = [run for run in runs if self.rules.close_at(run) < now]
         state["runs"] = [run for run in runs if self.rules.close_at(run) >= now]
         self.archive.remove(key, state, old)

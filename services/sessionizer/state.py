@@ -26,7 +26,7 @@ class ProfileState(TypedDict, total=False):
     moved: int  # the latest login whose claimed touches the open runs hold
     # a customer's
     devices: list[str]  # every device linked to the customer (`kizuna erase` undoes them)
-    pending: list[str]  # devices whose history has not come yet: no session closes meanwhile
+    awaiting: list[str]  # devices whose history has not come yet: no session closes meanwhile
     claiming: int  # the earliest late login still waiting for its device's history
     held: list[list]  # the customer's late touches held until that history comes
     # a device's
@@ -50,6 +50,19 @@ def linked_device(partition: int, customer: str, at: int, before: ProfileState
         if part in before:
             state[part] = before[part]  # type: ignore[literal-required]
     return state
+
+
+def upgrade(state: ProfileState) -> bool:
+    """Rename what a state stored before 0.9 calls otherwise; whether it changed."""
+    if "pending" in state:  # the devices awaited
+        state["awaiting"] = state.pop("pending")  # type: ignore[typeddict-item]
+        return True
+    return False
+
+
+def awaiting(state: ProfileState) -> list[str]:
+    """The devices whose history has not come yet, as any version stored them."""
+    return state.get("awaiting") or state.get("pending") or []  # type: ignore[return-value]
 
 
 def readable(state: object) -> bool:

@@ -304,3 +304,21 @@ def test_a_signal_further_than_the_horizon_behind_event_time_is_historical() -> 
     (alert,) = [a for _, kind, a, _ in out if kind == CHURN]
     assert alert["status"] == "historical" and alert["detected_at"] == T0 + 30 * DAY
     assert churn_record("C1", alert, {"preferred_channel": None}, 0)["status"] == "historical"
+
+
+def test_a_state_stored_before_the_renames_is_upgraded() -> None:
+    # Before 0.9 the touches not yet final were `pending` and the profile's ids `recent`.
+    complaint = touch(2, T0, "complaint", "support")
+    store = {"c:C1": {"p": 0, "profile": {
+        "score": None, "channels": {}, "last_event_at": None, "days": {}, "purchase_count": 0,
+        "revenue": 0.0, "refunds": 0.0, "first_purchase_at": None, "last_purchase_at": None,
+        "consent": {}, "recent": {"e00001": T0 - DAY}, "applied": 1}, "pending": [complaint]}}
+    proc = AlertProcessor(CART_RULES, WEIGHTS, store)
+    again = touch(1, T0 - DAY)  # applied before the upgrade: a duplicate now too
+    out = proc.process(0, [{"t": T0 + DAY, "c": {"C1": [again]}}])
+    (_, kind, alert, _), = out
+    assert kind == CHURN and alert["reasons"] == ["complaint"]
+    state = proc.store["c:C1"]
+    assert "pending" not in state and state["unsettled"] == []
+    assert state["profile"]["applied"] == 2 and "recent" not in state["profile"]
+    assert set(state["profile"]["recent_event_ids"]) == {"e00001", "e00002"}

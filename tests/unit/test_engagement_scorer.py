@@ -215,3 +215,18 @@ def test_a_score_asked_for_long_before_its_anchor_does_not_overflow() -> None:
     anchor = [12.5, 1_790_000_000_000]  # 2026
     assert decayed_value(anchor, 852_076_800_000, 14 * 86_400_000) == 12.5  # 1997
     assert decayed_value(anchor, anchor[1] + 14 * 86_400_000, 14 * 86_400_000) == 6.25
+
+
+def test_a_profile_stored_before_the_rename_is_upgraded() -> None:
+    # Before 0.9 a profile's recent event ids were `recent`: still read, and still duplicates.
+    from services.engagement_scorer.batch import score_batch
+
+    weights = load_weights()
+    buy = [1_710_000_000_000, "e1", "purchase", "web", 50.0, None, None]
+    store: dict = {}
+    score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
+    state = store["c:C1"]
+    state["recent"] = state.pop("recent_event_ids")  # as 0.8 stored it
+    scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
+    assert (scored.applied, scored.duplicates, scored.corrupt) == (0, 1, [])
+    assert "recent" not in store["c:C1"] and "e1" in store["c:C1"]["recent_event_ids"]

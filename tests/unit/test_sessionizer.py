@@ -656,3 +656,19 @@ def test_a_state_stored_before_the_archive_is_upgraded_when_read() -> None:
     assert p.counts["duplicates"] == 1 and p.counts["corrections"] == 1
     (session,) = [x for x in p.sessions if x["status"] == "closed"]
     assert (session["event_count"], session["started_at"]) == (3, T0)
+
+
+def test_a_customer_stored_awaiting_a_device_under_the_old_name_still_takes_its_history() -> None:
+    # Before 0.9 the devices a customer awaited were `pending`.
+    p = Pipeline()
+    p.send(tp("d1", 0, device="dev"), tp("c1", 5, "C1", "dev"))
+    queue = p.queues[0]
+    items = [queue.popleft(), queue.popleft()]
+    out = p.proc.process(0, items)
+    state = p.store["c:C1"]
+    state["pending"] = state.pop("awaiting")  # as 0.8 stored it
+    (link,) = [Handoff(m) for _, m in out.handoffs if m["kind"] == "link"]
+    (transfer,) = [Handoff(m) for _, m in p.proc.process(0, [link]).handoffs]
+    got = p.proc.process(0, [transfer])
+    assert got.counts["duplicates"] == 0 and [x[EVENT_ID] for x in got.attributed["C1"]] == ["d1"]
+    assert "pending" not in p.store["c:C1"] and "awaiting" not in p.store["c:C1"]
