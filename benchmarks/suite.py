@@ -350,7 +350,9 @@ def run_stage(b: Bench, name: str, stage: str, prefix: str,
 def warehouse(b: Bench, outputs: dict) -> None:
     prefix = "bench.w."
     home = b.home / "bench-warehouse"
-    env = b.stage_env(prefix, KIZUNA_HOME=str(home))
+    # a second warehouse beside the stack's: its own ClickHouse HTTP port (the stack's holds one)
+    env = b.stage_env(prefix, KIZUNA_HOME=str(home),
+                      KIZUNA_CLICKHOUSE_HTTP_PORT=str(free_ports(1)[0]))
     serde = default_serde()
     messages = single_messages(outputs["touchpoints"][1], TOUCHPOINTS_RAW.name(prefix))
     messages += [(SESSIONS.name(prefix), serde.encode(SESSION, s), s["session_id"].encode(), -1,
