@@ -149,7 +149,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from services.common.clickhouse import OUTPUT_FORMATS, run_query
+    from services.common.clickhouse import OUTPUT_FORMATS, bind, run_query
 
     if args.file:
         sql = Path(args.file).read_text()
@@ -157,10 +157,19 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
         sql = args.sql
     else:
         raise KizunaError("give a query: kizuna query \"SELECT ...\" or kizuna query -f FILE")
+    if args.param:
+        sql = bind(sql, dict(parse_param(p) for p in args.param))
     out = run_query(settings, sql, OUTPUT_FORMATS[args.format])
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return 0
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise KizunaError(f"--param {text!r}: expected NAME=VALUE")
+    return name, value
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -257,15 +266,21 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.clickhouse import query_rows
 
-    customer = args.customer_id.replace("\\", "\\\\").replace("'", "\\'")
     rows = query_rows(settings, "SELECT * FROM kizuna.customer_profiles "
-                                f"WHERE customer_id = '{customer}'")
+                                "WHERE customer_id = {customer_id:String}",
+                      {"customer_id": args.customer_id})
     if not rows:
         raise KizunaError(f"no profile for customer {args.customer_id!r} (yet): check the id, "
                           "or run `kizuna wait` after importing")
     p = rows[0]
     if args.json:
         print(json.dumps(p))
+        return 0
+    if args.html:
+        from services.report.pages import customer_page_file
+
+        path = customer_page_file(settings, args.customer_id, Path(args.html))
+        print(f"customer view: {path.resolve()}")
         return 0
     print(f"customer {p['customer_id']}  (as of {p['as_of']} UTC, event time)")
     print(f"  engagement   {p['engagement_score']:.2f}  tier {p['tier']}")
@@ -315,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="read the query from a file")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv with a header line, json (JSON Lines)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a value for the query's {NAME:Type} parameter (repeatable)")
     p = add("import", cmd_import, "validate files of events and send them to Kafka in event time")
     p.add_argument("path", nargs="+",
                    help="JSONL (one event a line) or CSV files, gzipped or not, or directories "
@@ -344,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "a customer's profile, with the score's breakdown")
     p.add_argument("customer_id")
     p.add_argument("--json", action="store_true", help="the profile row as JSON")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the single customer view (every touchpoint, sessions, score "
+                        "over time, consent, RFM, alerts) as one self-contained HTML file")
     p = add("generate", cmd_generate,
             "write realistic omnichannel customers' touchpoints (JSONL) and their ground truth")
     p.add_argument("--customers", type=int, default=2000)

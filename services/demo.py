@@ -8,7 +8,6 @@ The stack keeps running for `kizuna query`.
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from services.generator.cli import truth_path, write
 from services.ingest.importer import import_file
 from services.localstack import stack
 from services.localstack.pipeline import wait_caught_up
+from services.report.pages import configured_weights, write_pages
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -46,9 +46,12 @@ def run(settings: Settings, *, customers: int, days: int, seed: int, out_dir: Pa
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
     text = render_text(report)
     (out_dir / "report.txt").write_text(text)
-    (out_dir / "report.html").write_text(render_html(report))
+    pages = write_pages(out_dir, lambda sql, params: query_rows(settings, sql, params),
+                        configured_weights(), report, quality_rows(report),
+                        sampled_customers(settings))
     print(text)
-    print(f"HTML report: {(out_dir / 'report.html').resolve()}")
+    print(f"HTML report: {(out_dir / 'report.html').resolve()}, with {len(pages)} customer "
+          f"pages ({out_dir / 'customers'})")
     print("The stack is still running. Next:\n"
           "  .venv/bin/kizuna query \"SELECT tier, count() FROM kizuna.customer_profiles "
           "GROUP BY tier\"\n"
@@ -129,6 +132,40 @@ def collect(settings: Settings, truth: dict, sent: int, elapsed: float) -> dict:
         "abandoned_carts_truth": len(truth["abandoned_carts"]),
         "churners_truth": len(truth["churners"]),
     }
+
+
+def sampled_customers(settings: Settings, n: int = 3) -> list[str]:
+    """A few customers to show besides the most at risk: the most engaged, the best buyer,
+    and one from the middle of the scores (deterministic)."""
+    return [r["customer_id"] for r in query_rows(settings, f"""
+        SELECT customer_id FROM
+        (
+            (SELECT customer_id, 1 AS k FROM kizuna.customer_profiles
+             ORDER BY engagement_score DESC, customer_id LIMIT 1)
+            UNION ALL
+            (SELECT customer_id, 2 AS k FROM kizuna.customer_profiles
+             ORDER BY total_revenue DESC, customer_id LIMIT 1)
+            UNION ALL
+            (SELECT customer_id, 3 AS k FROM kizuna.customer_profiles
+             ORDER BY engagement_score, customer_id
+             LIMIT 1 OFFSET (SELECT intDiv(count(), 2) FROM kizuna.customer_profiles))
+        )
+        ORDER BY k LIMIT {n}""")]
+
+
+def quality_rows(r: dict) -> list[dict]:
+    """The alerts against the generator's ground truth, as the report's table."""
+    cart, churn = r["cart_alerts"], r["churn_alerts"]
+    return [
+        {"alerts": "cart abandonment", "sent": cart["alerts"], "resolved": cart["resolved"],
+         "precision": cart["precision"], "recall": cart["recall"],
+         "measured as": "carts the contract's rule abandons (the 24 h cap bounds recall: "
+                        f"{cart['recall_customers']} of customers)"},
+        {"alerts": "churn risk", "sent": churn["alerts"], "resolved": churn["resolved"],
+         "precision": churn["precision"], "recall": churn["recall_churners"],
+         "measured as": "customers at risk; churners alerted (median "
+                        f"{churn['median_lead_days']} days after their churn day)"},
+    ]
 
 
 def cart_alert_quality(alerts: list[dict], truth: list[dict]) -> dict:
@@ -228,50 +265,3 @@ def render_text(r: dict) -> str:
         "signal", "",
     ]
     return "\n".join(lines)
-
-
-def _bars(title: str, items: list[tuple[str, float]], width: int = 520) -> str:
-    top = max((abs(v) for _, v in items), default=1) or 1
-    row = 22
-    parts = [f'<h2>{html.escape(title)}</h2><svg width="{width + 220}" '
-             f'height="{row * len(items) + 10}">']
-    for i, (label, value) in enumerate(items):
-        w = int(width * abs(value) / top)
-        y = i * row + 4
-        parts.append(f'<text x="0" y="{y + 14}" font-size="13">{html.escape(str(label))}</text>'
-                     f'<rect x="160" y="{y}" width="{w}" height="16" fill="#3b7dd8"/>'
-                     f'<text x="{165 + w}" y="{y + 13}" font-size="12">{value:g}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def render_html(r: dict) -> str:
-    scores = r["scores"]
-    edges = [-20, -5, 0, 3, 15, 40, 80, 160]
-    histogram = []
-    for low, high in zip([-1e18, *edges], [*edges, 1e18], strict=True):
-        label = f"< {high:g}" if low < -1e17 else f">= {low:g}" if high > 1e17 else \
-            f"{low:g} to {high:g}"
-        histogram.append((label, sum(low <= s < high for s in scores)))
-    body = [
-        "<!doctype html><meta charset='utf-8'><title>Kizuna demo report</title>",
-        "<body style='font-family: sans-serif; max-width: 900px; margin: 2em auto'>",
-        "<h1>Kizuna demo report</h1>",
-        f"<p>{r['sent']} events, {r['customers']} customers, {r['sessions']['sessions']} "
-        f"sessions; end to end {r['elapsed_s']} s ({r['events_per_s']} events/s).</p>",
-        _bars("Engagement score distribution (customers)", histogram),
-        _bars("Funnel (distinct profiles)", r["funnel"]),
-        _bars("Channel mix (touchpoints)", [(x["channel"], x["n"]) for x in r["by_channel"]]),
-        _bars("RFM segments (customers)", [(x["rfm_segment"], x["customers"])
-                                           for x in r["segments"]]),
-        _bars("Rejected events by reason", [(f"{x['stage']}: {x['reason']}", x["n"])
-                                            for x in r["rejected"]]),
-        _bars("Cart alerts", [("sent", r["cart_alerts"]["alerts"]),
-                              ("recovered", r["cart_alerts"]["resolved"])]),
-        _bars("Churn-risk alerts by reason", list(r["churn_alerts"]["reasons"].items())),
-        _bars("Alerts over time (by day of detection)",
-              [(f"{x['day']} {x['alert_type'].split('_')[0]}", x["n"])
-               for x in r["alerts_by_day"]]),
-        "<h2>Text report</h2><pre>", html.escape(render_text(r)), "</pre></body>",
-    ]
-    return "\n".join(body)

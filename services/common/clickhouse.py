@@ -141,9 +141,33 @@ def gateway_post(settings: Settings, path: str, params: dict[str, str] | None = 
         raise KizunaError(exc.read().decode(errors="replace").strip()) from None
 
 
-def query_rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
+_PARAMETER = re.compile(r"\{(\w+):\s*(\w+)\}")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
+def bind(sql: str, parameters: dict[str, str]) -> str:
+    """Fill a query's parameters, written as ClickHouse's own (`{customer_id:String}`, the
+    syntax clickhouse-client's `--param_customer_id` and the HTTP interface's
+    `param_customer_id` fill too): strings as quoted literals, numbers checked."""
+    def literal(match: re.Match) -> str:
+        name, kind = match[1], match[2]
+        if name not in parameters:
+            raise QueryError(f"the query needs a value for {{{name}:{kind}}}: give "
+                             f"--param {name}=VALUE")
+        value = parameters[name]
+        if kind == "String":
+            return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        if re.fullmatch(r"U?Int\d+|Float\d+|Decimal\w*", kind) and _NUMBER.fullmatch(value):
+            return value
+        raise QueryError(f"parameter {name}: {value!r} is not a {kind}")
+    return _PARAMETER.sub(literal, sql)
+
+
+def query_rows(settings: Settings, sql: str,
+               parameters: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Convenience for tools and tests: rows as dicts (JSON types)."""
-    out = run_query(settings, sql, "JSONEachRow")
+    out = run_query(settings, sql if parameters is None else bind(sql, parameters),
+                    "JSONEachRow")
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
