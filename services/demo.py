@@ -18,7 +18,7 @@ from services.generator.cli import truth_path, write
 from services.ingest.importer import import_file
 from services.localstack import stack
 from services.localstack.pipeline import wait_caught_up
-from services.report.pages import configured_weights, write_pages
+from services.report.pages import configured_weights, sql, write_pages
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -82,15 +82,7 @@ def collect(settings: Settings, truth: dict, sent: int, elapsed: float) -> dict:
         FROM kizuna.touchpoints WHERE event_type IN {tuple(funnel_steps)}
         GROUP BY event_type""")}
     # The churn-risk alerts still open, most severe first, then the least engaged.
-    at_risk = rows(settings, """
-        SELECT a.customer_id AS customer_id, max(a.severity) AS severity,
-               round(any(p.engagement_score), 1) AS score, any(p.tier) AS tier,
-               arrayStringConcat(arrayDistinct(groupArrayArray(a.reasons)), ', ') AS reasons
-        FROM kizuna.alerts AS a
-        LEFT JOIN kizuna.customer_profiles AS p ON p.customer_id = a.customer_id
-        WHERE a.alert_type = 'churn_risk' AND a.status = 'open'
-        GROUP BY a.customer_id
-        ORDER BY severity DESC, score ASC, customer_id LIMIT 10""")
+    at_risk = rows(settings, sql("report/most_at_risk"))
     carts = rows(settings, """
         SELECT uniqExact(ifNull(cart_id, '')) AS carts FROM kizuna.touchpoints
         WHERE event_type IN ('cart_add', 'cart_view', 'checkout_start')""")[0]["carts"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -85,10 +86,7 @@ def pareto(rows: list[dict], top20_share: float | None) -> go.Figure:
 def funnel(rows: list[dict]) -> go.Figure:
     figure = _figure("Purchase funnel: profiles reaching each step within 24 h, and step "
                      "conversion", yaxis_title="profiles", barmode="group")
-    by_channel: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_channel[r["channel"]].append(r)
-    for channel, steps in by_channel.items():
+    for channel, steps in _by(rows, "channel").items():
         steps.sort(key=lambda r: int(r["step"]))
         figure.add_trace(go.Bar(
             x=[r["event_type"] for r in steps], y=[int(r["profiles"]) for r in steps],
@@ -101,19 +99,32 @@ def funnel(rows: list[dict]) -> go.Figure:
     return figure
 
 
-def alerts_over_time(rows: list[dict]) -> go.Figure:
-    figure = _figure("Alerts over time (by day of detection)", yaxis_title="alerts",
-                     xaxis={"type": "date", "title": "day"})
-    series: dict[str, list[dict]] = defaultdict(list)
+def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    """Rows grouped by one column, in their order: one trace each."""
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        series[r["series"]].append(r)
-    for name in sorted(series, key=lambda s: (not s.startswith("cart"), s)):
-        points = series[name]
+        groups[r[key]].append(r)
+    return groups
+
+
+def _daily(title: str, rows: list[dict], key: str, value: str, names: list[str],
+           style: Callable[[str], dict] = lambda name: {}) -> go.Figure:
+    """A time series per value of `key`: `value` per day; `style(name)`: the trace's look."""
+    figure = _figure(title, yaxis_title=value, xaxis={"type": "date", "title": "day"})
+    series = _by(rows, key)
+    for name in names:
         figure.add_trace(go.Scatter(
-            x=[r["day"] for r in points], y=[int(r["alerts"]) for r in points], name=name,
-            mode="lines+markers", line={"dash": "solid" if name.startswith("cart") else "dot"},
-            hovertemplate=name + ": %{y} on %{x|%Y-%m-%d}<extra></extra>"))
+            x=[r["day"] for r in series[name]], y=[int(r[value]) for r in series[name]],
+            name=name, hovertemplate=name + ": %{y} on %{x|%Y-%m-%d}<extra></extra>",
+            **style(name)))
     return figure
+
+
+def alerts_over_time(rows: list[dict]) -> go.Figure:
+    names = sorted({r["series"] for r in rows}, key=lambda s: (not s.startswith("cart"), s))
+    return _daily("Alerts over time (by day of detection)", rows, "series", "alerts", names,
+                  lambda name: {"mode": "lines+markers", "line": {
+                      "dash": "solid" if name.startswith("cart") else "dot"}})
 
 
 def engagement_by_tier(rows: list[dict], weights: Weights) -> go.Figure:
@@ -131,18 +142,9 @@ def engagement_by_tier(rows: list[dict], weights: Weights) -> go.Figure:
 
 
 def channel_mix(rows: list[dict]) -> go.Figure:
-    figure = _figure("Channel mix over time: touchpoints per day", yaxis_title="touchpoints",
-                     xaxis={"type": "date", "title": "day"})
-    series: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        series[r["channel"]].append(r)
-    for channel in sorted(series):
-        figure.add_trace(go.Scatter(
-            x=[r["day"] for r in series[channel]],
-            y=[int(r["touchpoints"]) for r in series[channel]], name=channel,
-            stackgroup="mix", mode="lines",
-            hovertemplate=channel + ": %{y} on %{x|%Y-%m-%d}<extra></extra>"))
-    return figure
+    return _daily("Channel mix over time: touchpoints per day", rows, "channel", "touchpoints",
+                  sorted({r["channel"] for r in rows}),
+                  lambda name: {"stackgroup": "mix", "mode": "lines"})
 
 
 # -- one customer ----------------------------------------------------------------------------
