@@ -218,10 +218,11 @@ def consent_changes(touchpoints: list[dict]) -> list[dict]:
 def score_over_time(touchpoints: list[dict], weights: Weights, points: int = 240
                     ) -> go.Figure:
     """The engagement score as the scorer computes it (decayed sums of the weights), between
-    and at the touches, stacked by channel; consent changes marked."""
+    and at the touches: each channel's contribution and the score (their sum); consent
+    changes marked."""
     touches = [(_ms(t["event_time"]), t["event_type"], t["channel"],
                 (t.get("properties") or {}).get("score")) for t in touchpoints]
-    figure = _figure("Engagement score over time, by channel (decay: half-life "
+    figure = _figure("Engagement score over time, and each channel's part (decay: half-life "
                      f"{weights.half_life_ms / 86_400_000:g} days)", height=380,
                      xaxis={"type": "date", "title": "event time"},
                      yaxis_title="engagement score")
@@ -232,15 +233,19 @@ def score_over_time(touchpoints: list[dict], weights: Weights, points: int = 240
                    *(start + (end - start) * i // points for i in range(points + 1))})
     half = weights.half_life_ms
     channels = sorted({t[2] for t in touches})
+    xs = [dt.datetime.fromtimestamp(x / 1000, dt.UTC).isoformat() for x in grid]
+    total = [0.0] * len(grid)
     for channel in channels:
         mine = [(at, weights.weight(kind, channel, _number(nps)))
                 for at, kind, c, nps in touches if c == channel]
-        ys = [round(sum(w * 2.0 ** (-(x - at) / half) for at, w in mine if at <= x), 4)
-              for x in grid]
+        ys = [sum(w * 2.0 ** (-(x - at) / half) for at, w in mine if at <= x) for x in grid]
+        total = [a + b for a, b in zip(total, ys, strict=True)]
         figure.add_trace(go.Scatter(
-            x=[dt.datetime.fromtimestamp(x / 1000, dt.UTC).isoformat() for x in grid], y=ys,
-            name=channel, stackgroup="score", mode="lines",
-            hovertemplate=channel + ": %{y:.2f}<extra></extra>"))
+            x=xs, y=[round(y, 4) for y in ys], name=channel, mode="lines",
+            line={"width": 1.5}, hovertemplate=channel + ": %{y:.2f}<extra></extra>"))
+    figure.add_trace(go.Scatter(
+        x=xs, y=[round(y, 4) for y in total], name="score", mode="lines",
+        line={"width": 3, "color": "#222"}, hovertemplate="score: %{y:.2f}<extra></extra>"))
     for change in consent_changes(touchpoints):
         figure.add_vline(x=_ms(change["at"]), line={"dash": "dash", "color": "#d62728"})
         figure.add_annotation(x=_ms(change["at"]), y=1, yref="paper", showarrow=False,

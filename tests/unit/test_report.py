@@ -42,7 +42,9 @@ def test_the_score_drawn_ends_at_the_scorers_score() -> None:
                tp(4, 200, "purchase", "pos"), tp(5, 220, "nps_response", "email", {"score": "3"}),
                tp(6, 400, "email_unsubscribe", "email")]
     figure = charts.score_over_time(touches, W)
-    drawn = sum(trace.y[-1] for trace in figure.data)
+    *channels, score = figure.data
+    drawn = score.y[-1]
+    assert drawn == pytest.approx(sum(trace.y[-1] for trace in channels), abs=1e-3)
     state = new_state()
     for t in touches:
         score = t["properties"].get("score")
@@ -50,7 +52,7 @@ def test_the_score_drawn_ends_at_the_scorers_score() -> None:
             tzinfo=dt.UTC).timestamp() * 1000), t["event_id"], t["event_type"], t["channel"],
             0.0, None, {"score": float(score)} if score else None], W)
     assert drawn == pytest.approx(snapshot(state, "C1", W)["engagement_score"], abs=1e-3)
-    assert {trace.name for trace in figure.data} == {"web", "email", "pos"}
+    assert [trace.name for trace in figure.data] == ["email", "pos", "web", "score"]
     marked = [a.text for a in figure.layout.annotations]
     assert marked == ["email_unsubscribe (email)"]  # the consent change, on its day
 
