@@ -101,6 +101,10 @@ class Browser:
             "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight,"
             " document.body.getBoundingClientRect().bottom + window.scrollY)")
         self.driver.set_window_size(self.width, min(int(height) + 60, 12000))
+        # two animation frames: the resized page is laid out and painted before the shot
+        self.driver.execute_async_script(
+            "const done = arguments[0];"
+            " requestAnimationFrame(() => requestAnimationFrame(() => done()));")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
         self._logs()
