@@ -37,7 +37,7 @@ import hashlib
 from bisect import insort
 from dataclasses import dataclass
 
-from services.domain.eventtime import DAY_MS, HOUR_MS, MINUTE_MS
+from services.domain.eventtime import DAY_MS, DEVICE_HISTORY_MS, HOUR_MS, MINUTE_MS
 from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, MOVED_AT
 
 CART_ACTIVITY = frozenset({"cart_add", "cart_view", "checkout_start"})
@@ -62,7 +62,7 @@ class CartRules:
     horizon_ms: int = 7 * DAY_MS
 
     #: How long after a device's cart its login can claim it (the sessionizer's device history).
-    claim_ms: int = 30 * DAY_MS
+    claim_ms: int = DEVICE_HISTORY_MS
 
     @property
     def retain_ms(self) -> int:

@@ -20,8 +20,7 @@ from services.common.serde import (
     WATERMARK,
 )
 from services.common.settings import Settings
-
-DAY_MS = 24 * 3600 * 1000
+from services.domain.eventtime import DAY_MS
 
 
 @dataclass(frozen=True)

@@ -11,3 +11,7 @@ NEVER = -(2**62)
 #: duplicate, by the sessionizer (its closed sessions' archive) and by the scorer and alerting
 #: (a profile's `recent_event_ids`).
 DEDUP_MS = 60 * DAY_MS
+#: A login claims its device's history back this far: the sessionizer hands the device's
+#: sessions ending within it to the customer, and alerting keeps purchases this long for the
+#: carts a login may still claim.
+DEVICE_HISTORY_MS = 30 * DAY_MS

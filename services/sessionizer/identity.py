@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.domain.eventtime import DAY_MS
+from services.domain.eventtime import DEVICE_HISTORY_MS
 from services.domain.touch import AT, EVENT_ID, moved_touch
 from services.sessionizer import handoff
 from services.sessionizer import sessions as s
@@ -30,8 +30,6 @@ from services.sessionizer.state import (
 if TYPE_CHECKING:
     from services.sessionizer.processor import _Batch
 
-#: A login claims the device's sessions that ended within this window before it.
-DEVICE_HISTORY_MS = 30 * DAY_MS
 #: Most touches in one message of a device's history on its way to the customer.
 DEVICE_HISTORY_TOUCHES = 2000
 
