@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos order-check fuzz
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos order-check fuzz
 
 setup: $(VENV)/.installed
 
@@ -26,13 +27,13 @@ down:              ## stop everything the local stack runs
 status: setup
 	$(BIN)/kizuna status
 
-test: setup        ## the whole suite; starts and stops its own stack on free ports
+test: setup $(PEERS)/.installed  ## the whole suite; starts and stops its own stacks on free ports
 	$(BIN)/pytest
 
 test-unit: setup   ## pure tests, no broker
 	$(BIN)/pytest tests/unit
 
-test-integration: setup
+test-integration: setup $(PEERS)/.installed
 	$(BIN)/pytest tests/integration
 
 lint: setup
@@ -41,8 +42,18 @@ lint: setup
 clean: down
 	rm -rf .kizuna
 
-bench: setup  ## ceilings, each stage, end to end, scaling, state: out/bench/ (about 10 min)
+bench: setup $(PEERS)/.installed  ## ceilings, each stage, end to end, scaling, state, then the peers: out/bench/ (about 20 min)
 	$(BIN)/python -m benchmarks.suite
+	$(BIN)/python -m benchmarks.peers.run --peers-python $(PEERS)/bin/python
+
+bench-peers: setup $(PEERS)/.installed  ## Kizuna vs Quix Streams, Bytewax and ClickHouse SQL on the same 250k events (own stack)
+	$(BIN)/python -m benchmarks.peers.run --peers-python $(PEERS)/bin/python
+
+$(PEERS)/.installed: benchmarks/peers/requirements.txt  # the peers pin their own Kafka client
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet -r benchmarks/peers/requirements.txt
+	touch $@
 
 bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 	$(BIN)/python -m benchmarks.ingest
