@@ -103,15 +103,27 @@ class Closing:
             note_moved(state)
 
     def emit(self: _Batch, key: str, state: ProfileState) -> None:
-        """Emit every live session whose state changed, and mark the ones merged away."""
+        """Emit every live session whose state changed, and mark the ones merged away.
+
+        A live session already emitted with its current version (its first touch and touch
+        count: sessions only gain touches) is not summarised again: during a backlog, when
+        the partitions' event times are far apart, a profile holds many open sessions, and
+        summarising them all at every batch grew with the backlog."""
         profile_id, customer = profile_ids(key)
         force = key in self.reemit
         emitted = state["emitted"]
-        live = {}
+        by_first = {(v[0], v[1]): sid for sid, v in emitted.items()} if not force else {}
+        live: dict[str, tuple[dict, str] | None] = {}
         for run in state["runs"]:
             for piece in s.pieces(run, self.rules.max_length_ms):
+                first = piece[0]
+                sid = by_first.get((first[AT], first[EVENT_ID]))
+                if sid is not None and emitted[sid][2] == s.version(
+                        len(piece), customer is not None, s.OPEN):
+                    live[sid] = None  # unchanged since emitted
+                    continue
                 record = s.summary(piece, profile_id, customer, s.OPEN)
-                live[record["session_id"]] = (record, piece[0][EVENT_ID])
+                live[record["session_id"]] = (record, first[EVENT_ID])
         for sid, (started_at, first_event_id, last_version) in list(emitted.items()):
             if sid in live:
                 continue
@@ -126,7 +138,10 @@ class Closing:
                                               s.merged_version(last_version)))
             self.out.counts["sessions_merged"] += 1
             del emitted[sid]
-        for sid, (record, first_event_id) in live.items():
+        for sid, found in live.items():
+            if found is None:
+                continue
+            record, first_event_id = found
             last = emitted.get(sid)
             if force or last is None or last[2] != record["version"]:
                 self.out.sessions.append(record)
