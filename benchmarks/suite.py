@@ -118,7 +118,7 @@ class Worker:
 
 
 def drain(workers: list[Worker], counter: str, labels: dict[str, str], expected: float,
-          feed: Callable[[], None], timeout: float = 600) -> dict:
+          feed: Callable[[], None], timeout: float = 600, poll_s: float = POLL_S) -> dict:
     """Throughput of `workers`, ready and idle, over the input `feed` then produces: from the
     start of the feed to the last event counted. events/s, CPU seconds per 1,000 events (all
     workers) and peak memory (the largest). Feeding costs little next to any stage (the raw
@@ -132,7 +132,7 @@ def drain(workers: list[Worker], counter: str, labels: dict[str, str], expected:
     while (total := sum(w.counter(counter, labels) for w in workers)) < expected:
         if time.monotonic() > deadline:
             raise SystemExit(f"{counter}: {total:.0f} of {expected:.0f} after {timeout:g} s")
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     seconds = time.monotonic() - started
     cpu = sum(w.cpu_seconds() for w in workers) - cpu0
     return {"events": int(expected), "events_per_s": round(total / seconds),

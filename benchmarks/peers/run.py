@@ -27,6 +27,7 @@ Writes out/bench/peers.json and peers.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,7 +65,9 @@ PREFIX = "peers.kizuna."
 BATCHED = "peers.batched."
 PEERS = ("quixstreams", "bytewax")
 CLOSING = "~end-"  # the event ids of the closing touches
-ROUND = 6
+#: How often Kizuna's workers are asked for their counters: a scrape costs the worker (the
+#: open-sessions gauge walks its state), and the peers are not scraped at all.
+POLL_S = 0.5
 
 
 # --- the events -----------------------------------------------------------------------------
@@ -231,7 +234,8 @@ def kizuna(b: Bench, messages: list, batched: list, events: int) -> dict:
     module, port_env, counter, labels = STAGES["sessionizer"]
     w = b.worker(module, env, port_env)
     try:
-        results["sessionizer"] = drain([w], counter, labels, events, lambda: None)
+        results["sessionizer"] = drain([w], counter, labels, events, lambda: None,
+                                        poll_s=POLL_S)
         attributed = read_topic(b.settings.kafka_bootstrap, ATTRIBUTED.name(PREFIX))
     finally:
         w.stop()
@@ -239,7 +243,8 @@ def kizuna(b: Bench, messages: list, batched: list, events: int) -> dict:
     module, port_env, counter, labels = STAGES["engagement_scorer"]
     w = b.worker(module, env, port_env)
     try:
-        results["engagement_scorer"] = drain([w], counter, labels, touches, lambda: None)
+        results["engagement_scorer"] = drain([w], counter, labels, touches, lambda: None,
+                                              poll_s=POLL_S)
     finally:
         w.stop()
     s, a = results["sessionizer"], results["engagement_scorer"]
@@ -256,19 +261,27 @@ def kizuna(b: Bench, messages: list, batched: list, events: int) -> dict:
     module, port_env, counter, labels = STAGES["sessionizer"]
     w = b.worker(module, env, port_env)
     try:
-        results["sessionizer_batched"] = drain([w], counter, labels, events, lambda: None)
+        results["sessionizer_batched"] = drain([w], counter, labels, events, lambda: None,
+                                                poll_s=POLL_S)
     finally:
         w.stop()
     return results
 
 
 def run_process(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> dict:
-    """Run a peer to its end: when it exited (monotonic), its CPU seconds and peak memory
-    from the kernel (wait4)."""
+    """Run a peer to its end: when it exited (monotonic), its CPU seconds (from the kernel,
+    wait4) and its peak memory (VmHWM, polled: the rusage's maximum would count the
+    orchestrator's memory, which the child shares between fork and exec)."""
     popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"),  # noqa: S603
                              stderr=subprocess.STDOUT)
+    status_file = Path(f"/proc/{popen.pid}/status")
     deadline = time.monotonic() + timeout
+    peak_kib = 0
     while True:
+        with contextlib.suppress(OSError, ValueError):  # gone, or not exec'd yet
+            peak_kib = max([peak_kib] + [int(line.split()[1]) for line in
+                                         status_file.read_text().splitlines()
+                                         if line.startswith("VmHWM:")])
         pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
         if pid:
             exited = time.monotonic()
@@ -276,12 +289,12 @@ def run_process(args: list[str], env: dict[str, str], log: Path, timeout: float 
         if time.monotonic() > deadline:
             popen.kill()
             raise SystemExit(f"{args[2]} did not finish in {timeout:g} s; see {log}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     popen.returncode = os.waitstatus_to_exitcode(status)
     if popen.returncode:
         raise SystemExit(f"{args[2]} failed ({popen.returncode}):\n{log.read_text()[-3000:]}")
     return {"exited_at": exited, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_mib": round(usage.ru_maxrss / 1024, 1)}
+            "peak_mib": round(peak_kib / 1024, 1)}
 
 
 def streaming_peer(b: Bench, name: str, python: str, events: int) -> tuple[dict, tuple]:
