@@ -101,16 +101,13 @@ class Decoder:
             if kind == WATERMARK.encode():
                 record = self.serde.decode(WATERMARK, value)
                 return Watermark(_ms(record["watermark_time"]))
-            if kind == TOUCHPOINT_BATCH.encode():
-                batch = self.serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"]
-                for record in batch:
-                    record["event_time"] = _ms(record["event_time"])
-                return [Touchpoint(record, None, origin) for record in batch]
-            record = self.serde.decode(TOUCHPOINT, value)
+            if kind == TOUCHPOINT_BATCH.encode():  # timestamps as epoch ms, the processor's
+                batch = self.serde.decode(TOUCHPOINT_BATCH, value, epoch_ms=True)
+                return [Touchpoint(record, None, origin) for record in batch["touchpoints"]]
+            record = self.serde.decode(TOUCHPOINT, value, epoch_ms=True)
         except ValueError as exc:  # DecodeError, JSONDecodeError
             reason = getattr(exc, "reason", "undecodable")
             return DeadLetter(reason, str(exc)[:500], value or b"", origin)
-        record["event_time"] = _ms(record["event_time"])
         return Touchpoint(record, value, origin)
 
 

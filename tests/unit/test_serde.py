@@ -242,3 +242,27 @@ def test_an_unknown_id_is_a_dead_letter_reason_and_an_unreachable_registry_is_no
         reader.decode("thing", b"\x00\x00\x00\x00\x07" + b"\x02x")
     with pytest.raises(DecodeError, match="no schema registry"):
         AvroSerde({"thing": V1}).decode("thing", unknown)
+
+
+def test_epoch_ms_reads_timestamps_as_the_milliseconds_on_the_wire():
+    serde = default_serde()
+    ms = int(T0.timestamp() * 1000)
+    one = serde.decode(TOUCHPOINT, serde.encode(TOUCHPOINT, touchpoint()), epoch_ms=True)
+    assert one == {**touchpoint(), "occurred_at": ms, "received_at": ms, "event_time": ms}
+    batch = serde.encode(TOUCHPOINT_BATCH, {"touchpoints": [touchpoint(), touchpoint(
+        event_id="e-2", sent_at=T0 + dt.timedelta(seconds=1))]})
+    read = serde.decode(TOUCHPOINT_BATCH, batch, epoch_ms=True)["touchpoints"]
+    assert [r["sent_at"] for r in read] == [None, ms + 1000]
+    assert serde.decode(TOUCHPOINT_BATCH, batch)["touchpoints"][1]["sent_at"] == \
+        T0 + dt.timedelta(seconds=1)  # datetimes without it
+    assert serde.decode(TOUCHPOINT, serde.encode(TOUCHPOINT, one)) == touchpoint()  # ints write
+
+
+def test_epoch_ms_resolves_an_older_writer_schema_too():
+    stamped = _evolved(V1, {"name": "at", "type": {"type": "long",
+                                                   "logicalType": "timestamp-millis"}})
+    newer = _evolved(stamped, {"name": "tier", "type": "string", "default": "unknown"})
+    data = AvroSerde({"thing": stamped}).encode("thing", {"id": "x", "at": T0})
+    reader = AvroSerde({"thing": newer}, history=[stamped])
+    assert reader.decode("thing", data, epoch_ms=True) == {
+        "id": "x", "at": int(T0.timestamp() * 1000), "tier": "unknown"}
