@@ -55,7 +55,9 @@ def touch(record: dict) -> tuple:
 
 
 def pieces(touches: list[tuple]) -> list[list[tuple]]:
-    """One gap session's touches cut into sessions of at most 24 h, greedily from the first."""
+    """One gap session's touches cut into sessions of at most 24 h, greedily from the first:
+    the peers' own code for what Kizuna's `sessions.pieces` does (they cannot import Kizuna;
+    tests/unit/test_peers.py checks the two agree)."""
     touches = sorted(touches)
     out: list[list[tuple]] = []
     current: list[tuple] = []

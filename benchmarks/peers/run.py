@@ -147,31 +147,38 @@ def session_key(s: dict) -> tuple:
             s["purchase_count"], round(s["revenue"], 2))
 
 
+def latest_versions(records: list[dict], key: str) -> dict[str, dict]:
+    """The highest `version` of each `key`: what a versioned upsert topic says in the end."""
+    latest: dict[str, dict] = {}
+    for r in records:
+        if r[key] not in latest or r["version"] > latest[r[key]]["version"]:
+            latest[r[key]] = r
+    return latest
+
+
+def sessions_of(records: list[dict]) -> list[tuple]:
+    """Kizuna's session records to the compared form: the last version of each, merged ones
+    left out, keyed by the customer or else the device."""
+    return [session_key({**s, "profile_id": s["customer_id"] or s["anonymous_ids"][0],
+                         "started_at": _ms(s["started_at"]), "ended_at": _ms(s["ended_at"])})
+            for s in latest_versions(records, "session_id").values() if s["status"] != "merged"]
+
+
+def totals_of(profiles: list[dict]) -> dict[str, tuple]:
+    return {c: (p["purchase_count"], round(p["total_revenue"], 2))
+            for c, p in latest_versions(profiles, "customer_id").items()}
+
+
 def kizuna_sessions(b: Bench) -> list[tuple]:
     serde = serde_for(b.settings)
-    latest: dict[str, dict] = {}
-    for _key, value in read_topic(b.settings.kafka_bootstrap, SESSIONS.name(PREFIX)):
-        s = serde.decode(SESSION, value)
-        if s["session_id"] not in latest or s["version"] > latest[s["session_id"]]["version"]:
-            latest[s["session_id"]] = s
-    out = []
-    for s in latest.values():
-        if s["status"] == "merged":
-            continue
-        profile = s["customer_id"] or s["anonymous_ids"][0]
-        out.append(session_key({**s, "profile_id": profile, "started_at": _ms(s["started_at"]),
-                                "ended_at": _ms(s["ended_at"])}))
-    return out
+    return sessions_of([serde.decode(SESSION, value) for _key, value in
+                        read_topic(b.settings.kafka_bootstrap, SESSIONS.name(PREFIX))])
 
 
 def kizuna_customers(b: Bench) -> dict[str, tuple]:
     serde = serde_for(b.settings)
-    latest: dict[str, dict] = {}
-    for _key, value in read_topic(b.settings.kafka_bootstrap, ENGAGEMENT_SCORES.name(PREFIX)):
-        p = serde.decode(ENGAGEMENT_PROFILE, value)
-        if p["customer_id"] not in latest or p["version"] > latest[p["customer_id"]]["version"]:
-            latest[p["customer_id"]] = p
-    return {c: (p["purchase_count"], round(p["total_revenue"], 2)) for c, p in latest.items()}
+    return totals_of([serde.decode(ENGAGEMENT_PROFILE, value) for _key, value in
+                      read_topic(b.settings.kafka_bootstrap, ENGAGEMENT_SCORES.name(PREFIX))])
 
 
 def peer_outputs(brokers: str, sessions_topic: str, customers_topic: str
@@ -225,28 +232,26 @@ def _multiset_minus(a: list, b: list) -> list:
 
 # --- the engines ----------------------------------------------------------------------------
 
+def one_worker(b: Bench, stage: str, env: dict[str, str], expected: int) -> dict:
+    """One worker of `stage` over its filled input, from ready to `expected` counted."""
+    module, port_env, counter, labels = STAGES[stage]
+    w = b.worker(module, env, port_env)
+    try:
+        return drain([w], counter, labels, expected, lambda: None, poll_s=POLL_S)
+    finally:
+        w.stop()
+
+
 def kizuna(b: Bench, messages: list, batched: list, events: int) -> dict:
     """The sessionizer on the filled raw topic, then the scorer on what it attributed; each
     from ready to its last event counted (`benchmarks.suite.drain`)."""
     results = {}
     env = b.stage_env(PREFIX)
     produce_all(b.producer(), messages)
-    module, port_env, counter, labels = STAGES["sessionizer"]
-    w = b.worker(module, env, port_env)
-    try:
-        results["sessionizer"] = drain([w], counter, labels, events, lambda: None,
-                                        poll_s=POLL_S)
-        attributed = read_topic(b.settings.kafka_bootstrap, ATTRIBUTED.name(PREFIX))
-    finally:
-        w.stop()
+    results["sessionizer"] = one_worker(b, "sessionizer", env, events)
+    attributed = read_topic(b.settings.kafka_bootstrap, ATTRIBUTED.name(PREFIX))
     touches = sum(len(t) for _k, v in attributed for t in orjson.loads(v)["c"].values())
-    module, port_env, counter, labels = STAGES["engagement_scorer"]
-    w = b.worker(module, env, port_env)
-    try:
-        results["engagement_scorer"] = drain([w], counter, labels, touches, lambda: None,
-                                              poll_s=POLL_S)
-    finally:
-        w.stop()
+    results["engagement_scorer"] = one_worker(b, "engagement_scorer", env, touches)
     s, a = results["sessionizer"], results["engagement_scorer"]
     seconds = s["seconds"] + a["seconds"]
     cpu = s["cpu_s_per_1000"] * events / 1000 + a["cpu_s_per_1000"] * touches / 1000
@@ -258,13 +263,7 @@ def kizuna(b: Bench, messages: list, batched: list, events: int) -> dict:
 
     env = b.stage_env(BATCHED)
     produce_all(b.producer(), [(TOUCHPOINTS_RAW.name(BATCHED), *m[1:]) for m in batched])
-    module, port_env, counter, labels = STAGES["sessionizer"]
-    w = b.worker(module, env, port_env)
-    try:
-        results["sessionizer_batched"] = drain([w], counter, labels, events, lambda: None,
-                                                poll_s=POLL_S)
-    finally:
-        w.stop()
+    results["sessionizer_batched"] = one_worker(b, "sessionizer", env, events)
     return results
 
 

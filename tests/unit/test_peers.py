@@ -8,7 +8,7 @@ import clickhouse_connect
 import pytest
 
 from benchmarks.peers import job, warehouse_sql
-from benchmarks.peers.run import bench_records, compare, session_key
+from benchmarks.peers.run import bench_records, compare, session_key, sessions_of, totals_of
 from benchmarks.warehouse import pipeline_outputs
 from services.domain.eventtime import HOUR_MS, MINUTE_MS
 
@@ -43,16 +43,7 @@ def edge_cases() -> list[dict]:
 def kizuna(records: list[dict]) -> tuple[list[tuple], dict[str, tuple]]:
     """What Kizuna's own (pure) sessionizer and scorer make of `records`."""
     out = pipeline_outputs(records)
-    latest: dict[str, dict] = {}
-    for s in out["sessions_by_id"][1]:
-        if s["session_id"] not in latest or s["version"] > latest[s["session_id"]]["version"]:
-            latest[s["session_id"]] = s
-    sessions = [session_key({**s, "profile_id": s["customer_id"] or s["anonymous_ids"][0]})
-                for s in latest.values() if s["status"] != "merged"]
-    customers = {}
-    for p in out["customer_profiles"][1]:
-        customers[p["customer_id"]] = (p["purchase_count"], round(p["total_revenue"], 2))
-    return sessions, customers
+    return sessions_of(out["sessions_by_id"][1]), totals_of(out["customer_profiles"][1])
 
 
 def in_python(records: list[dict]) -> tuple[list[tuple], dict[str, tuple]]:
