@@ -73,7 +73,7 @@ POLL_S = 0.5
 # --- the events -----------------------------------------------------------------------------
 
 def bench_records(n: int) -> tuple[list[dict], int]:
-    """At least `n` generated touchpoints with one id each, no event id twice, in event-time
+    """`n` generated touchpoints with one id each, no event id twice, in event-time
     order; then one closing touch per profile two days after the last event, at the time
     returned. The closing touches close every profile's last session in every engine (a
     session window closes on a later event of its key) and are left out of the comparison."""
@@ -159,8 +159,7 @@ def latest_versions(records: list[dict], key: str) -> dict[str, dict]:
 def sessions_of(records: list[dict]) -> list[tuple]:
     """Kizuna's session records to the compared form: the last version of each, merged ones
     left out, keyed by the customer or else the device."""
-    return [session_key({**s, "profile_id": s["customer_id"] or s["anonymous_ids"][0],
-                         "started_at": _ms(s["started_at"]), "ended_at": _ms(s["ended_at"])})
+    return [session_key({**s, "profile_id": s["customer_id"] or s["anonymous_ids"][0]})
             for s in latest_versions(records, "session_id").values() if s["status"] != "merged"]
 
 
@@ -171,7 +170,7 @@ def totals_of(profiles: list[dict]) -> dict[str, tuple]:
 
 def kizuna_sessions(b: Bench) -> list[tuple]:
     serde = serde_for(b.settings)
-    return sessions_of([serde.decode(SESSION, value) for _key, value in
+    return sessions_of([serde.decode(SESSION, value, epoch_ms=True) for _key, value in
                         read_topic(b.settings.kafka_bootstrap, SESSIONS.name(PREFIX))])
 
 
@@ -191,9 +190,6 @@ def peer_outputs(brokers: str, sessions_topic: str, customers_topic: str
                                    round(t["revenue"] - t["refunds"], 2))
     return found, customers
 
-
-def _ms(value) -> int:
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def compare(name: str, sessions: list[tuple], customers: dict[str, tuple],

@@ -82,7 +82,7 @@ class Schema:
     fingerprint: bytes
     #: The same schema read without its logical types: a timestamp stays the epoch
     #: milliseconds it is on the wire (the binary encoding is the same).
-    plain: Any = None
+    plain: Any
 
     @classmethod
     def from_json(cls, name: str, schema: Mapping[str, Any]) -> Schema:
@@ -216,12 +216,8 @@ class AvroSerde:
         buf = io.BytesIO(data)
         buf.seek(start)
         try:
-            if epoch_ms:
-                record = fastavro.schemaless_reader(
-                    buf, writer.plain, None if writer is reader else reader.plain)
-            else:
-                record = fastavro.schemaless_reader(
-                    buf, writer.parsed, None if writer is reader else reader.parsed)
+            read = (writer.plain, reader.plain) if epoch_ms else (writer.parsed, reader.parsed)
+            record = fastavro.schemaless_reader(buf, read[0], None if writer is reader else read[1])
         except Exception as exc:  # fastavro raises many types for bad bytes
             raise DecodeError("undecodable", f"{name}: {type(exc).__name__}: {exc}") from None
         if buf.tell() != len(data):

@@ -99,9 +99,9 @@ class Decoder:
             if kind == ERASE.encode():
                 return Erase(self.serde.decode(ERASE, value)["customer_id"])
             if kind == WATERMARK.encode():
-                record = self.serde.decode(WATERMARK, value)
-                return Watermark(_ms(record["watermark_time"]))
-            if kind == TOUCHPOINT_BATCH.encode():  # timestamps as epoch ms, the processor's
+                record = self.serde.decode(WATERMARK, value, epoch_ms=True)
+                return Watermark(record["watermark_time"])
+            if kind == TOUCHPOINT_BATCH.encode():  # timestamps in epoch ms, as the processor
                 batch = self.serde.decode(TOUCHPOINT_BATCH, value, epoch_ms=True)
                 return [Touchpoint(record, None, origin) for record in batch["touchpoints"]]
             record = self.serde.decode(TOUCHPOINT, value, epoch_ms=True)
@@ -109,10 +109,6 @@ class Decoder:
             reason = getattr(exc, "reason", "undecodable")
             return DeadLetter(reason, str(exc)[:500], value or b"", origin)
         return Touchpoint(record, value, origin)
-
-
-def _ms(value: object) -> int:
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
 
 
 def dead_letter_record(dead: DeadLetter, serde: AvroSerde) -> dict:
@@ -200,7 +196,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         newest = next((x for x in reversed(items) if isinstance(x, Touchpoint)), None)
         if newest is not None:
             faust_stage.observe_latency(STAGE, newest.record["event_time"],
-                                        _ms(newest.record["received_at"]))
+                                        newest.record["received_at"])
 
     parts.agent(handle, split, payload_of(serde))
     parts.on_revoked(processor.forget_partition)
