@@ -337,13 +337,10 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
     return decisions, keys
 
 
-def advance(state: dict, customer: str, until: int, rules: CartRules,
-            stream_time: int | None = None) -> list[dict]:
+def advance(state: dict, customer: str, until: int, rules: CartRules) -> list[dict]:
     """Judge what event time `until` allows, against what was decided before; returns the
     records to emit (the alert's fields, `status` and `version`): new alerts, resolutions,
-    and historical records. `stream_time` (default `until`) is the partition's event time,
-    which the correction horizon is measured from."""
-    stream_time = until if stream_time is None else stream_time
+    and corrections."""
     state["lateness"] = rules.lateness_ms
     state.pop("due", None)
     judged = state["judged"]
@@ -351,7 +348,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     if judged is None or until > judged or state.get("stale"):
         until = until if judged is None else max(until, judged)  # never less than before
         decisions, judged_carts = judge(state, customer, until, rules)
-        out += _reconcile(state, decisions, judged_carts, stream_time, rules)
+        out += _reconcile(state, decisions, judged_carts, rules)
         state["judged"] = until
         state.pop("stale", None)
     out += _resolutions(state, until, rules)
@@ -359,7 +356,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules,
     return out
 
 
-def _reconcile(state: dict, decisions: list[dict], judged_carts: set[str], stream_time: int,
+def _reconcile(state: dict, decisions: list[dict], judged_carts: set[str],
                rules: CartRules) -> list[dict]:
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     out: list[dict] = []
@@ -377,11 +374,7 @@ def _reconcile(state: dict, decisions: list[dict], judged_carts: set[str], strea
                                           "status": HISTORICAL, "resolved": False,
                                           "reasons": []}))
             continue
-        # Sent only if event time has not gone further than the horizon past it.
-        status = HISTORICAL if decision["detected_at"] < stream_time - rules.horizon_ms \
-            else OPEN
-        record = {**decision, "status": status, "resolved": False, "version": 1,
-                  "reasons": []}
+        record = {**decision, "status": OPEN, "resolved": False, "version": 1, "reasons": []}
         state["alerts"].append(record)
         matched.append(record)
         out.append(dict(record))

@@ -64,8 +64,9 @@ class ChurnRules:
 
 
 def new_state() -> dict:
+    """`at`: when the latest touch counts for the customer (`touch.counts_at`)."""
     return {"peaks": {}, "last": None, "last_purchase": None, "fired": {}, "sent": None,
-            "open": [], "held": 0}
+            "open": [], "held": 0, "at": None}
 
 
 def alert_id(customer: str, at: int, reason: str) -> str:
@@ -89,6 +90,7 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     (the scorer's profile state). Returns alerts to emit: an explicit signal's alert, and
     resolutions of alerts this purchase answers."""
     t, kind = touch[AT], touch[EVENT_TYPE]
+    state["at"] = max(state.get("at") or t, counts_at(touch))
     out = []
     if kind == "purchase":
         state["last_purchase"] = _latest(state["last_purchase"], t, touch[EVENT_ID])
@@ -168,6 +170,13 @@ def deadlines(state: dict, prof: dict, rules: ChurnRules, weights: Weights) -> d
         if rhythm is not None:
             wait = max(rules.silence_factor * rhythm * DAY_MS, rules.silence_min_ms)
             out["purchase_silence"] = (bought[0] + int(wait), bought[0], bought[1])
+    # A reason a device's history made true (claimed at a login, counted from there) is
+    # true from that login on, not before: the customer's time never runs backwards.
+    now = state.get("at")
+    if now is not None:
+        for reason, (when, key, evidence) in out.items():
+            if when < now:
+                out[reason] = (now, key, evidence)
     return out
 
 
@@ -177,10 +186,8 @@ def due_at(state: dict, prof: dict, rules: ChurnRules, weights: Weights) -> int 
 
 
 def check(state: dict, prof: dict, customer: str, at: int, rules: ChurnRules,
-          weights: Weights, *, missed: bool = False) -> list[dict]:
-    """Fire the time-based reasons due at or before `at` (no touch comes between). `missed`:
-    event time passed the deadline before the touches that set it arrived (late ones): it
-    is marked, and raises nothing."""
+          weights: Weights) -> list[dict]:
+    """Fire the time-based reasons due at or before `at` (no touch comes between)."""
     due = sorted((when, reason, key, evidence) for reason, (when, key, evidence)
                  in deadlines(state, prof, rules, weights).items() if when <= at)
     if not due:
@@ -189,8 +196,6 @@ def check(state: dict, prof: dict, customer: str, at: int, rules: ChurnRules,
     now = [d for d in due if d[0] == when]
     for _, reason, key, _ in now:
         state["fired"][reason] = key
-    if missed:
-        return []
     reasons = [(reason, *TIMED[reason]) for _, reason, _, _ in now]
     return _raise(state, prof, customer, when, reasons, sorted({d[3] for d in now}), rules,
                   weights, since=max(d[2] for d in now))

@@ -17,6 +17,7 @@ with something to decide.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import MutableMapping
 
 import orjson
@@ -24,6 +25,7 @@ import orjson
 from services.alerting import carts, churn
 from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
+from services.alerting.history import History
 from services.common.schedule import Schedule
 from services.domain import attributed, engagement
 from services.domain.eventtime import NEVER
@@ -64,6 +66,8 @@ def upgraded(state: dict) -> dict:
     state.setdefault("churn", churn.new_state())
     state.setdefault("unsettled", state.pop("pending", []))  # its name before 0.9
     state.setdefault("decided", [])
+    state.setdefault("settled", NEVER)  # touches applied up to there (`_release`)
+    state.setdefault("recorded", {})  # alert id -> what was emitted of it (`_emit`)
     return state
 
 
@@ -119,8 +123,10 @@ class AlertProcessor:
             self._schedules[partition] = schedule
         return schedule
 
-    def process(self, partition: int, messages: list[dict]) -> list[tuple[str, str, dict, dict]]:
-        """(customer, alert type, alert, profile snapshot) for every alert to emit."""
+    def process(self, partition: int, messages: list[dict], now: int | None = None
+                ) -> list[tuple[str, str, dict, dict]]:
+        """(customer, alert type, alert, profile snapshot) for every alert to emit. `now`: the
+        wall clock (epoch ms), when the correction horizon is measured from it too."""
         schedule = self._schedule(partition)
         before = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         stream_time = before
@@ -133,16 +139,29 @@ class AlertProcessor:
                 states[customer] = self._load(customer, partition)
             return states[customer]
 
+        history = History(self.store)
+        replay: set[str] = set()  # customers with late touches: decided again from all
         for message in messages:
             for customer in message.get("e", ()):  # kizuna erase: forget the customer
                 states.pop(customer, None)
+                replay.discard(customer)
+                stored = self.store.get(CUSTOMER + customer)
+                if isinstance(stored, dict):
+                    history.forget(customer, stored)
                 for key in (CUSTOMER + customer, customer):
                     if _customer_of(key, self.store.get(key)) == customer:
                         del self.store[key]
                 out = [x for x in out if x[0] != customer]
             for customer, touches in attributed.customer_touches(message):
                 state = state_of(customer)
-                fresh = _fresh(state, touches)
+                if "history" not in state and (state["profile"]["applied"] or state["unsettled"]):
+                    fresh = _fresh(state, touches)  # kept no history (before 0.10): as it stands
+                else:
+                    fresh, replacing = history.take(customer, state, touches)
+                    if replacing or customer in replay or any(
+                            counts_at(x) <= state["settled"] for x in fresh):
+                        replay.add(customer)  # in time, they would have come before decisions
+                        continue
                 for touch in fresh:  # judged by the partition's event time (`_decide`)
                     ct = cart_touch(touch)
                     if ct is not None:
@@ -150,20 +169,53 @@ class AlertProcessor:
                 self._hold(schedule, customer, state, fresh)
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
+        # The correction horizon is measured from the partition's event time before this
+        # batch (a batch that moves event time far ahead, a bulk import in time order, still
+        # sends what it decides), or the wall clock when that is later.
+        ref = before if now is None else max(before, now)
+        for customer in sorted(replay):
+            states[customer], found = self.replay(customer, states[customer], history,
+                                                  stream_time, final, ref)
+            out += found
+            due = self.due_at(states[customer])
+            if due is not None:
+                schedule.wake(due, customer)
         while (customer := schedule.pop_due(stream_time)) is not None:
             if customer not in states and CUSTOMER + customer not in self.store \
                     and _customer_of(customer, self.store.get(customer)) is None:
                 continue
             state = state_of(customer)
-            out += self._decide(customer, state, stream_time, final, before)
+            out += self._emit(customer, state, self._decide(customer, state, stream_time,
+                                                            final), ref)
             due = self.due_at(state)
             if due is not None and due >= stream_time:
                 schedule.wake(due, customer)
         for customer, state in states.items():
             self.store[CUSTOMER + customer] = state
+        history.flush()
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
         return out
+
+    def replay(self, customer: str, state: dict, history: History, stream_time: int,
+               final: int, ref: int) -> tuple[dict, list[tuple[str, str, dict, dict]]]:
+        """Decide everything again from every touch the customer has, in event time, as if
+        each had come in time; then reconcile with what was decided before: a new decision
+        is sent if within the correction horizon of `ref` (else recorded as historical), a
+        historical one that changed is recorded again, one that no longer stands withdrawn;
+        a sent one is never sent again or moved: resolved when a purchase came after it, or
+        resolved with the reason `late_purchase` / `late_correction` when it no longer
+        stands."""
+        touches = history.all(customer, state)
+        again = upgraded({"p": state["p"], "history": state["history"],
+                          "recorded": state["recorded"]})
+        for touch in touches:
+            ct = cart_touch(touch)
+            if ct is not None:
+                carts.add(again["cart"], ct)
+        again["unsettled"] = touches
+        decided = self._decide(customer, again, stream_time, final)
+        return again, self._reconcile(customer, again, decided, ref)
 
     def _load(self, customer: str, partition: int) -> dict:
         """A customer's state: theirs, or one stored under the bare id by the previous
@@ -202,8 +254,8 @@ class AlertProcessor:
         """Queue cart alerts and resolutions until the profile can stand at their time."""
         state["decided"].extend([carts.decided_at(alert), alert] for alert in alerts)
 
-    def _decide(self, customer: str, state: dict, stream_time: int, final: int,
-                reached: int) -> list[tuple[str, str, dict, dict]]:
+    def _decide(self, customer: str, state: dict, stream_time: int, final: int
+                ) -> list[tuple[str, str, dict, dict]]:
         """Everything due for this customer before `stream_time`, in event-time order: each
         cart judged at its deadline, and each cart alert or resolution sent with the profile
         holding exactly the touches up to its time (`carts.decided_at`), so an alert's score
@@ -212,13 +264,8 @@ class AlertProcessor:
 
         A cart from a device's history is judged at its deadline but stands for the login
         that claimed it, which can be later, so judging and sending are apart: alerts wait in
-        `decided` until event time is past their time plus the allowed lateness.
-
-        `reached` is the partition's event time before this batch: a decision further than
-        the correction horizon behind it was made possible only by touches that came that
-        late, and is recorded as historical instead of sent. (Measured before the batch, so
-        that a batch that moves event time far ahead, a bulk import in time order, still
-        sends what it decides.)"""
+        `decided` until event time is past their time plus the allowed lateness. What is
+        sent and what only recorded is `_emit`'s to say."""
         out: list[tuple[str, str, dict, dict]] = []
         lateness = self.rules.lateness_ms
         for _ in range(10_000):  # each round judges carts or sends alerts of one time
@@ -226,30 +273,26 @@ class AlertProcessor:
             send = min((at for at, _ in state["decided"]), default=None)
             if send is not None and send + lateness < stream_time and (
                     judge is None or send + lateness <= judge):
-                out += self._release(customer, state, send, reached)
+                out += self._release(customer, state, send)
                 ready = [alert for at, alert in state["decided"] if at == send]
                 state["decided"] = [x for x in state["decided"] if x[0] != send]
                 out += self._with_snapshot(customer, state, CART, ready)
             elif judge is not None and judge < stream_time:
-                out += self._release(customer, state, judge - lateness, reached)
+                out += self._release(customer, state, judge - lateness)
                 self._decided(state, carts.advance(state["cart"], customer, judge + 1,
-                                                   self.rules, reached))
+                                                   self.rules))
             else:
                 break
-        out += self._release(customer, state, final, reached)
-        self._decided(state, carts.advance(state["cart"], customer, stream_time, self.rules,
-                                           reached))
+        out += self._release(customer, state, final)
+        self._decided(state, carts.advance(state["cart"], customer, stream_time, self.rules))
         return out
 
-    def _release(self, customer: str, state: dict, final: int,
-                 reached: int) -> list[tuple[str, str, dict, dict]]:
+    def _release(self, customer: str, state: dict, final: int
+                 ) -> list[tuple[str, str, dict, dict]]:
         """Apply the customer's unsettled touches up to `final` in event-time order to the
         profile and the churn rules, firing churn deadlines that fall between them (each
-        alert with the profile at its own decision). A churn alert further than the
-        correction horizon behind `reached` (from touches that came that late) is recorded
-        as historical, not sent. A time-based reason whose deadline event time had passed
-        before the touches that set it came (late touches) is decided as passed: marked, no
-        alert (README: what a late touch may change)."""
+        alert with the profile at its own decision). `settled` is how far that has gone: a
+        touch at or before it that comes later is late (`replay`)."""
         rules, weights = self.churn_rules, self.weights
         prof, risk = state["profile"], state["churn"]
         unsettled = sorted(state["unsettled"], key=lambda x: (counts_at(x), x[EVENT_ID]))
@@ -260,24 +303,106 @@ class AlertProcessor:
             touch = unsettled[i] if i < len(unsettled) \
                 and counts_at(unsettled[i]) <= final else None
             if due is not None and due <= final and (touch is None or due < counts_at(touch)):
-                # In order, a deadline fires in the batch that moves event time past it; one
-                # before that (`reached`) comes from touches that arrived after it passed.
-                found = churn.check(risk, prof, customer, due, rules, weights,
-                                    missed=due + self.rules.lateness_ms < reached)
+                found = churn.check(risk, prof, customer, due, rules, weights)
             elif touch is None:
                 break
             else:
                 i += 1
                 found = churn.observe(risk, prof, touch, customer, rules, weights) \
                     if engagement.apply(prof, touch, weights) else []
-            for alert in found:
-                if alert["status"] == "open" and \
-                        alert["detected_at"] < reached - self.rules.horizon_ms:
-                    alert["status"] = carts.HISTORICAL  # in the state's open alerts too
             out += self._with_snapshot(customer, state, CHURN, found)
             due = churn.due_at(risk, prof, rules, weights)
         state["unsettled"] = unsettled[i:]
+        state["settled"] = max(state["settled"], final)
         return out
+
+    # -- what is sent, what only recorded ------------------------------------------------------
+
+    def _emit(self, customer: str, state: dict, found: list[tuple[str, str, dict, dict]],
+              ref: int) -> list[tuple[str, str, dict, dict]]:
+        """The decisions to emit, as the customer's record of what was emitted (`recorded`)
+        says: a new alert is sent if within the correction horizon of `ref`, else recorded
+        as `historical` (and so is all that follows of it); one sent is never sent again or
+        moved, only resolved; the same record twice is emitted once. Each gets the next
+        version of its alert."""
+        recorded = state["recorded"]
+        out = []
+        for item in found:
+            _, kind, alert, snapshot = item
+            have = recorded.get(alert["alert_id"])
+            status = alert["status"]
+            if have is None:
+                if status in carts.SENT and alert["detected_at"] < ref - self.rules.horizon_ms:
+                    status = carts.HISTORICAL
+            elif have["a"]["status"] in carts.SENT:
+                if status != carts.RESOLVED or have["a"]["status"] == carts.RESOLVED:
+                    continue  # sent: never again, never moved; only its resolution follows
+            elif status in carts.SENT:
+                status = carts.HISTORICAL  # never sent: what follows is recorded only
+            alert = {**alert, "status": status}
+            if kind == CART:
+                alert["resolved"] = alert.get("resolved", False)
+            fingerprint = self._fingerprint(customer, kind, alert, snapshot)
+            if have is not None and fingerprint == have["f"]:
+                continue
+            version = alert.get("version") or (2 if "resolved_at" in alert else 1)
+            alert["version"] = max(version, have["a"]["version"] + 1) if have else version
+            recorded[alert["alert_id"]] = {"k": kind, "a": alert, "f": fingerprint}
+            out.append((customer, kind, alert, snapshot))
+        return out
+
+    def _fingerprint(self, customer: str, kind: str, alert: dict, snapshot: dict) -> str:
+        """What the alert's row shows (its record, but for the time it was emitted)."""
+        record = alert_record(customer, alert, snapshot, 0, self.rules) if kind == CART \
+            else churn_record(customer, alert, snapshot, 0)
+        record["version"] = 0
+        return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+    def _reconcile(self, customer: str, state: dict, decided: list[tuple[str, str, dict, dict]],
+                   ref: int) -> list[tuple[str, str, dict, dict]]:
+        """A replay's decisions against those emitted before (`replay`)."""
+        by_id: dict[str, list] = {}
+        for item in decided:
+            by_id.setdefault(item[2]["alert_id"], []).append(item)
+        recorded = state["recorded"]
+        found = []
+        for alert_id, items in by_id.items():
+            # in full when new (sent: as it came in time), else where it stands now
+            found += items if alert_id not in recorded else items[-1:]
+        waiting = {alert["alert_id"] for _, alert in state["decided"]}
+        snapshot = None
+        for alert_id, have in list(recorded.items()):
+            if alert_id in by_id or alert_id in waiting:
+                continue
+            alert = have["a"]
+            if alert["status"] == carts.OPEN:  # sent, and the touches no longer give it
+                bought = self._bought(state, have)
+                alert = {**alert, "status": carts.RESOLVED,
+                         "resolved_at": bought[0] if bought else alert["detected_at"],
+                         "reasons": [*(alert["reasons"] if have["k"] == CHURN else []),
+                                     "late_purchase" if bought else "late_correction"]}
+                if have["k"] == CART:
+                    alert.update(resolved=True, resolved_counts_at=bought[1] if bought
+                                 else alert["detected_at"])
+            elif alert["status"] == carts.HISTORICAL:  # recorded only: it no longer stands
+                alert = {**alert, "status": carts.WITHDRAWN}
+            else:
+                continue
+            if snapshot is None:
+                snapshot = engagement.snapshot(state["profile"], customer, self.weights)
+            found.append((customer, have["k"], alert, snapshot))
+        return self._emit(customer, state, found, ref)
+
+    @staticmethod
+    def _bought(state: dict, have: dict) -> list | None:
+        """The first purchase (time, counts_at) between what a sent alert counted from (a
+        cart's first touch, a time-based churn reason's start) and its detection."""
+        alert = have["a"]
+        since = alert.get("start") if have["k"] == CART else alert.get("since")
+        if since is None:
+            return None
+        return next(([p[0], p[1]] for p in state["cart"]["purchases"]
+                     if since <= p[0] <= alert["detected_at"]), None)
 
 
 def _customer_of(key: str, state: object) -> str | None:
@@ -298,7 +423,7 @@ def _fresh(state: dict, touches: list[list]) -> list[list]:
     """The touches this customer's state has not taken yet: a batch of the sessionizer redone
     after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
     profile's ids (`engagement.apply`), held ones in `unsettled`."""
-    applied = state["profile"]["recent_event_ids"]
+    applied = state["profile"]["event_ids"]
     taken = {touch[EVENT_ID] for touch in state["unsettled"]}
     fresh = []
     for touch in touches:
@@ -345,7 +470,7 @@ def churn_record(customer: str, alert: dict, snapshot: dict, emitted_at: int) ->
         "score_snapshot": alert["score"],
         "recommended_channel": snapshot["preferred_channel"],
         "recommended_action": "none" if resolved else alert["action"],
-        "version": 2 if resolved else 1,
+        "version": alert.get("version") or (2 if resolved else 1),
     }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 
-from services.domain.eventtime import DAY_MS, DEDUP_MS
+from services.domain.eventtime import DAY_MS
 from services.domain.touch import AT, CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, VALUE
 from services.domain.weights import Weights
 
@@ -33,13 +33,15 @@ CONSENT = {"email_unsubscribe": ("email", False), "email_spam_report": ("email",
 def new_state() -> dict:
     return {"score": None, "channels": {}, "last_event_at": None, "days": {},
             "purchase_count": 0, "revenue": 0.0, "refunds": 0.0, "first_purchase_at": None,
-            "last_purchase_at": None, "consent": {}, "recent_event_ids": {}, "applied": 0}
+            "last_purchase_at": None, "consent": {}, "event_ids": {}, "applied": 0}
 
 
 def upgraded(state: dict) -> dict:
-    """A state stored before 0.9 called its recent event ids `recent`."""
-    if "recent" in state and "recent_event_ids" not in state:
-        state["recent_event_ids"] = state.pop("recent")
+    """The ids of the touches applied were `recent` before 0.9 and `recent_event_ids` before
+    0.10 (when only 60 days of them were kept)."""
+    for old in ("recent_event_ids", "recent"):
+        if old in state and "event_ids" not in state:
+            state["event_ids"] = state.pop(old)
     return state
 
 
@@ -61,13 +63,15 @@ def decayed_value(anchor: list | None, at: int, half_life_ms: float) -> float:
     return anchor[0] * 2.0 ** (-max(0, at - anchor[1]) / half_life_ms)
 
 
-def apply(state: dict, touch: list, weights: Weights) -> bool:
-    """Add one attributed touch; False when it was seen already."""
+def apply(state: dict, touch: list, weights: Weights, retention_ms: int | None = None) -> bool:
+    """Add one attributed touch; False when it was applied already. The ids of the touches
+    applied are kept (with `retention_ms`, that far behind the latest touch only), so that a
+    touch delivered again, however old, counts once."""
     t, event_id, kind, channel = touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL]
-    recent = state["recent_event_ids"]
-    if event_id in recent:
+    seen = state["event_ids"]
+    if event_id in seen:
         return False
-    recent[event_id] = t
+    seen[event_id] = t
     extra = touch[EXTRA] or {}
     w = weights.weight(kind, channel, extra.get("score"))
     h = weights.half_life_ms
@@ -94,9 +98,9 @@ def apply(state: dict, touch: list, weights: Weights) -> bool:
         if have is None or (have[0], have[1]) < (t, event_id):  # the latest decision counts
             state["consent"][consent[0]] = [t, event_id, consent[1]]
     state["applied"] += 1
-    if len(recent) > 64 and len(recent) % 64 == 0:
-        horizon = state["last_event_at"] - DEDUP_MS
-        state["recent_event_ids"] = {e: at for e, at in recent.items() if at >= horizon}
+    if retention_ms is not None and len(seen) > 64 and len(seen) % 64 == 0:
+        horizon = state["last_event_at"] - retention_ms
+        state["event_ids"] = {e: at for e, at in seen.items() if at >= horizon}
     return True
 
 

@@ -5,14 +5,19 @@ state key per profile and day of its first touch (`r:<profile key>:<day>`), so a
 and writes only the days it touches. The profile's state indexes them: `archive` is a sorted
 list of `[day, latest end of that day's runs]`.
 
-What is kept, per profile (contract section 2, "Bounded input and late data"):
-- every closed session ending within `RETAIN_MS` (60 days, the dedup window) of the
-  profile's latest touch: a touch that late, or a copy delivered again, finds its sessions;
+What is kept, per profile (contract section 2, "Bounded input and late data"): every closed
+session, by default, so that a touch however late (a second export of the same months, a
+backfill behind a live pipeline), or a copy of one delivered again, finds the sessions it
+belongs to, and the results are those of the events whatever their delivery. The cost is
+the state: every touch once, on disk with the `rocksdb://` store (docs/sessions.md).
+
+With a retention (`SessionRules.retention_ms`, KIZUNA_HISTORY_RETENTION_DAYS) a profile keeps:
+- every closed session ending within the retention of its latest touch;
 - the sessions within the inactivity gap of the last late touch that came, however old: a
   backfill arrives in event-time order, and goes on from there;
-- nothing, once the profile has been idle for `RETAIN_MS` of its partition's event time
-  after both its latest touch and the last late touch it took.
-A touch older than all of that is taken with the sessions still kept around it.
+- nothing, once it has been idle for the retention of its partition's event time after both
+  its latest touch and the last late touch it took.
+A touch older than that is taken with the sessions still kept around it: exact no more.
 """
 
 from __future__ import annotations
@@ -20,11 +25,10 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from services.domain.eventtime import DAY_MS, DEDUP_MS
+from services.domain.eventtime import DAY_MS
 from services.domain.touch import AT, EVENT_ID
 
 ARCHIVE = "r:"
-RETAIN_MS = DEDUP_MS
 
 
 def day_key(key: str, day: int) -> str:
@@ -94,12 +98,12 @@ class Archive:
         else:
             state.pop("archive", None)
 
-    def prune(self, key: str, state: dict, latest: int, gap: int) -> None:
-        """Forget the days of runs ending more than `RETAIN_MS` before `latest`, except those
+    def prune(self, key: str, state: dict, latest: int, gap: int, retention: int) -> None:
+        """Forget the days of runs ending more than `retention` before `latest`, except those
         within the gap of the last late touch (`late`: a backfill goes on from there)."""
         late = state.get("late", [None])[0]
         for day, end in list(state.get("archive", ())):
-            if end < latest - RETAIN_MS and (late is None or end < late - gap):
+            if end < latest - retention and (late is None or end < late - gap):
                 self._drop(key, state, day)
 
     def forget(self, key: str, state: dict) -> None:
@@ -112,15 +116,15 @@ class Archive:
         self._index(key, state, day)
 
     @staticmethod
-    def expires_at(state: dict) -> int | None:
-        """When an idle profile forgets its archive: `RETAIN_MS` of event time after both its
-        latest archived touch and the event time its last late touch came at."""
+    def expires_at(state: dict, retention: int | None) -> int | None:
+        """When an idle profile forgets its archive: `retention` of event time after both its
+        latest archived touch and the event time its last late touch came at (None: never)."""
         index = state.get("archive")
-        if not index:
+        if not index or retention is None:
             return None
         arrived = state.get("late", [None, None])[1]
         latest = max(end for _, end in index)
-        return max(latest, arrived if arrived is not None else latest) + RETAIN_MS
+        return max(latest, arrived if arrived is not None else latest) + retention
 
     def flush(self) -> None:
         for name in self.changed:

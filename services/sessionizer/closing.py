@@ -90,12 +90,13 @@ class Closing:
             self.archive.put(key, state, [run])
         state["runs"] = keep
         index = state.get("archive")
-        if index:
+        retention = self.rules.retention_ms
+        if index and retention is not None:
             latest = max([end for _, end in index] + [run[-1][AT] for run in keep])
-            self.archive.prune(key, state, latest, self.rules.gap_ms)
-            expires = self.archive.expires_at(state)
+            self.archive.prune(key, state, latest, self.rules.gap_ms, retention)
+            expires = self.archive.expires_at(state, retention)
             if not keep and expires is not None and expires < now:
-                self.ids.forget(key, state)  # idle for the whole window
+                self.ids.forget(key, state)  # idle for the whole retention
         days = state.get("seen")  # ids kept by an earlier version expire by its rule
         if days and not state["runs"] and (days[-1] + 1) * DAY_MS + DEDUP_MS < now:
             self.ids.forget_seen(key, state)

@@ -84,7 +84,10 @@ class Identity:
         linked = state.get("linked_to")
         at = message["event_time"]
         if linked == customer:
-            self.out.handoffs.append((customer, handoff.transfer(customer, device, at)))
+            if at < state.get("linked_at", at):
+                self.claim_earlier(key, state, customer, at)
+            else:  # linked at this login or an earlier one: nothing more to give
+                self.out.handoffs.append((customer, handoff.transfer(customer, device, at)))
             return
         if linked:
             self.out.handoffs.append((customer, handoff.transfer(customer, device, at)))
@@ -118,8 +121,37 @@ class Identity:
                     emitted[s.session_id(piece[0])] = [
                         piece[0][AT], piece[0][EVENT_ID],
                         s.version(len(piece), False, s.CLOSED)]
-        # in parts of at most 2,000 touches (each message well under Kafka's 1 MB), the last
-        # one a `transfer` that ends the wait
+        self.send_history(customer, device, at, claimed, emitted)
+        # The customer holds its touches from now on. The device keeps its history (what
+        # its login claims of a touch from before it that comes later: `before_login`).
+        self.archive.put(key, state, state["runs"])
+        self.states[key] = linked_device(self.partition, customer, at, state)
+
+    def claim_earlier(self: _Batch, key: str, state: ProfileState, customer: str,
+                      at: int) -> None:
+        """A login earlier than the one that linked the device came late: the device's
+        history is claimed from it, as if it had come first. Everything it claims goes to
+        the customer again, counted from this login (`receive` replaces the copies it
+        holds), and the sessions it claims beyond the first login's are retired there."""
+        self.changed.add(key)
+        runs = self.archive.runs(key, state)
+        before = _claimable(runs, state["linked_at"])
+        claimed = _claimable(runs, at)
+        emitted = {}
+        for run in claimed:
+            if any(run is r for r in before):
+                continue
+            for piece in s.pieces(run, self.rules.max_length_ms):
+                emitted[s.session_id(piece[0])] = [piece[0][AT], piece[0][EVENT_ID],
+                                                   s.version(len(piece), False, s.CLOSED)]
+        self.send_history(customer, key[len(DEVICE):], at, claimed, emitted)
+        state["linked_at"] = at
+
+    def send_history(self: _Batch, customer: str, device: str, at: int,
+                     claimed: list[list[list]], emitted: dict) -> None:
+        """The runs a login at `at` claims, to the customer, in parts of at most 2,000
+        touches (each message well under Kafka's 1 MB), the last one a `transfer` that ends
+        the customer's wait."""
         touches = [x for run in claimed for x in run]
         for i in range(0, max(0, len(touches) - DEVICE_HISTORY_TOUCHES), DEVICE_HISTORY_TOUCHES):
             self.out.handoffs.append((customer, handoff.transfer(
@@ -128,19 +160,19 @@ class Identity:
                        * DEVICE_HISTORY_TOUCHES:]
         self.out.handoffs.append((customer, handoff.transfer(customer, device, at,
                                                              [rest] if rest else [], emitted)))
-        # The customer holds its touches from now on. The device keeps its history (what
-        # its login claims of a touch from before it that comes later: `before_login`).
-        self.archive.put(key, state, state["runs"])
-        self.states[key] = linked_device(self.partition, customer, at, state)
 
     def receive(self: _Batch, message: handoff.Transfer) -> None:
         customer = message["customer_id"]
         key = CUSTOMER + customer
         state = self.state(key)
         awaited = state.get("awaiting", [])
-        if message["anonymous_id"] not in awaited:
+        login_at = state.get("login_at", {}).get(message["anonymous_id"])
+        if message["anonymous_id"] not in awaited or (
+                login_at is not None and message.get("at", login_at) != login_at):
             # Sent again by the device's partition redoing a batch after a crash: its runs are
-            # here already, and may have closed since; merging them again would show them twice.
+            # here already, and may have closed since; merging them again would show them
+            # twice. Or the answer to a login superseded by an earlier one, whose answer
+            # holds all of it.
             self.out.counts["duplicates"] += 1
             return
         self.changed.add(key)
@@ -154,8 +186,9 @@ class Identity:
             awaited.remove(message["anonymous_id"])
             if not awaited:
                 state.pop("awaiting", None)
-        # the device's touches before its login count from the login
-        self.reform(key, state, touches)
+        # the device's touches before its login count from the login (an earlier login
+        # that came late claims some anew: `replace`)
+        self.reform(key, state, touches, replace=True)
         if touches:  # the device's touches now count for the customer
             self.out.attributed.setdefault(customer, []).extend(touches)
         if not state.get("awaiting"):  # then the customer's own that waited for them

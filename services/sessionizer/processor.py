@@ -160,7 +160,7 @@ class PartitionProcessor:
             return None  # waiting for a device's answer; its transfer reschedules
         if state["runs"]:
             return min(self.rules.close_at(run) for run in state["runs"])
-        expires = Archive.expires_at(state)
+        expires = Archive.expires_at(state, self.rules.retention_ms)
         if expires is not None:
             return expires
         if state.get("seen"):  # ids an earlier version kept: forgotten the window after
@@ -261,12 +261,13 @@ class _Batch(Identity, Closing):
         if customer:
             state = self.touched(key)
             self.attribute(customer, state, touch, late)
-            if device and device not in state.setdefault("devices", []):
-                state["devices"].append(device)
+            if device and self.logs_in(state, device, t):
                 # Its sessions wait for the device's answer before they may close.
-                state.setdefault("awaiting", []).append(device)
+                if device not in awaiting(state):
+                    state.setdefault("awaiting", []).append(device)
                 if not late:  # the next stages are past a late login already
-                    self.logins[f"{customer}\x00{device}"] = t
+                    login = f"{customer}\x00{device}"
+                    self.logins[login] = min(self.logins.get(login, t), t)
                 else:  # theirs go out after the device's history (`attribute`)
                     state["claiming"] = min(state.get("claiming", t), t)
                 self.out.handoffs.append((device, handoff.link(
@@ -284,6 +285,20 @@ class _Batch(Identity, Closing):
             return
         self.changed.add(key)
         self.add(key, state, touch)
+
+    @staticmethod
+    def logs_in(state: ProfileState, device: str, t: int) -> bool:
+        """Whether a touch with both ids at `t` links `device` to the customer: the device's
+        first login, or one earlier than the login that linked it (it came late: the
+        device's history is claimed from there, as if it had come first)."""
+        devices = state.setdefault("devices", [])
+        login_at = state.setdefault("login_at", {})
+        if device not in devices:
+            devices.append(device)
+        elif device not in login_at or t >= login_at[device]:
+            return False  # linked already at this login or an earlier one
+        login_at[device] = t
+        return True
 
     def attribute(self, customer: str, state: ProfileState, touch: list, late: bool) -> None:
         """Hand a customer's touch to the scorer and alerting. A late touch after a late
@@ -335,15 +350,26 @@ class _Batch(Identity, Closing):
             self.attribute(message["customer_id"], state, touch,
                            touch[AT] + self.rules.lateness_ms < self.stream_time)
 
-    def reform(self, key: str, state: ProfileState, touches: list[list]) -> bool:
+    def reform(self, key: str, state: ProfileState, touches: list[list],
+               replace: bool = False) -> bool:
         """Add touches that may join closed sessions, or come before a login that claimed a
         device's touches: the profile's open runs and the archived runs around the touches
         are formed again in event time (`sessions.build`), so the sessions are what the
         events give, whatever came when. A device's touches claimed at a login join the
         sessions that were open at the login's event time, and only those. Runs that event
         time has closed go back to the archive, re-emitted where they changed; sessions
-        absorbed by another are re-emitted as merged. False if every touch was here."""
-        fresh = [x for x in touches if not self.took(key, x[AT], x[EVENT_ID])]
+        absorbed by another are re-emitted as merged. False if every touch was here.
+        `replace`: a touch held already but claimed now at another login replaces it."""
+        if not touches:
+            return False
+        if replace:  # touches held already with another login time are taken anew
+            held_as = {x[EVENT_ID]: x for run in state["runs"] + self.archive.near(
+                key, state, min(x[AT] for x in touches), max(x[AT] for x in touches), 0)
+                for x in run}
+            fresh = [x for x in touches if held_as.get(x[EVENT_ID]) != x and (
+                x[EVENT_ID] in held_as or not self.took(key, x[AT], x[EVENT_ID]))]
+        else:
+            fresh = [x for x in touches if not self.took(key, x[AT], x[EVENT_ID])]
         if not fresh:
             return False
         gap = self.rules.gap_ms
@@ -357,7 +383,8 @@ class _Batch(Identity, Closing):
             old += more
             lo = min(lo, *(run[0][AT] for run in more))
             hi = max(hi, *(run[-1][AT] for run in more))
-        held = [x for run in state["runs"] + old for x in run]
+        replaced = {x[EVENT_ID] for x in fresh}
+        held = [x for run in state["runs"] + old for x in run if x[EVENT_ID] not in replaced]
         runs = s.build(held + fresh, gap, self.rules.close_at)
         now = NEVER if state.get("awaiting") else self.closing_time()
         closed = [run for run in runs if self.rules.close_at(run) < now]

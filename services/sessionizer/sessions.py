@@ -40,6 +40,9 @@ class SessionRules:
     gap_ms: int = 30 * MINUTE_MS
     max_length_ms: int = 24 * HOUR_MS
     lateness_ms: int = 10 * MINUTE_MS
+    #: How long a profile keeps its closed sessions for late touches to correct (archive.py);
+    #: None: for ever, so that results do not depend on how late touches come.
+    retention_ms: int | None = None
 
     def too_late(self, event_time: int, stream_time: int) -> bool:
         """A touch this far behind its partition's event time may belong to a closed session."""

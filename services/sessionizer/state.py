@@ -26,6 +26,9 @@ class ProfileState(TypedDict, total=False):
     moved: int  # the latest login whose claimed touches the open runs hold
     # a customer's
     devices: list[str]  # every device linked to the customer (`kizuna erase` undoes them)
+    #: device -> its earliest login: what it claims is measured from there, however late
+    #: that login came (states written before 0.10 have none: their links stand as made)
+    login_at: dict[str, int]
     awaiting: list[str]  # devices whose history has not come yet: no session closes meanwhile
     claiming: int  # the earliest late login still waiting for its device's history
     held: list[list]  # the customer's late touches held until that history comes

@@ -217,16 +217,35 @@ def test_a_score_asked_for_long_before_its_anchor_does_not_overflow() -> None:
     assert decayed_value(anchor, anchor[1] + 14 * 86_400_000, 14 * 86_400_000) == 6.25
 
 
-def test_a_profile_stored_before_the_rename_is_upgraded() -> None:
-    # Before 0.9 a profile's recent event ids were `recent`: still read, and still duplicates.
+def test_a_profile_stored_before_the_renames_is_upgraded() -> None:
+    # A profile's ids were `recent` before 0.9 and `recent_event_ids` before 0.10: still
+    # read, and still duplicates.
     from services.engagement_scorer.batch import score_batch
 
     weights = load_weights()
     buy = [1_710_000_000_000, "e1", "purchase", "web", 50.0, None, None]
+    for old in ("recent", "recent_event_ids"):
+        store: dict = {}
+        score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
+        state = store["c:C1"]
+        state[old] = state.pop("event_ids")  # as that version stored it
+        scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
+        assert (scored.applied, scored.duplicates, scored.corrupt) == (0, 1, [])
+        assert old not in store["c:C1"] and "e1" in store["c:C1"]["event_ids"]
+
+
+def test_a_touch_delivered_again_a_year_later_counts_once() -> None:
+    # The ids of applied touches are kept for good (not 60 days): a sessionizer batch redone
+    # after a crash during a backfill sends touches from long ago again.
+    from services.engagement_scorer.batch import score_batch
+
+    weights = load_weights()
+    old = [1_600_000_000_000, "e-old", "purchase", "web", 50.0, None, None]
     store: dict = {}
-    score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
-    state = store["c:C1"]
-    state["recent"] = state.pop("recent_event_ids")  # as 0.8 stored it
-    scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
-    assert (scored.applied, scored.duplicates, scored.corrupt) == (0, 1, [])
-    assert "recent" not in store["c:C1"] and "e1" in store["c:C1"]["recent_event_ids"]
+    score_batch(store, weights, [{"t": 0, "c": {"C1": [old]}}])
+    for k in range(200):  # 200 days of visits, a year after
+        visit = [1_632_000_000_000 + k * 86_400_000, f"e{k}", "page_view", "web", 0.0, None, None]
+        score_batch(store, weights, [{"t": 0, "c": {"C1": [visit]}}])
+    scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [old]}}])
+    assert (scored.applied, scored.duplicates) == (0, 1)
+    assert scored.profiles[0]["purchase_count"] == 1

@@ -30,6 +30,8 @@ from services.sessionizer.sessions import SessionRules
 
 T0 = 1_710_000_000_000
 RULES = SessionRules()
+#: Closed sessions kept 60 days only (KIZUNA_HISTORY_RETENTION_DAYS=60)
+RETAINING = SessionRules(retention_ms=DEDUP_MS)
 END_OF_TIME = T0 + 3 * 24 * HOUR_MS  # closes everything; device history (30 days) stays
 
 
@@ -456,7 +458,7 @@ def test_a_copy_delivered_again_days_later_is_a_duplicate_not_a_late_touch(parti
 
 
 def test_a_linked_device_hands_its_history_to_the_customer_and_forgets_it_later() -> None:
-    p = Pipeline(partitions=4).send(tp("d0", -5, device="dev-f"),
+    p = Pipeline(partitions=4, rules=RETAINING).send(tp("d0", -5, device="dev-f"),
                                     tp("login", 0, "C-f", device="dev-f", event_type="identify"))
     p.run().send(tp("fwd", 24 * 60, device="dev-f")).run()  # linked: forwarded to the customer
     assert p.counts["identity_links"] == 1 and "fwd" in p.attributed["C-f"]
@@ -487,8 +489,17 @@ def test_a_device_touch_from_before_its_login_that_comes_after_the_link_goes_as_
     assert sorted(late.attributed["C-l"]) == sorted(in_order.attributed["C-l"])
 
 
+def test_a_profile_keeps_its_closed_sessions_for_good_by_default() -> None:
+    # However late a touch comes (a second export of the same months), it finds its sessions.
+    p = Pipeline().send(tp("e1", 0, "C-idle"), tp("e2", 10, "C-idle")).run()
+    p.watermark(T0 + 400 * DAY_MS).run()
+    p.send(tp("e3", 20, "C-idle")).run()
+    assert spans(p) == [("C-idle", T0, T0 + 20 * MINUTE_MS, 3)]
+    assert p.counts["corrections"] == 1
+
+
 def test_a_profile_forgets_its_closed_sessions_after_the_retention_window() -> None:
-    p = Pipeline().send(tp("e1", 0, "C-idle")).run()
+    p = Pipeline(rules=RETAINING).send(tp("e1", 0, "C-idle")).run()
     p.watermark(T0 + 5 * 24 * HOUR_MS).run()
     day = T0 // DAY_MS
     assert f"r:c:C-idle:{day}" in p.store  # its session closed, its touches stay
@@ -498,7 +509,7 @@ def test_a_profile_forgets_its_closed_sessions_after_the_retention_window() -> N
 
 def test_an_anonymous_device_is_forgotten_after_its_window() -> None:
     # Regression: the history's expiry time stayed in the past and closing spun forever.
-    p = Pipeline().send(tp("x1", 0, device="ghost"))
+    p = Pipeline(rules=RETAINING).send(tp("x1", 0, device="ghost"))
     p.watermark(T0 + 70 * 24 * HOUR_MS).run()  # past the 60-day window, in one step
     assert "a:ghost" not in p.store
     assert [r["status"] for r in p.table().values()] == [s.CLOSED]
