@@ -70,8 +70,16 @@ bench-import: setup  ## kizuna import of ~1M events ordered by customer vs in ti
 fuzz: setup  ## the whole pipeline fuzzed with hypothesis, long run (its own stack)
 	KIZUNA_FUZZ_EXAMPLES=$${KIZUNA_FUZZ_EXAMPLES:-600} $(BIN)/pytest -q tests/integration/test_fuzz.py
 
-order-check: setup  ## import order independence at full size: 5,000 customers, 90 days, 5 orders
-	KIZUNA_ORDER_CUSTOMERS=5000 KIZUNA_ORDER_DAYS=90 $(BIN)/pytest -q tests/integration/test_bounded_input.py
+ORDER_RUNS ?= 20
+DELIVERY_EXAMPLES ?= 10000
+order-check: setup  ## results independent of delivery, at length (hours): the property harness, a year imported 7 ways at full size, then the order tests ORDER_RUNS times with a busy machine
+	KIZUNA_DELIVERY_EXAMPLES=$(DELIVERY_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_delivery.py
+	KIZUNA_ORDER_CUSTOMERS=1000 KIZUNA_ORDER_DAYS=365 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_bounded_input.py
+	$(BIN)/python -m tests.busy & busy=$$!; trap "kill $$busy; wait $$busy" EXIT; \
+	for i in $$(seq $(ORDER_RUNS)); do \
+	  echo "order-check: run $$i of $(ORDER_RUNS)"; \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_late_data.py tests/integration/test_bounded_input.py || exit 1; \
+	done
 
 bench-framing: setup  ## Confluent wire format vs Avro single-object encoding: µs per value
 	$(BIN)/python -m benchmarks.framing

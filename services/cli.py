@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from services.demo import run
+
+    # The demo replays weeks of simulated traffic as if it were live: its alerts are sent as
+    # they would have been then (a stack already running keeps its own clock).
+    os.environ.setdefault("KIZUNA_ALERT_CLOCK", "event")
 
     run(settings, customers=args.customers, days=args.days, seed=args.seed,
         out_dir=Path(args.out), start=args.start)

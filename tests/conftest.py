@@ -73,7 +73,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def stack_env(home: Path) -> dict[str, str]:
+def stack_env(home: Path, clock: str = "event") -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     (home / "sns-cert.pem").write_bytes(SNS_CERTIFICATE)
     kafka, controller, warehouse, ingest, sessionizer, scorer, alerting, http, registry = \
@@ -99,6 +99,10 @@ def stack_env(home: Path) -> dict[str, str]:
         KIZUNA_INGEST_PRODUCE_TIMEOUT_MS="4000",
         KIZUNA_PII_SALT="test-salt",
         KIZUNA_PARTITIONS="4",
+        # The tests simulate live traffic in weeks of their own (2026): alerts are sent as
+        # they would have been then. The backfill tests measure from the wall clock, as
+        # shipped (`stack_env(home, clock="wall")`).
+        KIZUNA_ALERT_CLOCK=clock,
         KIZUNA_WAREHOUSE_FAULT_INJECTION="true",
         # records whose id carries a marker make that stage raise (poison records)
         KIZUNA_FAULT_INJECTION=",".join(f"{stage}:{marker}" for stage, marker in POISON_MARKERS),
@@ -116,11 +120,11 @@ def stack_serde(env: dict[str, str]) -> AvroSerde:
     return serde_for(load(Settings, env))
 
 
-def services_env(broker: dict[str, str], tag: str) -> dict[str, str]:
+def services_env(broker: dict[str, str], tag: str, clock: str = "event") -> dict[str, str]:
     """A second stack's environment on the broker of `broker`'s stack: its own home (its own
     embedded ClickHouse), ports and topic prefix. `kizuna up` then starts no broker and no
     schema registry: it uses those of `broker`'s stack."""
-    env = stack_env(Path(tempfile.mkdtemp(prefix=f"kz-{tag}-", dir="/tmp")))
+    env = stack_env(Path(tempfile.mkdtemp(prefix=f"kz-{tag}-", dir="/tmp")), clock)
     env["KIZUNA_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker['KIZUNA_KAFKA_PORT']}"
     env["KIZUNA_SCHEMA_REGISTRY_URL"] = registry_url(broker)
     env["KIZUNA_TOPIC_PREFIX"] = f"kz{tag}."
@@ -128,9 +132,10 @@ def services_env(broker: dict[str, str], tag: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def services_stack(broker: dict[str, str], tag: str) -> Iterator[dict[str, str]]:
+def services_stack(broker: dict[str, str], tag: str, clock: str = "event"
+                   ) -> Iterator[dict[str, str]]:
     """A running stack of every service on `broker`'s Kafka, stopped and removed after."""
-    env = services_env(broker, tag)
+    env = services_env(broker, tag, clock)
     try:
         kizuna(env, "up")
         yield env

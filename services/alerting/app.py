@@ -93,7 +93,8 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
         TOUCHES.inc(sum(len(touches) for m in messages
                         for _, touches in attributed.customer_touches(m)))
         now = int(time.time() * 1000)
-        for customer, kind, found, snapshot in processor.process(partition, messages):
+        clock = now if settings.alert_clock == "wall" else None
+        for customer, kind, found, snapshot in processor.process(partition, messages, clock):
             record = (alert_record(customer, found, snapshot, now, rules)
                       if kind == CART else churn_record(customer, found, snapshot, now))
             topic = topics[kind] if published(record) else history

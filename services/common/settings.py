@@ -187,12 +187,25 @@ class Settings:
         "member (`group.instance.id`): killed and restarted under the same name, it takes its "
         "partitions back at once instead of after the session timeout. A worker stopped for "
         "good hands its partitions on after the session timeout. Empty: dynamic membership.")
+    history_retention_days: float = setting(
+        "KIZUNA_HISTORY_RETENTION_DAYS", "0",
+        "0 (default): the sessionizer keeps every profile's closed sessions and the scorer "
+        "the ids of every touch it applied, so a touch however late (a second export of the "
+        "same months, a backfill behind a live pipeline) gives the results of the events in "
+        "time. N: they forget what is N days behind a profile's latest touch, and a touch "
+        "older than that is no longer exact (docs/late-data.md). Alerting keeps every touch "
+        "either way: it decides again from them.")
     fault_injection: str = setting(
         "KIZUNA_FAULT_INJECTION", "",
         "Chaos testing only: `stage:marker,...` makes that stage's logic raise on every touch "
         "whose event_id contains the marker (stages: sessionizer, engagement_scorer, "
         "alerting), to check that poison records are dead-lettered. Empty in production.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    @property
+    def history_retention_ms(self) -> int | None:
+        """KIZUNA_HISTORY_RETENTION_DAYS in ms; None: for ever."""
+        return int(self.history_retention_days * 86_400_000) or None
 
     def group_instance_id(self, stage: str) -> str | None:
         """This worker's static member name in `stage`'s consumer group (None: dynamic)."""
@@ -221,6 +234,8 @@ class Settings:
                 f"{mask_url(self.clickhouse_url)!r}; use chdb:///abs/path or http(s)://host:8123")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("KIZUNA_PARTITIONS and KIZUNA_REPLICATION_FACTOR must be >= 1")
+        if self.history_retention_days < 0:
+            raise ConfigError("KIZUNA_HISTORY_RETENTION_DAYS must be >= 0 (0: for ever)")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"KIZUNA_LOG_FORMAT: expected text or json, got {self.log_format!r}")
 
@@ -464,9 +479,16 @@ class AlertingSettings:
         "After a churn alert, no other for this long unless the severity rises (counted).")
     correction_horizon_days: float = setting(
         "KIZUNA_CORRECTION_HORIZON_DAYS", "7",
-        "An alert decision made further than this behind its partition's event time (late "
-        "touches, a backfill of history into a live pipeline) is recorded in ClickHouse with "
-        "status `historical`, never sent.")
+        "An alert decision made further than this behind the pipeline's clock (late touches, "
+        "a backfill of history) is recorded in ClickHouse with status `historical`, never "
+        "sent.")
+    alert_clock: str = setting(
+        "KIZUNA_ALERT_CLOCK", "wall",
+        "What the correction horizon is measured from: `wall` (default), the later of the "
+        "partition's event time and the wall clock, so history imported into any pipeline "
+        "is recorded, never sent; `event`, the partition's event time alone, for a "
+        "simulation or replay of past traffic that should alert as if live (`kizuna demo`, "
+        "the tests' simulated weeks).")
     batch_size: int = setting(
         "KIZUNA_ALERTING_BATCH", "2000", "Most Kafka messages alerting processes as one batch.")
     store: str = setting(
@@ -478,6 +500,9 @@ class AlertingSettings:
         _check_port("KIZUNA_ALERTING_PORT", self.port)
         if self.correction_horizon_days <= 0:
             raise ConfigError("KIZUNA_CORRECTION_HORIZON_DAYS must be > 0")
+        if self.alert_clock not in ("wall", "event"):
+            raise ConfigError(f"KIZUNA_ALERT_CLOCK: expected wall or event, got "
+                              f"{self.alert_clock!r}")
         if self.abandonment_minutes <= 0 or self.cart_cap_hours < 0:
             raise ConfigError("KIZUNA_CART_ABANDONMENT_MINUTES must be > 0 and "
                               "KIZUNA_CART_ALERT_CAP_HOURS >= 0")

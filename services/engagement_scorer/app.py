@@ -48,7 +48,7 @@ def create_app(settings: EngagementScorerSettings, weights: Weights) -> faust.Ap
 
     def handle(partition: int, batches: list) -> None:
         faults.check(fault, attributed.event_ids(batches))
-        scored = score_batch(parts.store, weights, batches)
+        scored = score_batch(parts.store, weights, batches, common.history_retention_ms)
         for customer in scored.erased:  # a tombstone: the compacted topic forgets the customer
             parts.outbox.produce(scores_name, None, customer.encode())
         for profile in scored.profiles:

@@ -50,9 +50,10 @@ def load_state(store: MutableMapping, customer: str, out: Scored) -> dict:
     return state
 
 
-def score_batch(store: MutableMapping, weights: Weights,
-                batches: list[AttributedMessage]) -> Scored:
-    """Apply a partition's attributed touches; the changed customers' profiles."""
+def score_batch(store: MutableMapping, weights: Weights, batches: list[AttributedMessage],
+                retention_ms: int | None = None) -> Scored:
+    """Apply a partition's attributed touches; the changed customers' profiles. The ids of
+    applied touches are kept for good, or `retention_ms` behind each customer's latest."""
     out = Scored()
     changed: dict[str, dict] = {}
     for batch in batches:
@@ -67,7 +68,7 @@ def score_batch(store: MutableMapping, weights: Weights,
             if state is None:
                 state = load_state(store, customer, out)
             for touch in touches:
-                if apply(state, touch, weights):
+                if apply(state, touch, weights, retention_ms):
                     out.applied += 1
                 else:
                     out.duplicates += 1

@@ -70,7 +70,8 @@ OUTPUT_TIME = Gauge("kizuna_sessionizer_output_time_seconds",
 def rules_of(settings: SessionizerSettings) -> SessionRules:
     return SessionRules(gap_ms=int(settings.gap_minutes * MINUTE_MS),
                         max_length_ms=int(settings.max_length_hours * HOUR_MS),
-                        lateness_ms=int(settings.lateness_minutes * MINUTE_MS))
+                        lateness_ms=int(settings.lateness_minutes * MINUTE_MS),
+                        retention_ms=settings.common.history_retention_ms)
 
 
 def _header(message: faust.types.Message, name: str) -> bytes | None:
