@@ -52,7 +52,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         return 3
     running = {p.name for p in programs if p.state == "RUNNING"}
     health = stage_health(settings, {p.name: p.log for p in programs}, args.sample) \
-        if "kafka" in running or not settings.local_kafka else {}
+        if any(name.startswith("kafka") for name in running) or not settings.local_kafka else {}
     rows = [{**p.__dict__, **(health[p.name].__dict__ if p.name in health else {})}
             for p in programs]
     if args.json:
@@ -109,6 +109,19 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.schema_registry import register, subjects
     from services.common.topics import PUBLIC_TOPICS, partitions_for
 
+    if args.action == "check":
+        from services.common.kafka import replication
+
+        short = 0
+        for r in replication(settings):
+            below = r.below(settings)
+            short += bool(below)
+            print(f"{r.topic:<56} replicas={r.replicas} min.insync.replicas={r.min_insync} "
+                  f"in sync={r.in_sync}" + (f"  BELOW: {'; '.join(below)}" if below else ""))
+        print(f"{short} topic(s) below KIZUNA_REPLICATION_FACTOR={settings.replication_factor}"
+              if short else f"every topic at KIZUNA_REPLICATION_FACTOR="
+              f"{settings.replication_factor} or above")
+        return 1 if short else 0
     if args.action == "create":
         if settings.schema_registry:  # first: a refused schema stops before any topic changes
             for r in register(settings):
@@ -327,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "print the effective settings, secrets masked")
     p.add_argument("--show-secrets", action="store_true", help="also print secrets unmasked")
     p.add_argument("-v", "--verbose", action="store_true", help="document each setting")
-    p = add("topics", cmd_topics, "create (idempotently) or list the Kafka topics")
-    p.add_argument("action", choices=["create", "list"])
+    p = add("topics", cmd_topics, "create (idempotently), list, or check the replication of "
+            "the Kafka topics")
+    p.add_argument("action", choices=["create", "list", "check"])
     add("migrate", cmd_migrate, "apply pending ClickHouse migrations (idempotent)")
     p = add("query", cmd_query, "run a read-only SQL query against ClickHouse")
     p.add_argument("sql", nargs="?", help="the query")

@@ -55,6 +55,8 @@ def connect(settings: Settings, *, readonly: bool = False,
                 client.command(f"SET readonly = {READONLY['readonly']}")
             return client
         credentials = dict(username=user[0], password=user[1]) if user else {}
+        if settings.clickhouse_ca_location:  # a server over HTTPS with a private CA
+            credentials["ca_cert"] = settings.clickhouse_ca_location
         return clickhouse_connect.get_client(
             dsn=url, connect_timeout=5, send_receive_timeout=300,
             settings=dict(READONLY) if readonly else None, **credentials)

@@ -27,11 +27,11 @@ from faust.streams import _current_event
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import isolation
-from services.common.kafka import admin_client, client_config
+from services.common.kafka import admin_client, client_config, ensure_topics
 from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
-from services.common.topics import TOUCHPOINTS_DLQ
+from services.common.topics import TOUCHPOINTS_DLQ, framework_topics
 from services.domain import attributed
 
 log = logging.getLogger("kizuna.stage")
@@ -62,7 +62,8 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
                batch_size: int) -> faust.App:
     app = faust.App(
         f"{common.topic_prefix}{name}",
-        broker=f"kafka://{common.kafka_bootstrap}",
+        broker=[f"kafka://{server.strip()}" for server in common.kafka_bootstrap.split(",")],
+        broker_credentials=common.kafka.faust_credentials(),
         store=store,
         datadir=str(common.home / name),
         topic_partitions=partitions,
@@ -568,6 +569,10 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
     """Create a stage reading the raw bytes of `sources` (co-partitioned: the first one's
     partition count is the stage's), with one JSON-valued table."""
     partitions = len(admin_client(common).list_topics(timeout=30).topics[sources[0]].partitions)
+    # faust's own topics, created as Kizuna's are (replication, min.insync.replicas) rather
+    # than by faust
+    ensure_topics(common, framework_topics(f"{common.topic_prefix}{name}", table, partitions),
+                  prefix="")
     app = create_app(name, common, port=port, store=store, partitions=partitions,
                      batch_size=batch_size)
     source = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw",

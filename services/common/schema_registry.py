@@ -72,6 +72,8 @@ def client(settings: Settings) -> SchemaRegistryClient:
     if settings.schema_registry_basic_auth:
         conf["basic.auth.credentials.source"] = "USER_INFO"
         conf["basic.auth.user.info"] = settings.schema_registry_basic_auth
+    if settings.schema_registry_ca_location:
+        conf["ssl.ca.location"] = settings.schema_registry_ca_location
     return SchemaRegistryClient(conf)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from services.common.errors import ConfigError
+from services.common.kafka_config import KafkaSecurity, from_properties, read_properties
 
 
 def setting(env: str, default: str, doc: str, *, secret: bool = False,
@@ -45,6 +47,15 @@ def _parse(env: str, raw: str, kind: type) -> object:
 T = typing.TypeVar("T")
 
 
+def _secret_file(env: str, path: str) -> str:
+    """A secret from a file (`<NAME>_FILE`, as Kubernetes and Docker mount secrets), without
+    the line end a file written by hand usually has."""
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{env}: cannot read {path}: {exc.strerror or exc}") from None
+
+
 def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     """Build settings object `cls` from `environ` (default: the process environment)."""
     environ = os.environ if environ is None else environ
@@ -62,6 +73,8 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
         raw = environ.get(meta["env"])
         if (raw is None or raw == "") and meta["formerly"]:
             raw = environ.get(meta["formerly"])
+        if (raw is None or raw == "") and meta["secret"] and environ.get(meta["env"] + "_FILE"):
+            raw = _secret_file(meta["env"] + "_FILE", environ[meta["env"] + "_FILE"])
         if raw is not None and raw != "":
             explicit.add(meta["env"])
         else:
@@ -76,11 +89,11 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
 def describe(obj: object) -> Iterator[tuple[str, str, str, str]]:
     """(env var, shown value, origin, doc) for every setting of `obj`, secrets masked."""
     for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from describe(value)
-            continue
-        if not f.init:
             continue
         meta = f.metadata
         shown = "****" if meta["secret"] and value else mask_url(str(value))
@@ -91,10 +104,12 @@ def describe(obj: object) -> Iterator[tuple[str, str, str, str]]:
 def reveal(obj: object) -> Iterator[tuple[str, str]]:
     """(env var, value) of every secret setting, unmasked: only for `--show-secrets`."""
     for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from reveal(value)
-        elif f.init and f.metadata["secret"]:
+        elif f.metadata["secret"]:
             yield f.metadata["env"], str(value)
 
 
@@ -129,10 +144,49 @@ class Settings:
     kafka_port: int = setting(
         "KIZUNA_KAFKA_PORT", "9092", "Port of the local broker started by `kizuna up`.")
     kafka_controller_port: int = setting(
-        "KIZUNA_KAFKA_CONTROLLER_PORT", "9093", "KRaft controller port of the local broker.")
+        "KIZUNA_KAFKA_CONTROLLER_PORT", "9192",
+        "KRaft controller port of the local broker (of its first node: the others follow on "
+        "the next ports).")
+    kafka_brokers: int = setting(
+        "KIZUNA_KAFKA_BROKERS", "1",
+        "Nodes of the local cluster `kizuna up` starts (each a KRaft broker and controller; "
+        "client ports from KIZUNA_KAFKA_PORT on, controller ports from "
+        "KIZUNA_KAFKA_CONTROLLER_PORT on): 3 to try replication and failover on one machine.")
+    kafka_version: str = setting(
+        "KIZUNA_KAFKA_VERSION", "4.1.2",
+        "Apache Kafka version of the local broker, fetched from Maven Central (4.x; 3.9.x "
+        "for the previous line).")
     kafka_bootstrap: str = setting(
         "KIZUNA_KAFKA_BOOTSTRAP", "127.0.0.1:{kafka_port}",
         "Kafka bootstrap servers. When set, `kizuna up` uses that cluster and starts no broker.")
+    kafka_config_file: str = setting(
+        "KIZUNA_KAFKA_CONFIG_FILE", "",
+        "A Kafka client properties file, as managed services hand them out (librdkafka's keys, "
+        "or the Java client's `sasl.jaas.config`): bootstrap.servers (then `kizuna up` starts "
+        "no broker), security.protocol, SASL and TLS. Every Kizuna client uses it; the "
+        "KIZUNA_KAFKA_* variables below override it key by key.")
+    kafka_security_protocol: str = setting(
+        "KIZUNA_KAFKA_SECURITY_PROTOCOL", "",
+        "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = setting(
+        "KIZUNA_KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = setting(
+        "KIZUNA_KAFKA_SASL_USERNAME", "", "SASL user (an API key on Confluent Cloud).")
+    kafka_sasl_password: str = setting(
+        "KIZUNA_KAFKA_SASL_PASSWORD", "", "SASL password (an API secret).", secret=True)
+    kafka_ssl_ca_location: str = setting(
+        "KIZUNA_KAFKA_SSL_CA_LOCATION", "",
+        "PEM file of the CA the brokers' certificates are checked against (empty: the "
+        "system's CAs). Hostnames are verified unless the properties file sets "
+        "ssl.endpoint.identification.algorithm=none.")
+    kafka_ssl_certificate_location: str = setting(
+        "KIZUNA_KAFKA_SSL_CERTIFICATE_LOCATION", "",
+        "Mutual TLS: the client certificate (PEM).")
+    kafka_ssl_key_location: str = setting(
+        "KIZUNA_KAFKA_SSL_KEY_LOCATION", "", "Mutual TLS: the client's private key (PEM).")
+    kafka_ssl_key_password: str = setting(
+        "KIZUNA_KAFKA_SSL_KEY_PASSWORD", "", "Password of an encrypted client key.",
+        secret=True)
     kafka_heap: str = setting(
         "KIZUNA_KAFKA_HEAP", "768m", "Maximum Java heap of the local broker.")
     schema_registry_port: int = setting(
@@ -148,6 +202,10 @@ class Settings:
         "KIZUNA_SCHEMA_REGISTRY_BASIC_AUTH", "",
         "`user:password` for a registry behind basic auth (Confluent Cloud: API key:secret).",
         secret=True)
+    schema_registry_ca_location: str = setting(
+        "KIZUNA_SCHEMA_REGISTRY_CA_LOCATION", "",
+        "PEM file of the CA a registry served over HTTPS is checked against (empty: the "
+        "system's CAs).")
     schema_registry_heap: str = setting(
         "KIZUNA_SCHEMA_REGISTRY_HEAP", "256m", "Maximum Java heap of the local schema registry.")
     topic_prefix: str = setting(
@@ -155,10 +213,17 @@ class Settings:
     partitions: int = setting(
         "KIZUNA_PARTITIONS", "4", "Partitions of the keyed topics when `kizuna` creates them.")
     replication_factor: int = setting(
-        "KIZUNA_REPLICATION_FACTOR", "1", "Replication factor of topics `kizuna` creates.")
+        "KIZUNA_REPLICATION_FACTOR", "1",
+        "Replication factor of every topic Kizuna and its stages' framework create (public, "
+        "internal, changelogs); from 3 on they get min.insync.replicas=2. With a local "
+        "cluster of several nodes (KIZUNA_KAFKA_BROKERS) it defaults to min(3, nodes).")
     clickhouse_url: str = setting(
         "KIZUNA_CLICKHOUSE_URL", "chdb://{home}/clickhouse",
         "`chdb:///abs/path` for the embedded engine, `http(s)://user:pw@host:8123` for a server.")
+    clickhouse_ca_location: str = setting(
+        "KIZUNA_CLICKHOUSE_CA_LOCATION", "",
+        "PEM file of the CA a ClickHouse server over HTTPS is checked against (empty: the "
+        "system's CAs).")
     clickhouse_database: str = setting(
         "KIZUNA_CLICKHOUSE_DATABASE", "kizuna",
         "Analyst-facing database; storage tables live in `<database>_store`.")
@@ -201,6 +266,8 @@ class Settings:
         "whose event_id contains the marker (stages: sessionizer, engagement_scorer, "
         "alerting), to check that poison records are dead-lettered. Empty in production.")
     explicit: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+    #: How the Kafka clients connect (the properties file and the variables, checked).
+    kafka: KafkaSecurity = field(default=KafkaSecurity(), init=False, compare=False)
 
     @property
     def history_retention_ms(self) -> int | None:
@@ -211,7 +278,43 @@ class Settings:
         """This worker's static member name in `stage`'s consumer group (None: dynamic)."""
         return f"{self.topic_prefix}{stage}-{self.worker_id}" if self.worker_id else None
 
+    def _kafka_client(self) -> None:
+        """Merge the client properties file and the KIZUNA_KAFKA_* variables (a variable
+        wins) into `kafka`; the file's bootstrap servers and registry, unless set."""
+        fields: dict = {}
+        other: dict = {}
+        origin = "KIZUNA_KAFKA_* variables"
+        if self.kafka_config_file:
+            path = Path(self.kafka_config_file).expanduser()
+            origin = f"KIZUNA_KAFKA_CONFIG_FILE {path}"
+            fields, other = from_properties(read_properties(path), origin)
+            origin += " and KIZUNA_KAFKA_* variables"
+        for name in ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+                     "ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
+                     "ssl_key_password"):
+            value = getattr(self, f"kafka_{name}")
+            if value:
+                fields["protocol" if name == "security_protocol" else name] = value
+        set_ = object.__setattr__
+        set_(self, "kafka", KafkaSecurity(**fields).validate(origin))
+        explicit = set(self.explicit)
+        if "KIZUNA_KAFKA_BOOTSTRAP" not in explicit and not other.get("bootstrap"):
+            set_(self, "kafka_bootstrap", ",".join(f"127.0.0.1:{port}"
+                                                   for port in self.local_kafka_ports))
+            if "KIZUNA_REPLICATION_FACTOR" not in explicit:
+                set_(self, "replication_factor", min(3, self.kafka_brokers))
+        if other.get("bootstrap") and "KIZUNA_KAFKA_BOOTSTRAP" not in explicit:
+            set_(self, "kafka_bootstrap", other["bootstrap"])
+            explicit.add("KIZUNA_KAFKA_BOOTSTRAP")
+        if other.get("registry_url") and "KIZUNA_SCHEMA_REGISTRY_URL" not in explicit:
+            set_(self, "schema_registry_url", other["registry_url"])
+            explicit.add("KIZUNA_SCHEMA_REGISTRY_URL")
+        if other.get("registry_auth") and "KIZUNA_SCHEMA_REGISTRY_BASIC_AUTH" not in explicit:
+            set_(self, "schema_registry_basic_auth", other["registry_auth"])
+        set_(self, "explicit", frozenset(explicit))
+
     def validate(self) -> None:
+        self._kafka_client()
         if not 0 < self.batch_wait_seconds <= 10:
             raise ConfigError("KIZUNA_BATCH_WAIT_SECONDS must be > 0 and at most 10")
         _check_port("KIZUNA_KAFKA_PORT", self.kafka_port)
@@ -225,8 +328,16 @@ class Settings:
                 f"{mask_url(self.schema_registry_url)!r}")
         if self.schema_registry_basic_auth and ":" not in self.schema_registry_basic_auth:
             raise ConfigError("KIZUNA_SCHEMA_REGISTRY_BASIC_AUTH: expected `user:password`")
-        if self.kafka_port == self.kafka_controller_port:
-            raise ConfigError("KIZUNA_KAFKA_PORT and KIZUNA_KAFKA_CONTROLLER_PORT must differ")
+        if not 1 <= self.kafka_brokers <= 9:
+            raise ConfigError("KIZUNA_KAFKA_BROKERS must be between 1 and 9")
+        if set(self.local_kafka_ports) & set(self.local_controller_ports):
+            raise ConfigError(
+                f"KIZUNA_KAFKA_PORT ({self.kafka_port}) and KIZUNA_KAFKA_CONTROLLER_PORT "
+                f"({self.kafka_controller_port}) overlap for {self.kafka_brokers} node(s): "
+                "each node takes the next port of both")
+        if not re.fullmatch(r"[34]\.\d+\.\d+", self.kafka_version):
+            raise ConfigError(f"KIZUNA_KAFKA_VERSION: expected a 4.x.y or 3.x.y release, got "
+                              f"{self.kafka_version!r}")
         scheme = urlsplit(self.clickhouse_url).scheme
         if scheme not in ("chdb", "http", "https"):
             raise ConfigError(
@@ -241,8 +352,18 @@ class Settings:
 
     @property
     def local_kafka(self) -> bool:
-        """True when `kizuna up` runs its own broker (no KIZUNA_KAFKA_BOOTSTRAP given)."""
+        """True when `kizuna up` runs its own broker (no KIZUNA_KAFKA_BOOTSTRAP given, nor a
+        properties file naming a cluster)."""
         return "KIZUNA_KAFKA_BOOTSTRAP" not in self.explicit
+
+    @property
+    def local_kafka_ports(self) -> list[int]:
+        """Client ports of the local cluster's nodes."""
+        return [self.kafka_port + i for i in range(self.kafka_brokers)]
+
+    @property
+    def local_controller_ports(self) -> list[int]:
+        return [self.kafka_controller_port + i for i in range(self.kafka_brokers)]
 
     @property
     def schema_registry(self) -> bool:

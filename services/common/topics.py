@@ -1,8 +1,10 @@
 """Kafka topics as code: every topic Kizuna names, declared once (contract section 4).
 
 The public ones (`PUBLIC_TOPICS`) are created by `kizuna topics create`; the internal ones
-between the stages (`INTERNAL_TOPICS`) by the stages that use them, at start. faust's own
-changelog topics are named and created by faust.
+between the stages (`INTERNAL_TOPICS`) by the stages that use them, at start, and so are
+the topics faust would otherwise create its own way: each stage's state changelog and its
+assignor's (`framework_topics`). Every one gets the replication factor of the settings and,
+from 3 replicas on, `min.insync.replicas=2` (`replication_config`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class TopicSpec:
     cleanup_policy: str = "delete"
     retention_ms: int = 7 * DAY_MS
     config: dict[str, str] = field(default_factory=dict)
+    partitions: int = 0  # 0: KIZUNA_PARTITIONS when keyed, else one
     #: The Avro schemas of its values: the first is the topic's own (registry subject
     #: `<topic>-value`); the others are control records told apart by the `kizuna-type`
     #: header (subject `<topic>-<record full name>`).
@@ -97,5 +100,25 @@ PUBLIC_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+def framework_topics(app_id: str, table: str, partitions: int) -> tuple[TopicSpec, ...]:
+    """A faust stage's own topics, named as faust names them (the app id is the topic prefix
+    plus the stage's name): its table's changelog (compacted, as many partitions as the
+    stage's source) and the assignor's leader topic (one partition)."""
+    changelog = TopicSpec(f"{app_id}-{table}-changelog", "the stage's state (internal)",
+                          key="state key", cleanup_policy="compact", retention_ms=-1,
+                          partitions=partitions)
+    leader = TopicSpec(f"{app_id}-__assignor-__leader", "faust's assignor (internal)",
+                       key="none", keyed=False, retention_ms=7 * DAY_MS)
+    return changelog, leader
+
+
+def replication_config(settings: Settings) -> dict[str, str]:
+    """What a topic's config adds for the replication factor: from 3 replicas on, a write
+    is acknowledged once 2 of them have it (producers use acks=all)."""
+    return {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
+
+
 def partitions_for(spec: TopicSpec, settings: Settings) -> int:
+    if spec.partitions:
+        return spec.partitions
     return settings.partitions if spec.keyed else 1

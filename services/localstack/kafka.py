@@ -19,12 +19,15 @@ from services.common.errors import StackError
 from services.common.settings import Settings
 
 LOCAL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
-POM = LOCAL_DIR / "pom.xml"
-LOG4J = LOCAL_DIR / "log4j.properties"
-KAFKA_VERSION = re.search(r"<kafka.version>([^<]+)<", POM.read_text())[1]
+#: Kafka 4.x: log4j2; 3.x: reload4j (log4j 1 API). Each line its own pom and logging config.
+POMS = {"4": LOCAL_DIR / "pom.xml", "3": LOCAL_DIR / "pom-kafka3.xml"}
+LOGGING = {"4": f"-Dlog4j2.configurationFile={LOCAL_DIR / 'log4j2.properties'}",
+           "3": f"-Dlog4j.configuration=file:{LOCAL_DIR / 'log4j.properties'}"}
+#: The version deploy/ ships (the compose file's image), the local broker's default.
+KAFKA_VERSION = re.search(r"<kafka.version>([^<]+)<", POMS["4"].read_text())[1]
 
 
-def java_command() -> str:
+def java_command(version: str = KAFKA_VERSION) -> str:
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
     if not java or not Path(java).exists():
@@ -34,20 +37,21 @@ def java_command() -> str:
     out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)', out)
     if match and int(match[1]) < 17:
-        raise StackError(f"Java {match[1]} found at {java}; Kafka {KAFKA_VERSION} here needs 17+")
+        raise StackError(f"Java {match[1]} found at {java}; Kafka {version} here needs 17+")
     return java
 
 
 def jars_dir(settings: Settings) -> Path:
-    return settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+    return settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
 
 
 def ensure_jars(settings: Settings) -> Path:
-    """Fetch the broker's jars with Maven once; later calls reuse the cache."""
+    """Fetch the broker's jars with Maven once per version; later calls reuse the cache."""
+    version = settings.kafka_version
     return maven_fetch(
-        jars_dir(settings), ["-f", str(POM), "dependency:copy-dependencies",
-                             "-DincludeScope=runtime"],
-        f"Kafka {KAFKA_VERSION} jars",
+        jars_dir(settings), ["-f", str(POMS[version[0]]), "dependency:copy-dependencies",
+                             "-DincludeScope=runtime", f"-Dkafka.version={version}"],
+        f"Kafka {version} jars",
         "Kafka's jars once: install it (`apt-get install maven`) or use "
         "deploy/docker-compose.yml")
 
@@ -90,26 +94,39 @@ def kafka_dir(settings: Settings) -> Path:
     return settings.home / "kafka"
 
 
-def server_properties(settings: Settings) -> str:
+def node_dir(settings: Settings, node: int) -> Path:
+    """A node's directory (one node: the stack's kafka/ itself, as before 0.10)."""
+    return kafka_dir(settings) if settings.kafka_brokers == 1 else \
+        kafka_dir(settings) / f"node-{node}"
+
+
+def server_properties(settings: Settings, node: int = 1) -> str:
+    """Node `node` (1-based) of the local cluster: broker and KRaft controller in one process,
+    every node a voter, replication of Kafka's own topics as the cluster allows."""
     host = "127.0.0.1"
+    n = settings.kafka_brokers
+    port = settings.local_kafka_ports[node - 1]
+    controller = settings.local_controller_ports[node - 1]
+    voters = ",".join(f"{i + 1}@{host}:{p}" for i, p in enumerate(settings.local_controller_ports))
+    replicas = min(3, n)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{host}:{settings.kafka_controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},"
-                     f"CONTROLLER://{host}:{settings.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "node.id": str(node),
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "log.dirs": str(kafka_dir(settings) / "data"),
+        "log.dirs": str(node_dir(settings, node) / "data"),
         "num.partitions": str(settings.partitions),
         # Topics are code (services/common/topics.py); a typo must not create a topic.
         "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replicas),
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "8",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min(2, replicas)),
         "transaction.state.log.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
         "log.retention.check.interval.ms": "60000",
@@ -125,25 +142,25 @@ def new_cluster_id() -> str:
             return cid
 
 
-def prepare(settings: Settings) -> list[str]:
-    """Write the config, format storage on first use; return the broker's command line."""
-    java = java_command()
+def prepare(settings: Settings, node: int = 1) -> list[str]:
+    """Write node `node`'s config, format its storage on first use; its command line."""
+    version = settings.kafka_version
+    java = java_command(version)
     libs = ensure_jars(settings)
-    base = kafka_dir(settings)
+    logging = LOGGING[version[0]]
+    base = node_dir(settings, node)
     (base / "data").mkdir(parents=True, exist_ok=True)
     props = base / "server.properties"
-    props.write_text(server_properties(settings))
+    props.write_text(server_properties(settings, node))
     if not (base / "data" / "meta.properties").exists():
-        cluster_id_file = base / "cluster.id"
+        cluster_id_file = kafka_dir(settings) / "cluster.id"  # one id for every node
         if not cluster_id_file.exists():
             cluster_id_file.write_text(new_cluster_id())
-        cmd = [java, "-cp", f"{libs}/*", f"-Dlog4j.configuration=file:{LOG4J}",
-               "kafka.tools.StorageTool", "format", "-t", cluster_id_file.read_text().strip(),
-               "-c", str(props), "--ignore-formatted"]
+        cmd = [java, "-cp", f"{libs}/*", logging, "kafka.tools.StorageTool", "format", "-t",
+               cluster_id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
             raise StackError(f"formatting Kafka storage in {base / 'data'} failed: {last[0]}")
     return [java, f"-Xmx{settings.kafka_heap}", "-Xms128m", "-XX:+UseG1GC",
-            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{LOG4J}",
-            "-cp", f"{libs}/*", "kafka.Kafka", str(props)]
+            "-Djava.awt.headless=true", logging, "-cp", f"{libs}/*", "kafka.Kafka", str(props)]

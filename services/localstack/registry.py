@@ -7,6 +7,7 @@ the one before is ready.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import urllib.request
@@ -44,8 +45,9 @@ def python_module(module: str) -> Callable[[Settings], list[str]]:
 
 
 def kafka_ready(settings: Settings) -> bool:
+    """The local cluster answers, with every node registered as a broker."""
     try:
-        return check_reachable(settings, timeout=2) > 0
+        return check_reachable(settings, timeout=2) >= settings.kafka_brokers
     except UnreachableError:
         return False
 
@@ -85,9 +87,20 @@ def ingest_command(settings: Settings) -> list[str]:
     return python_module("services.ingest")(settings)
 
 
-KAFKA = Program(
-    "kafka", kafka.prepare, enabled=lambda s: s.local_kafka, ready=kafka_ready,
-    stop_wait_seconds=40)
+def kafka_programs(settings: Settings) -> list[Program]:
+    """The local cluster's nodes: `kafka`, or `kafka-1`... `kafka-N` (KIZUNA_KAFKA_BROKERS).
+    A quorum needs a majority of them, so they start together: only the last waits, until
+    every node is a broker of the cluster."""
+    n = settings.kafka_brokers
+    if n == 1:
+        return [Program("kafka", kafka.prepare, enabled=lambda s: s.local_kafka,
+                        ready=kafka_ready, stop_wait_seconds=40)]
+    return [Program(f"kafka-{node}", functools.partial(kafka.prepare, node=node),
+                    enabled=lambda s: s.local_kafka,
+                    ready=kafka_ready if node == n else lambda s: True, stop_wait_seconds=40)
+            for node in range(1, n + 1)]
+
+
 SCHEMA_REGISTRY = Program(
     "schema_registry", apicurio.prepare, enabled=lambda s: s.local_schema_registry,
     ready=apicurio.ready)
@@ -115,8 +128,12 @@ ALERTING = Program(
     "alerting", python_module("services.alerting"), ready=http_ready(alerting_port),
     needs_topics=True, stop_wait_seconds=30)
 
-PROGRAMS: tuple[Program, ...] = (
-    KAFKA, SCHEMA_REGISTRY, WAREHOUSE, INGEST, SESSIONIZER, SCORER, ALERTING)
+SERVICES: tuple[Program, ...] = (SCHEMA_REGISTRY, WAREHOUSE, INGEST, SESSIONIZER, SCORER, ALERTING)
+
+
+def programs(settings: Settings) -> list[Program]:
+    """Every program of the stack, in start order (enabled or not)."""
+    return [*kafka_programs(settings), *SERVICES]
 
 
 def ports(settings: Settings) -> dict[str, int]:
@@ -131,6 +148,9 @@ def ports(settings: Settings) -> dict[str, int]:
     if settings.local_schema_registry:
         found["KIZUNA_SCHEMA_REGISTRY_PORT"] = settings.schema_registry_port
     if settings.local_kafka:
-        found["KIZUNA_KAFKA_PORT"] = settings.kafka_port
-        found["KIZUNA_KAFKA_CONTROLLER_PORT"] = settings.kafka_controller_port
+        for i, (port, controller) in enumerate(zip(settings.local_kafka_ports,
+                                                   settings.local_controller_ports, strict=True)):
+            found[f"KIZUNA_KAFKA_PORT (node {i + 1})" if i else "KIZUNA_KAFKA_PORT"] = port
+            found[f"KIZUNA_KAFKA_CONTROLLER_PORT (node {i + 1})" if i
+                  else "KIZUNA_KAFKA_CONTROLLER_PORT"] = controller
     return found

@@ -37,7 +37,7 @@ def port_free(port: int) -> bool:
 
 
 def _enabled(settings: Settings) -> list[Program]:
-    return [p for p in registry.PROGRAMS if p.enabled(settings)]
+    return [p for p in registry.programs(settings) if p.enabled(settings)]
 
 
 def _log_hint(settings: Settings, name: str) -> str:
