@@ -74,7 +74,7 @@ ORDER_RUNS ?= 20
 DELIVERY_EXAMPLES ?= 10000
 order-check: setup  ## results independent of delivery, at length (hours): the property harness, a year imported 7 ways at full size, then the order tests ORDER_RUNS times with a busy machine
 	KIZUNA_DELIVERY_EXAMPLES=$(DELIVERY_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_delivery.py
-	KIZUNA_ORDER_CUSTOMERS=1000 KIZUNA_ORDER_DAYS=365 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_bounded_input.py
+	KIZUNA_ORDER_ALL_WAYS=1 KIZUNA_ORDER_CUSTOMERS=1000 KIZUNA_ORDER_DAYS=365 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_bounded_input.py
 	$(BIN)/python -m tests.busy & busy=$$!; trap "kill $$busy; wait $$busy" EXIT; \
 	for i in $$(seq $(ORDER_RUNS)); do \
 	  echo "order-check: run $$i of $(ORDER_RUNS)"; \

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -32,17 +35,90 @@ def admin_client(settings: Settings) -> AdminClient:
 
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
-    """Return the number of brokers, or raise one clear UnreachableError."""
+    """Return the number of brokers, or raise one clear UnreachableError saying why: the
+    address, the credentials, the certificate, or the protocol (`diagnose`)."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({**client_config(settings), "error_cb": errors.append})
     try:
-        metadata = admin_client(settings).list_topics(timeout=timeout)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        admin.poll(0.5)  # the errors that explain it reach error_cb through poll
         err = exc.args[0] if exc.args else exc
         detail = err.str() if isinstance(err, KafkaError) else str(err)
-        raise UnreachableError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} (KIZUNA_KAFKA_BOOTSTRAP) within "
-            f"{timeout:g} s: {detail}; start the local stack with `kizuna up` or fix the address"
-        ) from None
+        raise UnreachableError(diagnose(settings, errors, detail, timeout)) from None
     return len(metadata.brokers)
+
+
+_WHERE = re.compile(r"^(?:\w+://)?([^/\s]+)/\w+: ")
+
+
+def _probe(settings: Settings, overrides: dict, timeout: float = 5.0) -> list[KafkaError] | None:
+    """None if a client with `overrides` reaches the cluster, else the errors it got."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({**client_config(settings), **overrides, "error_cb": errors.append})
+    try:
+        admin.list_topics(timeout=timeout)
+        return None
+    except KafkaException:
+        admin.poll(0.5)
+        return errors
+
+
+def _speaks_tls(address: str) -> bool:
+    """Whether a TLS handshake with `host:port` completes (certificate not checked)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3) as raw, \
+                context.wrap_socket(raw, server_hostname=host.strip("[]")):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def diagnose(settings: Settings, errors: list[KafkaError], detail: str, timeout: float) -> str:
+    """One line: why the cluster could not be reached, from librdkafka's errors (and, for
+    a certificate or a protocol, a second look without hostname verification or with TLS)."""
+    kafka = settings.kafka
+    texts = [e.str() for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+    first = texts[0] if texts else detail
+    where = _WHERE.match(first)
+    broker = where[1] if where else settings.kafka_bootstrap
+    reason = _WHERE.sub("", first)
+    reason = re.sub(r" \(after \d+ms in state \w+\)", "", reason)
+    if any(e.code() == KafkaError._AUTHENTICATION for e in errors):
+        if "mechanism" in reason and "not enabled" in reason or "Unsupported" in reason:
+            return (f"the Kafka broker at {broker} does not accept SASL mechanism "
+                    f"{kafka.sasl_mechanism}: {reason}")
+        return (f"Kafka authentication failed for user {kafka.sasl_username!r} "
+                f"({kafka.sasl_mechanism}) at {broker}: check sasl.username and sasl.password "
+                "(KIZUNA_KAFKA_CONFIG_FILE or KIZUNA_KAFKA_SASL_*)")
+    if "certificate verify failed" in reason:
+        if kafka.check_hostname and _probe(
+                settings, {"ssl.endpoint.identification.algorithm": "none"}) is None:
+            return (f"the Kafka broker at {broker} presents a certificate that is not for "
+                    "that address (hostname verification): connect by a name the "
+                    "certificate was issued for")
+        return (f"the Kafka broker at {broker} presents a certificate no CA Kizuna trusts "
+                f"signed (CA: {kafka.ssl_ca_location or 'the system store'}): set "
+                "ssl.ca.location (KIZUNA_KAFKA_SSL_CA_LOCATION) to its CA, in PEM")
+    if "connecting to a PLAINTEXT broker listener" in reason:
+        return (f"the Kafka broker at {broker} does not speak TLS, but security.protocol is "
+                f"{kafka.protocol}: use PLAINTEXT or SASL_PLAINTEXT, or the cluster's TLS port")
+    if "bad certificate" in reason or "certificate required" in reason:
+        if not kafka.ssl_certificate_location:
+            return (f"the Kafka broker at {broker} requires a client certificate (mutual "
+                    "TLS): set ssl.certificate.location and ssl.key.location")
+        return (f"the Kafka broker at {broker} refused the client certificate "
+                f"{kafka.ssl_certificate_location}: {reason}")
+    if "SSL" in reason or "ssl" in reason:
+        return f"TLS with the Kafka broker at {broker} failed: {reason}"
+    if not kafka.tls and (not texts or "ApiVersion" in reason) and _speaks_tls(broker):
+        return (f"the Kafka broker at {broker} expects TLS, but security.protocol is "
+                f"{kafka.protocol}: use SSL or SASL_SSL (and ssl.ca.location for a private CA)")
+    return (f"cannot reach Kafka at {settings.kafka_bootstrap} (KIZUNA_KAFKA_BOOTSTRAP) within "
+            f"{timeout:g} s: {reason}; start the local stack with `kizuna up` or fix the address")
 
 
 @dataclass(frozen=True)
