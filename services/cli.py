@@ -63,9 +63,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for r in rows:
             cell = {k: "-" if r.get(k) is None else str(r[k])
                     for k in ("lag", "events_per_s", "event_time", "last_error")}
+            if r.get("not_ready"):  # what /readyz says first: stalled, and on what
+                cell["last_error"] = f"NOT READY: {r['not_ready']}"
             print(f"{r['name']:<18} {r['state']:<9} {r['pid']:>7} {r['uptime_seconds']:>7}s "
                   f"{cell['lag']:>7} {cell['events_per_s']:>9}  {cell['event_time']:<20}  "
-                  f"{cell['last_error'][:80]}")
+                  f"{cell['last_error'][:160]}")
         late = health["sessionizer"].late if "sessionizer" in health else None
         if late is not None:
             by_channel = ", ".join(f"{c} {n}" for c, n in sorted(late.items(), key=lambda x: -x[1]))

@@ -132,10 +132,11 @@ def services_env(broker: dict[str, str], tag: str, clock: str = "event") -> dict
 
 
 @contextlib.contextmanager
-def services_stack(broker: dict[str, str], tag: str, clock: str = "event"
-                   ) -> Iterator[dict[str, str]]:
-    """A running stack of every service on `broker`'s Kafka, stopped and removed after."""
-    env = services_env(broker, tag, clock)
+def services_stack(broker: dict[str, str], tag: str, clock: str = "event",
+                   **extra: str) -> Iterator[dict[str, str]]:
+    """A running stack of every service on `broker`'s Kafka, stopped and removed after
+    (`extra`: more settings)."""
+    env = {**services_env(broker, tag, clock), **extra}
     try:
         kizuna(env, "up")
         yield env

@@ -49,6 +49,8 @@ log = logging.getLogger("kizuna.alerting")
 STAGE = "alerting"
 ALERTS = Counter("kizuna_alerting_alerts", "Alerts emitted", ["alert_type", "status"])
 TOUCHES = Counter("kizuna_alerting_touches", "Attributed touches judged")
+REPLAYS = Counter("kizuna_alerting_replays",
+                  "Customers decided again from all their touches because a late one came")
 PENDING = Gauge("kizuna_alerting_pending_decisions",
                 "Customers with a cart or churn decision waiting for event time, this worker")
 EVENT_TIME = Gauge("kizuna_alerting_event_time_seconds",
@@ -100,6 +102,10 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
             topic = topics[kind] if published(record) else history
             parts.outbox.produce(topic, serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
+        REPLAYS.inc(len(processor.replayed))
+        for customer, at, settled in processor.replayed[:3]:
+            log.info("customer %s decided again: a touch at %s came after decisions up to %s",
+                     customer, at, settled)
         for key, stored, why in processor.corrupt:
             faust_stage.corrupt_state(parts, STAGE, key, stored, why)
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)

@@ -79,6 +79,9 @@ class AlertProcessor:
         self.weights = weights
         self.store = store
         self._schedules: dict[int, Schedule] = {}
+        #: Customers decided again in the last batch, each with why: (customer, the earliest
+        #: late touch's time, how far decisions had gone).
+        self.replayed: list[tuple[str, int, int]] = []
         #: States of the last batch that could not be read: (key, stored, why).
         self.corrupt: list[tuple[str, object, str]] = []
 
@@ -141,6 +144,7 @@ class AlertProcessor:
 
         history = History(self.store)
         replay: set[str] = set()  # customers with late touches: decided again from all
+        self.replayed = []
         for message in messages:
             for customer in message.get("e", ()):  # kizuna erase: forget the customer
                 states.pop(customer, None)
@@ -158,9 +162,12 @@ class AlertProcessor:
                     fresh = _fresh(state, touches)  # kept no history (before 0.10): as it stands
                 else:
                     fresh, replacing = history.take(customer, state, touches)
-                    if replacing or customer in replay or any(
-                            counts_at(x) <= state["settled"] for x in fresh):
-                        replay.add(customer)  # in time, they would have come before decisions
+                    late = [counts_at(x) for x in fresh + replacing
+                            if counts_at(x) <= state["settled"] or x in replacing]
+                    if late or customer in replay:
+                        if customer not in replay:  # in time, they would have come before
+                            self.replayed.append((customer, min(late), state["settled"]))
+                        replay.add(customer)
                         continue
                 for touch in fresh:  # judged by the partition's event time (`_decide`)
                     ct = cart_touch(touch)

@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import isolation
 from services.common.kafka import admin_client, client_config, ensure_topics
+from services.common.progress import Progress
 from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
@@ -59,7 +60,7 @@ def observe_latency(stage: str, event_time_ms: int | None,
 
 
 def create_app(name: str, common: Settings, *, port: int, store: str, partitions: int,
-               batch_size: int) -> faust.App:
+               batch_size: int, progress: Progress | None = None) -> faust.App:
     app = faust.App(
         f"{common.topic_prefix}{name}",
         broker=[f"kafka://{server.strip()}" for server in common.kafka_bootstrap.split(",")],
@@ -84,13 +85,32 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
 
     @app.page("/readyz")
     async def readyz(web: object, request: object) -> object:
-        ready = app.tables.recovery.completed.is_set()
-        return web.json({"stage": name, "status": "ok" if ready else "recovering"},
-                        status=200 if ready else 503)
+        if not app.tables.recovery.completed.is_set():
+            return web.json({"stage": name, "status": "recovering"}, status=503)
+        problem = progress.problem() if progress is not None else None
+        if problem is not None:
+            return web.json({"stage": name, "status": "stalled", "reason": problem},
+                            status=503)
+        return web.json({"stage": name, "status": "ok"})
 
     @app.page("/healthz")
     async def healthz(web: object, request: object) -> object:
         return web.json({"stage": name, "status": "ok"})
+
+    if common.fault_injection:  # chaos testing only: stall a partition on purpose
+        @app.page("/v1/faults/{action}")
+        async def faults(web: object, request: object, action: str) -> object:
+            from faust.types import TP
+
+            query = request.query  # type: ignore[attr-defined]
+            tp = TP(query["topic"], int(query["partition"]))
+            if action == "pause":
+                app.consumer.pause_partitions({tp})
+            elif action == "resume":
+                app.consumer.resume_partitions({tp})
+            else:
+                return web.json({"error": "pause or resume"}, status=404)
+            return web.json({"stage": name, action: f"{tp.topic}[{tp.partition}]"})
 
     return app
 
@@ -134,9 +154,10 @@ class Outbox:
     (`begin`), outputs wait for `commit`, and `rollback` drops them: a batch that raised
     sends nothing of what it had done."""
 
-    def __init__(self, common: Settings) -> None:
+    def __init__(self, common: Settings, error_cb: Callable | None = None) -> None:
+        extra = {"error_cb": error_cb} if error_cb is not None else {}
         self.producer = Producer({
-            **client_config(common), "enable.idempotence": True, "acks": "all",
+            **client_config(common), **extra, "enable.idempotence": True, "acks": "all",
             "partitioner": "murmur2_random", "compression.type": "lz4", "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000})
         self.failed: list[str] = []
@@ -525,6 +546,18 @@ class Stage:
         self.app.on_partitions_revoked.connect(revoked)
 
 
+def watch_progress(app: faust.App, progress: Progress, sources: tuple[str, ...],
+                   store: BatchStore) -> None:
+    """Every 5 s, the stage's progress on the source partitions it holds (progress.py)."""
+    topics = set(sources)
+
+    @app.timer(5.0)
+    async def look() -> None:
+        held = {(tp.topic, tp.partition): store.inner.get(offset_key(tp.topic, tp.partition), -1)
+                for tp in app.consumer.assignment() if tp.topic in topics}
+        await asyncio.get_running_loop().run_in_executor(None, progress.check, held)
+
+
 def attributed_units(event: faust.types.EventT) -> list:
     """The units of an attributed message (`services.domain.attributed.units`): one per
     customer, so a customer's touches that a stage cannot take are dead-lettered alone."""
@@ -573,13 +606,15 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
     # than by faust
     ensure_topics(common, framework_topics(f"{common.topic_prefix}{name}", table, partitions),
                   prefix="")
+    progress = Progress(name, client_config(common), common.stall_seconds)
     app = create_app(name, common, port=port, store=store, partitions=partitions,
-                     batch_size=batch_size)
+                     batch_size=batch_size, progress=progress)
     source = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     state = app.Table(table, default=None, partitions=partitions)
-    outbox = Outbox(common)
+    outbox = Outbox(common, progress.client_error)
     stage_store = state_store(state, store, outbox)
+    watch_progress(app, progress, sources, stage_store)
     STATE_KEYS.labels(name).set_function(lambda: len(stage_store.inner))
     serde = serde_for(common)
     serde.prepare((DEAD_LETTER,))

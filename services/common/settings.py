@@ -245,6 +245,11 @@ class Settings:
         "KIZUNA_BATCH_WAIT_SECONDS", "0.2",
         "Longest a stage waits to fill a batch before processing what it has: lower gives "
         "fresher outputs under live traffic (a backlog always fills whole batches).")
+    stall_seconds: float = setting(
+        "KIZUNA_STALL_SECONDS", "60",
+        "A stage holding an input partition with messages waiting and no progress on it for "
+        "this long says so: /readyz not ready (naming the partition), the gauge "
+        "kizuna_stage_stalled_partitions and `kizuna status`.")
     worker_id: str = setting(
         "KIZUNA_WORKER_ID", "",
         "A name for this worker that stays the same across its restarts (a StatefulSet pod's "
@@ -315,6 +320,8 @@ class Settings:
 
     def validate(self) -> None:
         self._kafka_client()
+        if self.stall_seconds <= 0:
+            raise ConfigError("KIZUNA_STALL_SECONDS must be > 0")
         if not 0 < self.batch_wait_seconds <= 10:
             raise ConfigError("KIZUNA_BATCH_WAIT_SECONDS must be > 0 and at most 10")
         _check_port("KIZUNA_KAFKA_PORT", self.kafka_port)

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +48,8 @@ class StageHealth:
     #: sessionizer: touchpoints that came behind the allowed lateness and corrected their
     #: sessions, by channel
     late: dict[str, int] | None = None
+    #: what its /readyz says when it is not ready: recovering, or stalled and why
+    not_ready: str | None = None
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
@@ -59,6 +63,23 @@ def scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
         for sample in family.samples:
             out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
+
+
+def readiness(port: int) -> str | None:
+    """None when the service's /readyz says ok; else its status and reason."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return f"HTTP {exc.code}"
+    except (OSError, ValueError):
+        return None  # not answering: the process state says more
+    if body.get("status") == "ok":
+        return None
+    return f"{body.get('status')}: {body['reason']}" if body.get("reason") else body.get("status")
 
 
 def series_total(metrics: dict, name: str, labels: dict) -> float | None:
@@ -96,6 +117,8 @@ def stage_health(settings: Settings, logs: dict[str, str], sample: float) -> dic
             except KafkaException:  # the broker away: lag unknown, shown as "-"
                 health.lag = None
         health.last_error = last_error(logs.get(stage, ""))
+        if stage != "ingest":
+            health.not_ready = readiness(ports[PROCESSED[stage][0]])
     time.sleep(max(0.0, sample - (time.monotonic() - started)))
     elapsed = time.monotonic() - started
     for stage, (env, name, labels) in PROCESSED.items():

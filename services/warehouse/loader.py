@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import Counter, Gauge
 
 from services.common.kafka import client_config
+from services.common.progress import Progress
 from services.common.schema_registry import serde_for
 from services.common.serde import (
     ALERT,
@@ -183,12 +185,16 @@ class Loader:
         instance = settings.group_instance_id("warehouse")
         if instance:  # a static member (KIZUNA_WORKER_ID)
             config["group.instance.id"] = instance
-        self.consumer = Consumer(config)
+        self.progress = Progress("warehouse", client_config(settings), settings.stall_seconds)
+        self.consumer = Consumer({**config, "error_cb": self.progress.client_error})
+        self.taken: dict[tuple[str, int], int] = {}  # the last offset loaded, per partition
+        self.next_look = 0.0
 
     def run(self) -> None:
         self.consumer.subscribe([self.prefix + suffix for suffix in LOADS])
         while not self.stopping.is_set():
             messages = self.consumer.consume(num_messages=20000, timeout=self.batch_seconds)
+            self.watch()
             if not messages:
                 self.report_lag()
                 continue
@@ -201,8 +207,27 @@ class Loader:
             except KafkaException as exc:  # rebalanced meanwhile: redelivered, absorbed
                 if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit
                     log.warning("offset commit failed: %s", exc)
+            for m in messages:
+                if not m.error():
+                    where = (m.topic(), m.partition())
+                    self.taken[where] = max(self.taken.get(where, -1), m.offset())
             self.report_lag()
         self.consumer.close()
+
+    def watch(self) -> None:
+        """Every 5 s, the loader's progress on the partitions it holds (progress.py)."""
+        if time.monotonic() < self.next_look:
+            return
+        self.next_look = time.monotonic() + 5
+        try:
+            held = self.consumer.assignment()
+            new = [tp for tp in held if (tp.topic, tp.partition) not in self.taken]
+            for tp in self.consumer.committed(new, timeout=5) if new else []:
+                self.taken[(tp.topic, tp.partition)] = tp.offset - 1 if tp.offset >= 0 else -1
+        except KafkaException:  # the broker away: look again next time
+            return
+        self.progress.check({(tp.topic, tp.partition): self.taken[(tp.topic, tp.partition)]
+                             for tp in held if (tp.topic, tp.partition) in self.taken})
 
     def report_lag(self) -> None:
         """The lag gauge, from the watermarks of the last fetch (no broker round trip)."""

@@ -32,6 +32,7 @@ from services.common.settings import WarehouseSettings, load
 from services.common.topics import ALERTS_HISTORY
 from services.warehouse.erase import erase_rows
 from services.warehouse.http_interface import serve
+from services.warehouse.loader import Loader
 from services.warehouse.loader import start as start_loader
 from services.warehouse.migrations import apply_migrations
 
@@ -52,6 +53,7 @@ class Warehouse:
         self.reader = reader  # analyst queries: a read-only session
         self.lock = threading.Lock()
         self.faults: list[str] = []  # chaos testing (KIZUNA_WAREHOUSE_FAULT_INJECTION)
+        self.loader: Loader | None = None  # started once the HTTP side is up
         common = settings.common
         # embedded: each analyst query on a session of its own, beside the loader
         self.analysts = AnalystQueries(
@@ -93,9 +95,11 @@ class Warehouse:
 
     def health(self) -> dict[str, object]:
         common = self.settings.common
+        problem = self.loader.progress.problem() if self.loader is not None else None
         return {
             "stage": "warehouse",
-            "status": "ok",
+            "status": "ok" if problem is None else "stalled",
+            **({"reason": problem} if problem else {}),
             "chdb_path": str(common.chdb_path) if common.embedded_clickhouse else None,
         }
 
@@ -117,7 +121,9 @@ def make_handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path in ("/healthz", "/readyz"):
-                self._send(200, json.dumps(warehouse.health()).encode())
+                health = warehouse.health()
+                ready = path == "/healthz" or health["status"] == "ok"
+                self._send(200 if ready else 503, json.dumps(health).encode())
             elif path == "/metrics":
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             else:
@@ -198,7 +204,7 @@ def main() -> None:
         ensure_server_user(client, settings)
     # alerting writes this internal topic; the loader reads it from the start either way
     ensure_topics(common, (ALERTS_HISTORY,))
-    loader = start_loader(common, warehouse.insert, settings.batch_seconds)
+    loader = warehouse.loader = start_loader(common, warehouse.insert, settings.batch_seconds)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("warehouse ready on %s:%d", host, common.warehouse_port)

@@ -260,6 +260,136 @@ def broker_restart(env: dict, tag: str) -> str:
     return "broker stopped 3 s, restarted"
 
 
+# -- faults on a cluster (KIZUNA_KAFKA_BROKERS=3) ----------------------------------------------
+
+def partition_leaders(env: dict, topic: str) -> dict[int, int]:
+    """Partition -> the node id of its leader."""
+    from services.common.kafka import admin_client
+
+    metadata = admin_client(load(Settings, env)).list_topics(topic, timeout=30)
+    return {p: meta.leader for p, meta in metadata.topics[topic].partitions.items()}
+
+
+def active_controller(env: dict) -> int:
+    """The KRaft quorum's leader: the node that last completed the transition to leader, at
+    the highest epoch, by the nodes' logs."""
+    settings = load(Settings, env)
+    best = (-1, -1)
+    for node in range(1, settings.kafka_brokers + 1):
+        log = settings.log_dir / f"kafka-{node}.log"
+        for line in log.read_text(errors="replace").splitlines():
+            if "Completed transition to Leader" in line and f"[RaftManager id={node}]" in line:
+                epoch = re.search(r"epoch=(\d+)", line)
+                if epoch and int(epoch[1]) > best[0]:
+                    best = (int(epoch[1]), node)
+    if best[1] < 0:
+        raise AssertionError("no active controller found in the nodes' logs")
+    return best[1]
+
+
+def wait_in_sync(env: dict, timeout: float = 120) -> float:
+    """Seconds until every partition of this deployment has all its replicas in sync."""
+    from services.common.kafka import replication
+
+    settings = load(Settings, env)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if all(r.in_sync >= r.replicas for r in replication(settings)):
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 - the cluster is still electing
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"replicas not back in sync within {timeout:g} s")
+
+
+class NodeKilled:
+    """SIGKILL a node of the cluster `after` seconds into the import (the stages then work
+    through a backlog), and start it again `down` seconds later; the run waits for its
+    replicas to be back in sync. `which`: `leader`, the node leading the most partitions
+    of the raw topic, or `controller`, the active KRaft controller."""
+
+    def __init__(self, which: str, after: float = 6, down: float = 30) -> None:
+        self.which, self.after, self.down = which, after, down
+        self.killed: int | None = None
+        self.resync = 0.0
+
+    def deliver(self, env: dict, kizuna: Callable, copy: list[dict], until_ms: int,
+                path: Path) -> None:
+        timer = threading.Timer(self.after, self._kill, args=(env,))
+        timer.start()
+        try:
+            import_events(env, kizuna, copy, until_ms, path)
+        finally:
+            timer.join()
+
+    def _kill(self, env: dict) -> None:
+        if self.which == "controller":
+            node = active_controller(env)
+        else:
+            leaders = partition_leaders(env, f"{env.get('KIZUNA_TOPIC_PREFIX', 'kizuna.')}"
+                                             "touchpoints.raw")
+            node = max(set(leaders.values()), key=lambda n: list(leaders.values()).count(n))
+        self.killed = node
+        psutil.Process(program_pid(env, f"kafka-{node}")).kill()
+        self.struck = time.monotonic()
+        threading.Timer(self.down, self._restart, args=(env, node)).start()
+
+    def _restart(self, env: dict, node: int) -> None:
+        rpc = supervisor.rpc(load(Settings, env))
+        deadline = time.monotonic() + 60  # the runner may be starting it itself (autorestart)
+        while rpc.getProcessInfo(f"kafka-{node}")["statename"] != "RUNNING":
+            if rpc.getProcessInfo(f"kafka-{node}")["statename"] in ("EXITED", "FATAL",
+                                                                    "STOPPED"):
+                rpc.startProcess(f"kafka-{node}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kafka-{node} did not come back")
+            time.sleep(0.5)
+
+    def __call__(self, env: dict, tag: str) -> str:
+        time.sleep(max(0.0, self.down + 1))  # the node is back (its restart timer fired)
+        self.resync = wait_in_sync(env)
+        return (f"SIGKILL node {self.killed} ({self.which}) {self.after:g} s into the import, "
+                f"started {self.down:g} s later; replicas in sync {self.resync:.0f} s after")
+
+
+def rolling_restart(env: dict, tag: str) -> str:
+    """Every node stopped and started again, one at a time, each back in sync before the
+    next, while the stages work (the monthly upgrade)."""
+    settings = load(Settings, env)
+    rpc = supervisor.rpc(settings)
+    took = []
+    for node in range(1, settings.kafka_brokers + 1):
+        rpc.stopProcess(f"kafka-{node}")
+        rpc.startProcess(f"kafka-{node}")
+        took.append(wait_in_sync(env))
+    return f"rolling restart of {len(took)} nodes, each in sync again after " + \
+        ", ".join(f"{t:.0f}" for t in took) + " s"
+
+
+class NodeDown:
+    """One node stopped before the input comes and started again only after the stages have
+    caught up: the cluster serves with 2 of 3 replicas in sync (min.insync.replicas=2)."""
+
+    def __init__(self, node: int = 3) -> None:
+        self.node = node
+
+    def prepare(self, env: dict) -> None:
+        supervisor.rpc(load(Settings, env)).stopProcess(f"kafka-{self.node}")
+
+    def __call__(self, env: dict, tag: str) -> str:
+        kizuna_wait(env)
+        supervisor.rpc(load(Settings, env)).startProcess(f"kafka-{self.node}")
+        return f"node {self.node} down for the whole run, in sync {wait_in_sync(env):.0f} s " \
+               "after it came back"
+
+
+def kizuna_wait(env: dict) -> None:
+    from tests.conftest import kizuna
+
+    kizuna(env, "wait", "--timeout", "600", timeout=700)
+
+
 def failing_inserts(env: dict, tag: str) -> str:
     request = urllib.request.Request(
         f"http://127.0.0.1:{env['KIZUNA_WAREHOUSE_PORT']}/v1/faults?inserts=8&mode=half",
@@ -348,7 +478,7 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     is sent, while the stages still work on it), wait, and compare with `expected` (the clean
     copy's fingerprint; None: this is the clean copy)."""
     tag = f"x{seed}{re.sub(r'[^a-z0-9]', '', scenario)}"
-    shift = slot * WEEK_MS
+    shift = slot * -(-(days + 2) // 7) * WEEK_MS  # each copy's weeks apart from the others
     copy = retag(events, seed, tag, shift)
     if doubled:  # every event delivered twice, within the allowed lateness
         copy = sorted(copy + copy, key=lambda e: json.dumps(e.get("occurred_at")))
@@ -361,8 +491,9 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
         import_events(env, kizuna, copy, until, tmp / f"{tag}.jsonl")
     started = time.monotonic()
     faults = fault(env, tag) if fault else "none"
-    kizuna(env, "wait", "--timeout", "300")
-    recovery = time.monotonic() - started
+    kizuna(env, "wait", "--timeout", "900", timeout=1000)
+    # from the fault itself when it says when it struck (a node killed during the import)
+    recovery = time.monotonic() - getattr(fault, "struck", started)
     got = fingerprint(env, tag, shift)
     if expected is None:
         return Outcome(scenario, faults, len(copy), 0, visible_duplicates(env, tag),

@@ -47,7 +47,10 @@ def test_nested_service_settings_share_the_common_ones(tmp_path):
     ({"KIZUNA_CLICKHOUSE_URL": "/var/lib/ch"}, "unsupported scheme '(none)'"),
     ({"KIZUNA_PARTITIONS": "0"}, "KIZUNA_PARTITIONS"),
     ({"KIZUNA_LOG_FORMAT": "xml"}, "KIZUNA_LOG_FORMAT"),
-    ({"KIZUNA_KAFKA_CONTROLLER_PORT": "9092"}, "must differ"),
+    ({"KIZUNA_KAFKA_CONTROLLER_PORT": "9092"}, "overlap"),
+    ({"KIZUNA_KAFKA_BROKERS": "3", "KIZUNA_KAFKA_CONTROLLER_PORT": "9094"}, "overlap for 3 node"),
+    ({"KIZUNA_KAFKA_VERSION": "latest"}, "KIZUNA_KAFKA_VERSION"),
+    ({"KIZUNA_STALL_SECONDS": "0"}, "KIZUNA_STALL_SECONDS"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
