@@ -339,7 +339,10 @@ class AlertProcessor:
             have = recorded.get(alert["alert_id"])
             status = alert["status"]
             if have is None:
-                if status in carts.SENT and alert["detected_at"] < ref - self.rules.horizon_ms:
+                # measured from when it became decidable: a cart from a device's history
+                # claimed at a later login stands at the login, however batches fell
+                decidable = max(alert["detected_at"], alert.get("moved_at") or 0)
+                if status in carts.SENT and decidable < ref - self.rules.horizon_ms:
                     status = carts.HISTORICAL
             elif have["a"]["status"] in carts.SENT:
                 if status != carts.RESOLVED or have["a"]["status"] == carts.RESOLVED:
