@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos order-check fuzz
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos chaos-kill order-check fuzz
 
 setup: $(VENV)/.installed
 
@@ -87,5 +87,9 @@ bench-framing: setup  ## Confluent wire format vs Avro single-object encoding: Â
 bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
 	$(BIN)/python -m benchmarks.warehouse
 
-chaos: setup  ## the fault matrix on its own stack: every fault vs a clean run (out/chaos.md)
+chaos: setup  ## the fault matrix on one broker and on a local 3-node cluster, ~95k events a row, each vs a clean run (out/chaos.md)
 	$(BIN)/python -m tests.chaos.run
+
+CHAOS_RUNS ?= 20
+chaos-kill: setup  ## the node leading the raw topic killed during an import and restarted, CHAOS_RUNS times on a 3-node cluster
+	$(BIN)/python -m tests.chaos.run --matrix cluster --repeat kill-leader --times $(CHAOS_RUNS)
