@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from services.common.kafka import client_config
 from services.domain.eventtime import MINUTE_MS
 from services.sessionizer.processor import (
     PartitionProcessor,
@@ -146,7 +147,7 @@ def _one_worker(stage: str, env: dict, prefix: str, framing: str, data: list[dic
     if settings.schema_registry:
         register(settings)  # the stages write with the registry's ids
     serde = serde_for(settings)  # the input in the framing measured
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+    producer = Producer({**client_config(settings),
                          "partitioner": "murmur2_random", "linger.ms": 20,
                          "compression.type": "lz4", "queue.buffering.max.messages": 1000000})
 
@@ -238,7 +239,7 @@ def _one_worker(stage: str, env: dict, prefix: str, framing: str, data: list[dic
 def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench"})
+    consumer = Consumer({**client_config(settings), "group.id": "bench"})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)

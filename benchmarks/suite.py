@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from benchmarks import ingest as collector_bench
 from benchmarks.stages import generated_records
 from benchmarks.warehouse import pipeline_outputs
-from services.common.kafka import ensure_topics
+from services.common.kafka import client_config, ensure_topics
 from services.common.schema_registry import register, serde_for
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
 from services.common.settings import Settings, load
@@ -183,7 +183,7 @@ class Bench:
         return Worker(module, {**env, port_env: str(port)}, port, log, args)
 
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 20,
+        return Producer({**client_config(self.settings), "linger.ms": 20,
                          "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
                          "partitioner": "murmur2_random"})
 
@@ -258,7 +258,7 @@ def ceilings(b: Bench, records: list[dict]) -> None:
            "events/s")
 
     serde = default_serde()
-    consumer = Consumer({"bootstrap.servers": b.settings.kafka_bootstrap, "group.id": "bench",
+    consumer = Consumer({**client_config(b.settings), "group.id": "bench",
                          "enable.auto.commit": False})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -489,7 +489,7 @@ def end_to_end_live(b: Bench) -> None:
 
     def read_alerts() -> None:
         serde = serde_for(settings)
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench",
+        consumer = Consumer({**client_config(settings), "group.id": "bench",
                              "enable.auto.commit": False})
         topics = [t.name(settings.topic_prefix) for t in (ALERTS_CART_ABANDONMENT,
                                                          ALERTS_CHURN_RISK)]
