@@ -32,8 +32,10 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from services.common import resources
+
 SCHEMAS_DIR = Path(os.environ.get("KIZUNA_SCHEMAS_DIR")
-                   or Path(__file__).resolve().parents[2] / "schemas")
+                   or resources.directory("services.schemas"))
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 CONFLUENT_MAGIC = b"\x00"

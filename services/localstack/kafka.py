@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from services.common import resources
 from services.common.errors import StackError
 from services.common.settings import Settings
 
-LOCAL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
+LOCAL_DIR = resources.directory("services.localkafka")
 #: Kafka 4.x: log4j2; 3.x: reload4j (log4j 1 API). Each line its own pom and logging config.
 POMS = {"4": LOCAL_DIR / "pom.xml", "3": LOCAL_DIR / "pom-kafka3.xml"}
 LOGGING = {"4": f"-Dlog4j2.configurationFile={LOCAL_DIR / 'log4j2.properties'}",

@@ -17,12 +17,13 @@ from pathlib import Path
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from services.common import resources
 from services.common.clickhouse import query_rows
 from services.common.settings import EngagementScorerSettings, Settings, load
 from services.domain.weights import Weights, load_weights
 from services.report import charts
 
-QUERIES = Path(__file__).resolve().parents[2] / "queries"
+QUERIES = resources.directory("services.queries")
 PLOTLY_JS = "plotly.min.js"
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }

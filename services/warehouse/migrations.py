@@ -17,10 +17,11 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from services.common import resources
 from services.common.errors import KizunaError
 from services.common.settings import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse" / "migrations"
+MIGRATIONS_DIR = resources.directory("services.migrations")
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 

@@ -84,8 +84,9 @@ def run_matrix(name: str, matrix: list, events: list[dict], days: int, repeat: i
                                  seed=SEED, days=days, slot=1, fault=None)
         outcomes.append(clean)
         slot = 2
-        for _ in range(repeat):
-            for scenario, make, doubled in matrix:
+        for time in range(1, repeat + 1):
+            for row, make, doubled in matrix:
+                scenario = f"{row}-{time}" if repeat > 1 else row  # each copy its own ids
                 try:
                     outcome, _ = sc.run(env, kizuna, tmp, scenario=scenario, events=events,
                                         seed=SEED, days=days, slot=slot, fault=make(),

@@ -1,0 +1,3 @@
+from services.engagement_scorer.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The demo's analytics report and the single customer view (HTML, Plotly, offline)."""

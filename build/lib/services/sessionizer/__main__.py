@@ -1,0 +1,3 @@
+from services.sessionizer.app import main
+
+main()

@@ -1,0 +1,3 @@
+from services.warehouse.service import main
+
+main()
