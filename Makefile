@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos chaos-kill order-check fuzz
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos chaos-kill order-check fuzz deploy-check
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,10 @@ order-check: setup  ## results independent of delivery, at length (hours): the p
 	  echo "order-check: run $$i of $(ORDER_RUNS)"; \
 	  $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_late_data.py tests/integration/test_bounded_input.py || exit 1; \
 	done
+
+deploy-check: setup  ## the image built with podman from a local base and the pipeline run from it; the Kubernetes overlay rendered and validated
+	$(BIN)/pytest -q -p no:cacheprovider -m deploy tests/deploy
+	$(BIN)/python -m tests.deploy.kustomize
 
 bench-framing: setup  ## Confluent wire format vs Avro single-object encoding: µs per value
 	$(BIN)/python -m benchmarks.framing

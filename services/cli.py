@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    for stage in STAGES:
+        add(stage, None, f"run the {stage} stage in the foreground (a container's command)")
     add("up", cmd_up, "start the local stack in the background (idempotent)")
     add("down", cmd_down, "stop everything the local stack runs (idempotent)")
     p = add("status", cmd_status,
@@ -414,8 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The stages a container runs: `kizuna <stage>` runs it in the foreground (as
+#: `python -m services.<stage>` does), configured from the environment alone.
+STAGES = {
+    "ingest": "services.ingest.service",
+    "sessionizer": "services.sessionizer.app",
+    "engagement_scorer": "services.engagement_scorer.app",
+    "alerting": "services.alerting.app",
+    "warehouse": "services.warehouse.service",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STAGES:  # a stage: its own logging, its own settings, until stopped
+        import importlib
+
+        importlib.import_module(STAGES[args.command]).main()
+        return 0
     try:
         settings = load(Settings)
         # The command speaks through its output and one-line errors, not library warnings.

@@ -220,6 +220,13 @@ class Settings:
     clickhouse_url: str = setting(
         "KIZUNA_CLICKHOUSE_URL", "chdb://{home}/clickhouse",
         "`chdb:///abs/path` for the embedded engine, `http(s)://user:pw@host:8123` for a server.")
+    clickhouse_user: str = setting(
+        "KIZUNA_CLICKHOUSE_USER", "",
+        "User the warehouse and the commands log in to a ClickHouse server as (empty: the "
+        "URL's, else `default`).")
+    clickhouse_password: str = setting(
+        "KIZUNA_CLICKHOUSE_PASSWORD", "",
+        "That user's password (or in the URL); `_FILE` reads it from a file.", secret=True)
     clickhouse_ca_location: str = setting(
         "KIZUNA_CLICKHOUSE_CA_LOCATION", "",
         "PEM file of the CA a ClickHouse server over HTTPS is checked against (empty: the "
