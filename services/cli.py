@@ -79,6 +79,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        from services.common.settings import markdown
+
+        print(markdown(), end="")
+        return 0
     seen: set[str] = set()
     rows = []
     for cls in ALL_SETTINGS:
@@ -344,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "print the effective settings, secrets masked")
     p.add_argument("--show-secrets", action="store_true", help="also print secrets unmasked")
     p.add_argument("-v", "--verbose", action="store_true", help="document each setting")
+    p.add_argument("--markdown", action="store_true",
+                   help="every setting's documentation as a page (docs/configuration.md)")
     p = add("topics", cmd_topics, "create (idempotently), list, or check the replication of "
             "the Kafka topics")
     p.add_argument("action", choices=["create", "list", "check"])
