@@ -38,6 +38,9 @@ class Program:
     ready: Callable[[Settings], bool] = lambda s: True
     needs_topics: bool = False  # start only after `kizuna topics create`
     stop_wait_seconds: int = 20
+    #: supervisord stops lower tiers last, and a tier's programs together: the stages before
+    #: the warehouse, the registry and the broker they flush to on the way out
+    tier: int = 400
 
 
 def python_module(module: str) -> Callable[[Settings], list[str]]:
@@ -94,16 +97,17 @@ def kafka_programs(settings: Settings) -> list[Program]:
     n = settings.kafka_brokers
     if n == 1:
         return [Program("kafka", kafka.prepare, enabled=lambda s: s.local_kafka,
-                        ready=kafka_ready, stop_wait_seconds=40)]
+                        ready=kafka_ready, stop_wait_seconds=40, tier=100)]
     return [Program(f"kafka-{node}", functools.partial(kafka.prepare, node=node),
                     enabled=lambda s: s.local_kafka,
-                    ready=kafka_ready if node == n else lambda s: True, stop_wait_seconds=40)
+                    ready=kafka_ready if node == n else lambda s: True, stop_wait_seconds=40,
+                    tier=100)
             for node in range(1, n + 1)]
 
 
 SCHEMA_REGISTRY = Program(
     "schema_registry", apicurio.prepare, enabled=lambda s: s.local_schema_registry,
-    ready=apicurio.ready)
+    ready=apicurio.ready, tier=200)
 
 
 def warehouse_command(settings: Settings) -> list[str]:
@@ -112,7 +116,7 @@ def warehouse_command(settings: Settings) -> list[str]:
 
 
 WAREHOUSE = Program(
-    "warehouse", warehouse_command, ready=http_ready(lambda s: s.warehouse_port))
+    "warehouse", warehouse_command, ready=http_ready(lambda s: s.warehouse_port), tier=300)
 INGEST = Program(
     "ingest", ingest_command, ready=http_ready(ingest_port), needs_topics=True)
 

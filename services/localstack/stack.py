@@ -81,11 +81,11 @@ def up(settings: Settings, report: Report = print) -> None:
                     f"choose another port with {env}")
         if not settings.local_kafka:
             check_reachable(settings)
-        argv = [(p.name, p.command(settings), p.stop_wait_seconds) for p in programs]
+        argv = [(p.name, p.command(settings), p.stop_wait_seconds, p.tier) for p in programs]
         supervisor.write_conf(settings, argv)
         supervisor.start(settings)
     else:
-        argv = [(p.name, p.command(settings), p.stop_wait_seconds) for p in programs]
+        argv = [(p.name, p.command(settings), p.stop_wait_seconds, p.tier) for p in programs]
         supervisor.write_conf(settings, argv)
         supervisor.update(settings)
     server = supervisor.rpc(settings)

@@ -39,8 +39,9 @@ def _esc(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def write_conf(settings: Settings, programs: list[tuple[str, list[str], int]]) -> Path:
-    """programs: (name, argv, stop-wait seconds)."""
+def write_conf(settings: Settings, programs: list[tuple[str, list[str], int, int]]) -> Path:
+    """programs: (name, argv, stop-wait seconds, priority: a lower one is stopped later, and
+    programs of one priority are stopped together)."""
     run, logs = settings.run_dir, settings.log_dir
     lines = [
         "[unix_http_server]", f"file={_esc(str(sock_path(settings)))}", "chmod=0700", "",
@@ -53,10 +54,11 @@ def write_conf(settings: Settings, programs: list[tuple[str, list[str], int]]) -
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
     ]
-    for name, argv, stop_wait in programs:
+    for name, argv, stop_wait, priority in programs:
         lines += [
             f"[program:{name}]",
             f"command={_esc(shlex.join(argv))}",
+            f"priority={priority}",
             "autostart=false",
             "autorestart=unexpected",
             "startsecs=1",

@@ -79,6 +79,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        from services.common.settings import markdown
+
+        print(markdown(), end="")
+        return 0
     seen: set[str] = set()
     rows = []
     for cls in ALL_SETTINGS:
@@ -332,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    for stage in STAGES:
+        add(stage, None, f"run the {stage} stage in the foreground (a container's command)")
     add("up", cmd_up, "start the local stack in the background (idempotent)")
     add("down", cmd_down, "stop everything the local stack runs (idempotent)")
     p = add("status", cmd_status,
@@ -342,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "print the effective settings, secrets masked")
     p.add_argument("--show-secrets", action="store_true", help="also print secrets unmasked")
     p.add_argument("-v", "--verbose", action="store_true", help="document each setting")
+    p.add_argument("--markdown", action="store_true",
+                   help="every setting's documentation as a page (docs/configuration.md)")
     p = add("topics", cmd_topics, "create (idempotently), list, or check the replication of "
             "the Kafka topics")
     p.add_argument("action", choices=["create", "list", "check"])
@@ -414,8 +423,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The stages a container runs: `kizuna <stage>` runs it in the foreground (as
+#: `python -m services.<stage>` does), configured from the environment alone.
+STAGES = {
+    "ingest": "services.ingest.service",
+    "sessionizer": "services.sessionizer.app",
+    "engagement_scorer": "services.engagement_scorer.app",
+    "alerting": "services.alerting.app",
+    "warehouse": "services.warehouse.service",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STAGES:  # a stage: its own logging, its own settings, until stopped
+        import importlib
+
+        importlib.import_module(STAGES[args.command]).main()
+        return 0
     try:
         settings = load(Settings)
         # The command speaks through its output and one-line errors, not library warnings.

@@ -8,6 +8,7 @@ otherwise. What analysts may do is enforced by ClickHouse (`analyst.py`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -36,6 +37,11 @@ class QueryError(KizunaError):
     """ClickHouse refused a query (syntax, unknown table, readonly...)."""
 
 
+def url_user(url: str) -> str | None:
+    """The user named in a server URL, if any."""
+    return urllib.parse.urlsplit(url).username
+
+
 def connect(settings: Settings, *, readonly: bool = False,
             user: tuple[str, str] | None = None) -> Client:
     """Open the configured ClickHouse, or raise one clear error line.
@@ -49,11 +55,19 @@ def connect(settings: Settings, *, readonly: bool = False,
     logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLogger().level))
     try:
         if settings.embedded_clickhouse:
+            if importlib.util.find_spec("chdb") is None:
+                raise UnreachableError(
+                    "the embedded ClickHouse (KIZUNA_CLICKHOUSE_URL=chdb://...) needs chdb: "
+                    "pip install 'kizuna[embedded]', or set KIZUNA_CLICKHOUSE_URL to a "
+                    "ClickHouse server (http(s)://host:8123)")
             settings.chdb_path.parent.mkdir(parents=True, exist_ok=True)
             client = clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
             if readonly:  # each chdb client is its own session
                 client.command(f"SET readonly = {READONLY['readonly']}")
             return client
+        if user is None and (settings.clickhouse_user or settings.clickhouse_password):
+            user = (settings.clickhouse_user or url_user(url) or "default",
+                    settings.clickhouse_password)
         credentials = dict(username=user[0], password=user[1]) if user else {}
         if settings.clickhouse_ca_location:  # a server over HTTPS with a private CA
             credentials["ca_cert"] = settings.clickhouse_ca_location

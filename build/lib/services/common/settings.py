@@ -1,7 +1,7 @@
 """Settings from the environment: one typed, frozen object per service.
 
 Every setting is declared once, with its environment variable, default and documentation, so
-that parsing, `kizuna config` and the README's configuration table come from the same place.
+that parsing, `kizuna config` and docs/configuration.md (`markdown`) come from the same place.
 Defaults may refer to settings declared before them (`"chdb://{home}/clickhouse"`).
 """
 
@@ -220,6 +220,13 @@ class Settings:
     clickhouse_url: str = setting(
         "KIZUNA_CLICKHOUSE_URL", "chdb://{home}/clickhouse",
         "`chdb:///abs/path` for the embedded engine, `http(s)://user:pw@host:8123` for a server.")
+    clickhouse_user: str = setting(
+        "KIZUNA_CLICKHOUSE_USER", "",
+        "User the warehouse and the commands log in to a ClickHouse server as (empty: the "
+        "URL's, else `default`).")
+    clickhouse_password: str = setting(
+        "KIZUNA_CLICKHOUSE_PASSWORD", "",
+        "That user's password (or in the URL); `_FILE` reads it from a file.", secret=True)
     clickhouse_ca_location: str = setting(
         "KIZUNA_CLICKHOUSE_CA_LOCATION", "",
         "PEM file of the CA a ClickHouse server over HTTPS is checked against (empty: the "
@@ -643,6 +650,43 @@ class AlertingSettings:
                               "KIZUNA_CHURN_DORMANCY_DAYS must be > 0, "
                               "KIZUNA_CHURN_COOLDOWN_DAYS and KIZUNA_CHURN_MIN_PEAK >= 0")
         _check_store("KIZUNA_ALERTING_STORE", self.store)
+
+
+def markdown() -> str:
+    """docs/configuration.md: every setting, its default and its meaning, from the
+    declarations themselves (`kizuna config --markdown`; a test keeps the file equal)."""
+    envs = {f.name: f.metadata["env"] for cls in ALL_SETTINGS for f in dataclasses.fields(cls)
+            if f.init and "env" in f.metadata}
+    out = [
+        "# Configuration",
+        "",
+        "Every setting comes from the environment (`KIZUNA_*`); `kizuna config -v` prints the "
+        "effective values with their meaning, secrets masked. Every secret also takes "
+        "`<NAME>_FILE`, the path of a file holding it (Kubernetes and Docker secrets). All "
+        "local state lives under `KIZUNA_HOME`, so two stacks with different homes and ports "
+        "run side by side.",
+        "",
+        "This page is generated from the settings' declarations "
+        "(`services/common/settings.py`): `kizuna config --markdown > docs/configuration.md`.",
+    ]
+    seen: set[str] = set()
+    for cls in ALL_SETTINGS:
+        rows = []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not f.init or "env" not in meta or meta["env"] in seen:
+                continue
+            seen.add(meta["env"])
+            default = re.sub(r"\{(\w+)\}", lambda m: f"${envs[m[1]]}", meta["default"])
+            shown = f"`{default}`" if default else "empty"
+            secret = " Secret: `_FILE` reads it from a file." if meta["secret"] else ""
+            formerly = f" (Formerly `{meta['formerly']}`, still read.)" if meta["formerly"] else ""
+            rows.append(f"| `{meta['env']}` | {shown} | {meta['doc']}{secret}{formerly} |")
+        if rows:
+            title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+            out += ["", f"## {title}", "", "| variable | default | meaning |", "|---|---|---|",
+                    *rows]
+    return "\n".join(out) + "\n"
 
 
 #: Every settings object, in the order `kizuna config` prints them.

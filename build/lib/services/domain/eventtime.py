@@ -7,9 +7,9 @@ HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 #: Before any event: the event time of a partition that has seen nothing yet.
 NEVER = -(2**62)
-#: How far behind a profile's latest touch a touch delivered again is still recognised as a
-#: duplicate, by the sessionizer (its closed sessions' archive) and by the scorer and alerting
-#: (a profile's `recent_event_ids`).
+#: How long the ids a sessionizer state kept per day before its archive existed (`s:` keys,
+#: before 0.6) are still read: they expire the window after their day. Ids are kept for good
+#: since (KIZUNA_HISTORY_RETENTION_DAYS bounds them).
 DEDUP_MS = 60 * DAY_MS
 #: A login claims its device's history back this far: the sessionizer hands the device's
 #: sessions ending within it to the customer, and alerting keeps purchases this long for the

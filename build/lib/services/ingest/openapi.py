@@ -36,7 +36,7 @@ _EVENT = {
 
 _SEGMENT_MESSAGE = {
     "type": "object",
-    "description": "A message of Segment's HTTP Tracking API (README: Segment and RudderStack)",
+    "description": "A message of Segment's HTTP Tracking API (docs/sending-events.md)",
     "required": ["messageId"],
     "properties": {
         "type": {"enum": ["track", "identify", "page", "screen", "alias", "group"]},
