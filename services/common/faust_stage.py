@@ -69,6 +69,7 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
         datadir=str(common.home / name),
         topic_partitions=partitions,
         topic_replication_factor=common.replication_factor,
+        table_standby_replicas=common.standby_replicas,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         web_bind=common.bind_host,

@@ -252,6 +252,11 @@ class Settings:
         "KIZUNA_BATCH_WAIT_SECONDS", "0.2",
         "Longest a stage waits to fill a batch before processing what it has: lower gives "
         "fresher outputs under live traffic (a backlog always fills whole batches).")
+    standby_replicas: int = setting(
+        "KIZUNA_STANDBY_REPLICAS", "1",
+        "Standby copies each stateful stage keeps of every state partition on its other "
+        "workers (faust's table_standby_replicas): a worker taking a partition over in a "
+        "rebalance or a failover starts from its standby instead of the whole changelog.")
     stall_seconds: float = setting(
         "KIZUNA_STALL_SECONDS", "60",
         "A stage holding an input partition with messages waiting and no progress on it for "
@@ -327,6 +332,8 @@ class Settings:
 
     def validate(self) -> None:
         self._kafka_client()
+        if self.standby_replicas < 0:
+            raise ConfigError("KIZUNA_STANDBY_REPLICAS must be >= 0")
         if self.stall_seconds <= 0:
             raise ConfigError("KIZUNA_STALL_SECONDS must be > 0")
         if not 0 < self.batch_wait_seconds <= 10:
