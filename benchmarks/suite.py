@@ -460,7 +460,7 @@ def end_to_end_live(b: Bench) -> None:
     seen by a poll every 0.25 s), and from the moment an alert is decidable (its detection
     time plus the allowed lateness) to the alert on its topic (first versions: a resolution is
     decided by a later purchase)."""
-    from services.common.clickhouse import query_rows
+    from services.common.queries import query_rows
     from services.generator.live import send_live
     from services.generator.personas import generate
 

@@ -170,7 +170,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from services.common.clickhouse import OUTPUT_FORMATS, bind, run_query
+    from services.common.queries import OUTPUT_FORMATS, bind, run_query
 
     if args.file:
         sql = Path(args.file).read_text()
@@ -289,7 +289,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
-    from services.common.clickhouse import query_rows
+    from services.common.queries import query_rows
 
     rows = query_rows(settings, "SELECT * FROM kizuna.customer_profiles "
                                 "WHERE customer_id = {customer_id:String}",

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import IngestSettings, Settings, load
 from services.generator.cli import truth_path, write
 from services.ingest.importer import import_file

@@ -2,8 +2,8 @@
 
 The embedded engine can be opened by one process at a time. In a running local stack the
 warehouse owns it and serves read-only queries on its gateway (`/v1/query` on
-KIZUNA_WAREHOUSE_PORT); `run_query` uses that gateway when it is up and opens the engine itself
-otherwise. What analysts may do is enforced by ClickHouse (`analyst.py`).
+KIZUNA_WAREHOUSE_PORT); `queries.run_query` uses that gateway when it is up and opens the
+engine itself otherwise. What analysts may do is enforced by ClickHouse (`analyst.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from services.common.errors import KizunaError, UnreachableError
 from services.common.settings import Settings, mask_url
 
 #: `kizuna query --format` names mapped to ClickHouse output formats.
-OUTPUT_FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow"}
 # readonly=2: reads and per-query settings (a timeout) only; ClickHouse refuses writes, DDL and
 # any attempt to lower `readonly` itself. It is a property of a reader connection, never passed
 # per query: the chdb backend applies per-query settings with SET and restores them afterwards,
@@ -115,31 +114,6 @@ def raw_query(client: Client, sql: str, fmt: str, timeout: float | None = None) 
         raise QueryError("ClickHouse: " + _first_line(exc)) from None
 
 
-def run_query(settings: Settings, sql: str, fmt: str = "JSONEachRow") -> bytes:
-    """Read-only query against this stack's ClickHouse, however it is reached."""
-    if settings.embedded_clickhouse and gateway_serves(settings):
-        query = urllib.parse.urlencode({"format": fmt})
-        request = urllib.request.Request(
-            f"{gateway_url(settings)}/v1/query?{query}", data=sql.encode(), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=600) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            raise QueryError(exc.read().decode(errors="replace").strip()) from None
-    from services.common.analyst import AnalystError, AnalystQueries, analyst_client
-
-    if settings.embedded_clickhouse:  # no stack running: this process opens the engine
-        try:
-            return AnalystQueries(lambda: connect(settings), 600, 1).run(sql, fmt)
-        except AnalystError as exc:
-            raise QueryError("ClickHouse: " + str(exc)) from None
-    client = analyst_client(settings)  # a server: as the analyst user, its grants
-    try:
-        return raw_query(client, sql, fmt)
-    finally:
-        client.close()
-
-
 def gateway_migrate(settings: Settings) -> list[str]:
     """Ask the running warehouse, owner of the embedded engine, to apply pending migrations."""
     return gateway_post(settings, "/v1/migrate")
@@ -155,36 +129,6 @@ def gateway_post(settings: Settings, path: str, params: dict[str, str] | None = 
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         raise KizunaError(exc.read().decode(errors="replace").strip()) from None
-
-
-_PARAMETER = re.compile(r"\{(\w+):\s*(\w+)\}")
-_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
-
-
-def bind(sql: str, parameters: dict[str, str]) -> str:
-    """Fill a query's parameters, written as ClickHouse's own (`{customer_id:String}`, the
-    syntax clickhouse-client's `--param_customer_id` and the HTTP interface's
-    `param_customer_id` fill too): strings as quoted literals, numbers checked."""
-    def literal(match: re.Match) -> str:
-        name, kind = match[1], match[2]
-        if name not in parameters:
-            raise QueryError(f"the query needs a value for {{{name}:{kind}}}: give "
-                             f"--param {name}=VALUE")
-        value = parameters[name]
-        if kind == "String":
-            return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        if re.fullmatch(r"U?Int\d+|Float\d+|Decimal\w*", kind) and _NUMBER.fullmatch(value):
-            return value
-        raise QueryError(f"parameter {name}: {value!r} is not a {kind}")
-    return _PARAMETER.sub(literal, sql)
-
-
-def query_rows(settings: Settings, sql: str,
-               parameters: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Convenience for tools and tests: rows as dicts (JSON types)."""
-    out = run_query(settings, sql if parameters is None else bind(sql, parameters),
-                    "JSONEachRow")
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def _first_line(exc: Exception) -> str:

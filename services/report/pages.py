@@ -18,7 +18,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from services.common import resources
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import EngagementScorerSettings, Settings, load
 from services.domain.weights import Weights, load_weights
 from services.report import charts

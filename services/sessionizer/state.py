@@ -37,6 +37,11 @@ class ProfileState(TypedDict, total=False):
     linked_at: int  # event time of the login that linked it
 
 
+def login_key(customer: str, device: str) -> str:
+    """A login waiting for its device's history, in a partition's logins (`l:`)."""
+    return f"{customer}\x00{device}"
+
+
 def new_profile(partition: int) -> ProfileState:
     """A profile with nothing kept."""
     return {"p": partition, "runs": [], "emitted": {}}

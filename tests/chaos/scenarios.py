@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka import Producer
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.serde import TOUCHPOINT, default_serde
 from services.common.settings import Settings, load
 from services.generator.personas import generate

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.serde import ALERT
 from services.common.settings import Settings, load
 from services.common.topics import ALERTS_CART_ABANDONMENT

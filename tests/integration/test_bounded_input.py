@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from services.generator.cli import write
 from tests.conftest import kizuna, services_stack

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from services.generator.cli import truth_path
 from services.ingest.validation import Enrichment, Rejection, validate

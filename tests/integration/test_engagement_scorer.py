@@ -10,7 +10,7 @@ import random
 import psutil
 import pytest
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from services.domain.weights import load_weights
 from tests.conftest import kizuna

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from services.localstack import supervisor
 from tests.conftest import kizuna, services_stack

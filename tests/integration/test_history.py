@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from lifetimes.utils import summary_data_from_transaction_data
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from tests.conftest import kizuna
 

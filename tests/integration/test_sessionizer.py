@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.settings import Settings, load
 from tests.conftest import kizuna, stack_env
 

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from services.common.clickhouse import query_rows
+from services.common.queries import query_rows
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION
 from services.common.settings import Settings, load
 from services.ingest.validation import Enrichment, Rejection, validate

@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from services.common.clickhouse import QueryError, bind
+from services.common.clickhouse import QueryError
+from services.common.queries import bind
 from services.domain.engagement import apply, new_state, snapshot
 from services.domain.weights import load_weights
 from services.report import charts
