@@ -4,6 +4,7 @@ stage; the domain imports nothing of Kizuna but itself and `services.common.erro
 from __future__ import annotations
 
 import ast
+import graphlib
 import re
 from pathlib import Path
 
@@ -86,3 +87,28 @@ def test_the_architecture_page_names_modules_that_exist() -> None:
     named = set(re.findall(r"`((?:services|deploy)/[\w/.]+)`", page))
     assert len(named) > 15
     assert [n for n in sorted(named) if not (root / n).exists()] == []
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each module under services/ -> the modules of services/ it imports (function-level
+    imports included, a package standing for its __init__)."""
+    modules = {}
+    for path in SERVICES.rglob("*.py"):
+        parts = path.relative_to(SERVICES.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {name: {target for target in kizuna_imports(path)
+                   if target in modules and target != name}
+            for name, path in modules.items()}
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import cycle in services/: each module reads top-down, and a module can be
+    understood (and tested) without the ones that use it."""
+    graphlib.TopologicalSorter(module_graph()).prepare()
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    graph = module_graph()
+    graph["services.domain.weights"].add("services.alerting.app")
+    with pytest.raises(graphlib.CycleError):
+        graphlib.TopologicalSorter(graph).prepare()
