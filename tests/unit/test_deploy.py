@@ -1,10 +1,14 @@
 """deploy/ stays valid: every service, module, file and target it names exists."""
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from services.cli import build_parser
@@ -172,3 +176,25 @@ def test_the_grafana_dashboard_is_provisioned_and_names_only_real_metrics():
         for target in panel["targets"]:
             used = set(re.findall(r"\bkizuna_\w+", target["expr"]))
             assert used and used <= exposed, (panel["title"], used - exposed)
+
+
+def podman_compose_config(name: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podman_compose", "-f", name, "config"],
+                          cwd=DEPLOY, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("KIZUNA_")} | env)
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "compose.local.yml"])
+def test_podman_compose_accepts_each_compose_file_and_pins_its_images(name: str) -> None:
+    result = podman_compose_config(name, KIZUNA_WRITE_KEYS="k=web:web", KIZUNA_PII_SALT="s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = [s["image"] for s in yaml.safe_load(result.stdout)["services"].values()
+              if "image" in s]
+    assert images and all(re.fullmatch(r"[\w./-]+:[\w.-]+", i) and not i.endswith(":latest")
+                          for i in images), images
+
+
+def test_compose_without_write_keys_names_the_setting() -> None:
+    result = podman_compose_config("docker-compose.yml")
+    assert result.returncode != 0 and "KIZUNA_WRITE_KEYS" in result.stderr
