@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 from collections.abc import MutableMapping
 
 import orjson
@@ -42,6 +43,7 @@ def main() -> None:
 
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
+    from services.common.faust_stage import BatchStore
     from services.domain.weights import load_weights
     from services.engagement_scorer.batch import score_batch
     from services.generator.personas import generate
@@ -58,11 +60,22 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1500)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--uuid-ids", action="store_true",
+                        help="event ids as UUIDs (36 characters, as SDKs send them) instead of "
+                             "the generator's short ones")
+    parser.add_argument("--stored", action="store_true",
+                        help="the scorer's and alerting's states behind the stages' BatchStore, "
+                             "a transaction per batch, each state read a copy (as with the "
+                             "memory store; rocksdb decodes each read instead)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
 
     start = 1_767_571_200_000
     world = generate(args.customers, args.days, 1, start)
+    if args.uuid_ids:
+        for e in world.events:
+            if isinstance(e, dict) and isinstance(e.get("event_id"), str):
+                e["event_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, e["event_id"]))
     enrich = Enrichment("bench", start + (args.days + 1) * 86_400_000)
     records = [r for r in (validate(e, enrich) for e in world.events)
                if not isinstance(r, Rejection)]
@@ -103,36 +116,50 @@ def main() -> None:
     messages = [json.loads(orjson.dumps(m)) for ms in attributed for m in ms]  # as on Kafka
     touches = sum(len(x) for m in messages for x in m["c"].values())
 
+    def wrap(store: CountingStore) -> MutableMapping:
+        return BatchStore(store, copy_reads=True) if args.stored else store
+
+    def in_batches(wrapped: MutableMapping, work) -> float:
+        """CPU seconds of `work(p, messages)` over every partition's messages, 4 a call."""
+        cpu = time.process_time()
+        for p in range(parts):
+            for k in range(0, len(attributed[p]), 4):
+                if args.stored:
+                    wrapped.begin()
+                work(p, [json.loads(orjson.dumps(m)) for m in attributed[p][k:k + 4]])
+                if args.stored:
+                    wrapped.commit()
+        return time.process_time() - cpu
+
     weights = load_weights()
     scorer_store = CountingStore()
-    cpu = time.process_time()
-    for p in range(parts):
-        for k in range(0, len(attributed[p]), 4):
-            score_batch(scorer_store, weights, [json.loads(orjson.dumps(m))
-                                                for m in attributed[p][k:k + 4]])
-    scorer_cpu = time.process_time() - cpu
-
-    alert_store: MutableMapping = CountingStore()
-    alerting = AlertProcessor(CartRules(), weights, alert_store)
+    scored = wrap(scorer_store)
+    scorer_cpu = in_batches(scored, lambda p, batch: score_batch(scored, weights, batch))
+    alert_store = CountingStore()
+    alerting = AlertProcessor(CartRules(), weights, wrap(alert_store))
     alerts = 0
-    cpu = time.process_time()
-    for p in range(parts):
-        for k in range(0, len(attributed[p]), 4):
-            alerts += len(alerting.process(p, [json.loads(orjson.dumps(m))
-                                               for m in attributed[p][k:k + 4]]))
-    alerting_cpu = time.process_time() - cpu
+
+    def alert(p: int, batch: list) -> None:
+        nonlocal alerts
+        alerts += len(alerting.process(p, batch))
+
+    alerting_cpu = in_batches(alerting.store, alert)
+
+    def held(store: CountingStore) -> dict:
+        return {"state_held_mb": round(store.held() / 2**20, 1),
+                "state_bytes_per_customer": round(store.held() / args.customers)}
 
     figures = {
         "events": len(records), "attributed_touches": touches, "batch": args.batch,
         "sessionizer": {"us_cpu_per_event": round(sessionizer_cpu / len(records) * 1e6, 1),
                         "session_updates": sessions, "state_written_mb": round(
-                            store.written / 2**20, 1), "state_held_mb": round(
-                            store.held() / 2**20, 1)},
+                            store.written / 2**20, 1), **held(store)},
         "engagement_scorer": {"us_cpu_per_touch": round(scorer_cpu / touches * 1e6, 1),
-                              "state_written_mb": round(scorer_store.written / 2**20, 1)},
+                              "state_written_mb": round(scorer_store.written / 2**20, 1),
+                              **held(scorer_store)},
         "alerting": {"us_cpu_per_touch": round(alerting_cpu / touches * 1e6, 1),
                      "alerts": alerts, "state_written_mb": round(
-                         alert_store.written / 2**20, 1)},
+                         alert_store.written / 2**20, 1), **held(alert_store)},
     }
     for stage in ("sessionizer", "engagement_scorer", "alerting"):
         print(f"{stage:<18} {figures[stage]}")

@@ -432,12 +432,13 @@ def json_copy(state: dict) -> dict:
 def _fresh(state: dict, touches: list[list]) -> list[list]:
     """The touches this customer's state has not taken yet: a batch of the sessionizer redone
     after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
-    profile's ids (`engagement.apply`), held ones in `unsettled`."""
-    applied = state["profile"]["event_ids"]
+    profile (`engagement.applied_already`), held ones in `unsettled`."""
+    profile = state["profile"]
     taken = {touch[EVENT_ID] for touch in state["unsettled"]}
     fresh = []
     for touch in touches:
-        if touch[EVENT_ID] not in applied and touch[EVENT_ID] not in taken:
+        if touch[EVENT_ID] not in taken and not engagement.applied_already(
+                profile, touch[EVENT_ID]):
             taken.add(touch[EVENT_ID])
             fresh.append(touch)
     return fresh

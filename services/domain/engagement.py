@@ -17,6 +17,8 @@ the mean of the repeat days' sums (0 when frequency is 0). Refunds do not change
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import statistics
 
 from services.domain.eventtime import DAY_MS
@@ -33,15 +35,57 @@ CONSENT = {"email_unsubscribe": ("email", False), "email_spam_report": ("email",
 def new_state() -> dict:
     return {"score": None, "channels": {}, "last_event_at": None, "days": {},
             "purchase_count": 0, "revenue": 0.0, "refunds": 0.0, "first_purchase_at": None,
-            "last_purchase_at": None, "consent": {}, "event_ids": {}, "applied": 0}
+            "last_purchase_at": None, "consent": {}, "seen": "", "applied": 0}
+
+
+#: A touch applied is remembered in `seen` as 14 characters: its event-time day (3 characters
+#: of 64 in ASCII order, so that days compare as strings) and 64 bits of BLAKE2b of its id (11,
+#: base64url without padding).
+DAY_CHARS, DIGEST_CHARS = 3, 11
+TOKEN_CHARS = DAY_CHARS + DIGEST_CHARS
+_DAY_DIGITS = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+
+
+def digest(event_id: str) -> str:
+    """A touch's id as 11 characters. Two ids of one customer share a digest with probability
+    about n^2 / 2^65 (n: that customer's touches): 1 in 10^13 for 2,000 touches."""
+    raw = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(raw)[:DIGEST_CHARS].decode()
+
+
+def _day(t: int) -> str:
+    day = t // DAY_MS
+    return _DAY_DIGITS[day >> 12 & 63] + _DAY_DIGITS[day >> 6 & 63] + _DAY_DIGITS[day & 63]
+
+
+def _find(seen: str, token: str) -> int:
+    """Where the digest `token` is one of `seen`'s (not a match straddling two), or -1."""
+    at = seen.find(token)
+    while at != -1 and at % TOKEN_CHARS != DAY_CHARS:
+        at = seen.find(token, at + 1)
+    return at
+
+
+def applied_already(state: dict, event_id: str) -> bool:
+    """The touch `event_id` was applied to this state (delivered again, however old)."""
+    return _find(state["seen"], digest(event_id)) != -1
+
+
+def _forget_before(seen: str, t: int) -> str:
+    horizon = _day(t)
+    return "".join(seen[i:i + TOKEN_CHARS] for i in range(0, len(seen), TOKEN_CHARS)
+                   if seen[i:i + DAY_CHARS] >= horizon)
 
 
 def upgraded(state: dict) -> dict:
-    """The ids of the touches applied were `recent` before 0.9 and `recent_event_ids` before
-    0.10 (when only 60 days of them were kept)."""
-    for old in ("recent_event_ids", "recent"):
-        if old in state and "event_ids" not in state:
-            state["event_ids"] = state.pop(old)
+    """The touches applied are kept as digests with their days in `seen` since 0.10; they were
+    ids with their times in `recent_event_ids` (60 days of them) and `recent` before (and in
+    `event_ids` in 0.10's development)."""
+    for old in ("event_ids", "recent_event_ids", "recent"):
+        if old in state:
+            ids = state.pop(old)
+            if "seen" not in state:
+                state["seen"] = "".join(_day(t) + digest(e) for e, t in ids.items())
     return state
 
 
@@ -64,14 +108,14 @@ def decayed_value(anchor: list | None, at: int, half_life_ms: float) -> float:
 
 
 def apply(state: dict, touch: list, weights: Weights, retention_ms: int | None = None) -> bool:
-    """Add one attributed touch; False when it was applied already. The ids of the touches
-    applied are kept (with `retention_ms`, that far behind the latest touch only), so that a
-    touch delivered again, however old, counts once."""
+    """Add one attributed touch; False when it was applied already. The touches applied are
+    remembered as digests with their event-time days (with `retention_ms`, the days that far
+    behind the latest touch only), so that a touch delivered again, however old, counts once."""
     t, event_id, kind, channel = touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL]
-    seen = state["event_ids"]
-    if event_id in seen:
+    token = digest(event_id)
+    if _find(state["seen"], token) != -1:
         return False
-    seen[event_id] = t
+    state["seen"] += _day(t) + token
     extra = touch[EXTRA] or {}
     w = weights.weight(kind, channel, extra.get("score"))
     h = weights.half_life_ms
@@ -98,9 +142,8 @@ def apply(state: dict, touch: list, weights: Weights, retention_ms: int | None =
         if have is None or (have[0], have[1]) < (t, event_id):  # the latest decision counts
             state["consent"][consent[0]] = [t, event_id, consent[1]]
     state["applied"] += 1
-    if retention_ms is not None and len(seen) > 64 and len(seen) % 64 == 0:
-        horizon = state["last_event_at"] - retention_ms
-        state["event_ids"] = {e: at for e, at in seen.items() if at >= horizon}
+    if retention_ms is not None and state["applied"] % 64 == 0:
+        state["seen"] = _forget_before(state["seen"], state["last_event_at"] - retention_ms)
     return True
 
 

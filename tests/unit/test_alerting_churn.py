@@ -9,6 +9,7 @@ import pytest
 from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import CHURN, AlertProcessor, churn_record
+from services.domain.engagement import applied_already
 from services.domain.touch import moved_touch
 from services.domain.weights import load_weights
 
@@ -324,4 +325,5 @@ def test_a_state_stored_before_the_renames_is_upgraded() -> None:
     state = proc.store["c:C1"]
     assert "pending" not in state and state["unsettled"] == []
     assert state["profile"]["applied"] == 2 and "recent" not in state["profile"]
-    assert set(state["profile"]["event_ids"]) == {"e00001", "e00002"}
+    assert all(applied_already(state["profile"], e) for e in ("e00001", "e00002"))
+    assert not applied_already(state["profile"], "e00003")

@@ -218,20 +218,23 @@ def test_a_score_asked_for_long_before_its_anchor_does_not_overflow() -> None:
 
 
 def test_a_profile_stored_before_the_renames_is_upgraded() -> None:
-    # A profile's ids were `recent` before 0.9 and `recent_event_ids` before 0.10: still
-    # read, and still duplicates.
+    # A profile's ids were `recent` before 0.9, `recent_event_ids` before 0.10 and
+    # `event_ids` (id -> time) before 0.11: still read, and still duplicates.
+    from services.domain.engagement import applied_already
     from services.engagement_scorer.batch import score_batch
 
     weights = load_weights()
     buy = [1_710_000_000_000, "e1", "purchase", "web", 50.0, None, None]
-    for old in ("recent", "recent_event_ids"):
+    for old in ("recent", "recent_event_ids", "event_ids"):
         store: dict = {}
         score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
         state = store["c:C1"]
-        state[old] = state.pop("event_ids")  # as that version stored it
+        del state["seen"]
+        state[old] = {"e1": buy[0]}  # as that version stored it
         scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [buy]}}])
         assert (scored.applied, scored.duplicates, scored.corrupt) == (0, 1, [])
-        assert old not in store["c:C1"] and "e1" in store["c:C1"]["event_ids"]
+        assert old not in store["c:C1"] and applied_already(store["c:C1"], "e1")
+        assert not applied_already(store["c:C1"], "e2")
 
 
 def test_a_touch_delivered_again_a_year_later_counts_once() -> None:
@@ -249,3 +252,49 @@ def test_a_touch_delivered_again_a_year_later_counts_once() -> None:
     scored = score_batch(store, weights, [{"t": 0, "c": {"C1": [old]}}])
     assert (scored.applied, scored.duplicates) == (0, 1)
     assert scored.profiles[0]["purchase_count"] == 1
+
+
+def test_applied_touches_are_remembered_as_digests_and_found_only_whole() -> None:
+    from services.domain.engagement import DAY_CHARS, TOKEN_CHARS, applied_already, apply, new_state
+
+    weights = load_weights()
+    state = new_state()
+    ids = [f"{i:08x}-uuid-like-{i}" for i in range(2000)]
+    for i, e in enumerate(ids):
+        apply(state, [1_700_000_000_000 + i * 3_600_000, e, "page_view", "web", 0.0, None,
+                      None], weights)
+    assert len(state["seen"]) == 2000 * TOKEN_CHARS
+    assert all(applied_already(state, e) for e in ids[::97])
+    assert not any(applied_already(state, f"other-{i}") for i in range(500))
+    # 11 characters that occur only across two tokens (a day and a digest) are not a digest
+    seen = state["seen"]
+    straddling = seen[DAY_CHARS + 5: DAY_CHARS + 5 + 11]
+    state["seen"] = seen + "AAA" + straddling  # a token whose digest would match it
+    from services.domain import engagement
+    assert engagement._find(seen, straddling) == -1
+    assert engagement._find(state["seen"], straddling) == len(seen) + DAY_CHARS
+
+
+def test_retention_forgets_whole_days_behind_the_latest_touch() -> None:
+    from services.domain.engagement import applied_already, apply, new_state
+
+    weights = load_weights()
+    day = 86_400_000
+    state = new_state()
+    for i in range(128):  # two prunes, the latest touch on day 127
+        apply(state, [1_700_000_000_000 + i * day, f"e{i}", "page_view", "web", 0.0, None,
+                      None], weights, retention_ms=30 * day)
+    assert applied_already(state, "e127") and applied_already(state, "e98")
+    assert not applied_already(state, "e10")
+    assert len(state["seen"]) <= (31 + 64) * 14
+
+
+def test_the_days_of_seen_touches_compare_as_their_strings() -> None:
+    import random
+
+    from services.domain.engagement import _day
+
+    rng = random.Random(7)
+    days = sorted(rng.sample(range(0, 2**18), 2000))  # 1970 to year 2687
+    assert [_day(d * 86_400_000) for d in days] == sorted(_day(d * 86_400_000) for d in days)
+    assert len({_day(d * 86_400_000) for d in days}) == len(days)
