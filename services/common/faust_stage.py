@@ -17,6 +17,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 import faust
@@ -59,6 +60,23 @@ def observe_latency(stage: str, event_time_ms: int | None,
         LATENCY.labels(stage, "wall").observe(max(0.0, now - received_at_ms / 1000))
 
 
+def state_directory(common: Settings, name: str) -> Path:
+    """Where a stage keeps its local state: per consumer group (topic prefix and stage), so
+    that two pipelines sharing a KIZUNA_HOME never read each other's databases."""
+    directory = common.home / "state" / f"{common.topic_prefix}{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def rocksdb_options(common: Settings) -> dict:
+    """faust's RocksDB options, bounded: its defaults give each partition's database a
+    2 GiB block cache and three 64 MiB write buffers."""
+    return {"block_cache_size": common.state_cache_mb * 2**20,
+            "block_cache_compressed_size": 0,
+            "write_buffer_size": common.state_write_buffer_mb * 2**20,
+            "max_write_buffer_number": 2}
+
+
 def create_app(name: str, common: Settings, *, port: int, store: str, partitions: int,
                batch_size: int, progress: Progress | None = None) -> faust.App:
     app = faust.App(
@@ -66,7 +84,7 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
         broker=[f"kafka://{server.strip()}" for server in common.kafka_bootstrap.split(",")],
         broker_credentials=common.kafka.faust_credentials(),
         store=store,
-        datadir=str(common.home / name),
+        datadir=str(state_directory(common, name)),
         topic_partitions=partitions,
         topic_replication_factor=common.replication_factor,
         table_standby_replicas=common.standby_replicas,
@@ -612,7 +630,8 @@ def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, 
                      batch_size=batch_size, progress=progress)
     source = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
-    state = app.Table(table, default=None, partitions=partitions)
+    state = app.Table(table, default=None, partitions=partitions,
+                      options=rocksdb_options(common) if store.startswith("rocksdb") else None)
     outbox = Outbox(common, progress.client_error)
     stage_store = state_store(state, store, outbox)
     watch_progress(app, progress, sources, stage_store)

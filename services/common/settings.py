@@ -272,11 +272,20 @@ class Settings:
     history_retention_days: float = setting(
         "KIZUNA_HISTORY_RETENTION_DAYS", "0",
         "0 (default): the sessionizer keeps every profile's closed sessions and the scorer "
-        "the ids of every touch it applied, so a touch however late (a second export of the "
+        "a digest of every touch it applied, so a touch however late (a second export of the "
         "same months, a backfill behind a live pipeline) gives the results of the events in "
         "time. N: they forget what is N days behind a profile's latest touch, and a touch "
         "older than that is no longer exact (docs/late-data.md). Alerting keeps every touch "
         "either way: it decides again from them.")
+    state_cache_mb: int = setting(
+        "KIZUNA_STATE_CACHE_MB", "16",
+        "`rocksdb://` stores only: the block cache of each partition's database, in MiB (a "
+        "stage holds one database per partition it owns or stands by for). With the write "
+        "buffers, what bounds a stage's state in memory, however many customers it holds.")
+    state_write_buffer_mb: int = setting(
+        "KIZUNA_STATE_WRITE_BUFFER_MB", "8",
+        "`rocksdb://` stores only: the size of each partition database's write buffer "
+        "(memtable), in MiB; two per database.")
     fault_injection: str = setting(
         "KIZUNA_FAULT_INJECTION", "",
         "Chaos testing only: `stage:marker,...` makes that stage's logic raise on every touch "

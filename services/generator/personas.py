@@ -70,7 +70,11 @@ class Generated:
     customers: list[Customer] = field(default_factory=list)
 
 
-def generate(customers: int, days: int, seed: int, start_ms: int) -> Generated:
+def generate(customers: int, days: int, seed: int, start_ms: int,
+             activity: float = 1.0) -> Generated:
+    """`customers` over `days` from `start_ms`. `activity` scales how often each persona
+    visits, buys in store, answers surveys and is in a campaign (1: a busy site, about 4
+    touchpoints a customer a day; 0.02: about 25 a year, a retailer's long tail)."""
     rnd = random.Random(seed)
     names, weights = zip(*PERSONAS.items(), strict=True)
     people = []
@@ -82,9 +86,9 @@ def generate(customers: int, days: int, seed: int, start_ms: int) -> Generated:
         people.append(Customer(f"cust-{seed}-{n:05d}", persona, devices, identified, churn_day))
     events: list[dict] = []
     for person in people:
-        events.extend(_life(person, days, start_ms, rnd))
+        events.extend(_life(person, days, start_ms, rnd, activity))
     for day in range(0, days, 3):  # campaigns: Mondays and Thursdays, roughly
-        events.extend(_campaign(people, day, start_ms, rnd))
+        events.extend(_campaign(people, day, start_ms, rnd, activity))
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
     malformed = _malformed(events, rnd)
     valid = [e for e in events if "_malformed" not in e]
@@ -112,19 +116,20 @@ def _visits(rnd: random.Random, rate: float, day: int, start_ms: int) -> int:
     return int(expected) + (rnd.random() < expected - int(expected))
 
 
-def _life(p: Customer, days: int, start_ms: int, rnd: random.Random) -> Iterator[dict]:
+def _life(p: Customer, days: int, start_ms: int, rnd: random.Random,
+          activity: float = 1.0) -> Iterator[dict]:
     rates = {"loyal": 0.9, "high_value": 0.6, "bargain_hunter": 0.8, "email_only": 0.0,
              "store_only": 0.25, "cart_abandoner": 0.5, "churner": 0.8, "detractor": 0.4,
              "credit_abandoner": 0.4}
     for day in range(days):
-        rate = rates[p.persona]
+        rate = rates[p.persona] * activity
         if p.churn_day is not None and day >= p.churn_day:
             rate *= max(0.0, 1 - (day - p.churn_day) / 5)  # fading, then silent
             if day == p.churn_day and rnd.random() < 0.6:
                 yield _event(p, "email_unsubscribe", "email", _at(rnd, start_ms, day), day)
         for _ in range(_visits(rnd, rate, day, start_ms)):
             yield from _visit(p, day, _at(rnd, start_ms, day), rnd)
-        if p.persona == "store_only" and rnd.random() < 0.12:
+        if p.persona == "store_only" and rnd.random() < 0.12 * activity:
             t = _at(rnd, start_ms, day)
             yield _event(p, "purchase", "pos", t, day,
                          commerce={"order_id": p.next_id(), "value": _price(rnd, 20, 150),
@@ -133,7 +138,7 @@ def _life(p: Customer, days: int, start_ms: int, rnd: random.Random) -> Iterator
             yield _event(p, "loyalty_points_earned", "pos", t + 1000, day)
         # Satisfaction surveys: every persona answers now and then, each in its own range.
         low, high = NPS_RANGE.get(p.persona, (5, 10))
-        if p.persona != "detractor" and rate > 0 and rnd.random() < 0.02:
+        if p.persona != "detractor" and rate > 0 and rnd.random() < 0.02 * activity:
             yield _event(p, "nps_response", "email", _at(rnd, start_ms, day), day,
                          properties={"score": rnd.randint(low, high)})
         if p.persona == "high_value" and day % 30 == rnd.randint(10, 29):
@@ -186,10 +191,12 @@ def _visit(p: Customer, day: int, t: int, rnd: random.Random) -> Iterator[dict]:
 
 
 def _campaign(people: list[Customer], day: int, start_ms: int,
-              rnd: random.Random) -> Iterator[dict]:
+              rnd: random.Random, activity: float = 1.0) -> Iterator[dict]:
     send = start_ms + day * DAY_MS + 9 * HOUR_MS
     for p in people:
         if p.persona == "store_only" or (p.churn_day is not None and day > p.churn_day):
+            continue
+        if activity < 1 and rnd.random() >= activity:  # not in this campaign's audience
             continue
         yield _event(p, "email_send", "email", send, day, identified=True,
                      properties={"campaign": f"c{day}"})

@@ -97,8 +97,10 @@ def run_matrix(name: str, matrix: list, events: list[dict], days: int, repeat: i
                 slot += 1
                 outcomes.append(outcome)
                 print(f"{name:<8} {outcome.scenario:<24} {'ok' if outcome.equal else 'FAIL'}"
-                      f"  {outcome.recovery_s:>6} s  {outcome.faults}  {outcome.detail}",
-                      flush=True)
+                      f"  {outcome.recovery_s:>6} s  late {outcome.late}, replays "
+                      f"{outcome.replays}  {outcome.faults}  {outcome.detail}", flush=True)
+                if KEEP and not outcome.equal:
+                    break  # the stack as the failure left it
     finally:
         if KEEP:
             print(f"kept for a look: KIZUNA_HOME={home}", flush=True)
@@ -132,10 +134,11 @@ def main() -> int:
             outcomes += run_matrix(name, rows, events, args.days,
                                    args.times if args.repeat else 1)
     table = ["| scenario | fault injected | events | lost | duplicates visible | "
-             "recovery (s) | same results as clean |", "|---|---|---|---|---|---|---|"]
+             "recovery (s) | late touchpoints | alerting replays | same results as clean |",
+             "|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {o.scenario} | {o.faults} | {o.events} | {o.lost} | {o.duplicates_visible} "
-              f"| {o.recovery_s} | {'yes' if o.equal else 'NO: ' + o.detail} |"
-              for o in outcomes]
+              f"| {o.recovery_s} | {o.late} | {o.replays} | "
+              f"{'yes' if o.equal else 'NO: ' + o.detail} |" for o in outcomes]
     print("\n".join(table))
     Path("out").mkdir(exist_ok=True)
     suffix = f"-{args.repeat}" if args.repeat else ""

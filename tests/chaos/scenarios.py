@@ -38,7 +38,18 @@ from services.localstack.registry import readyz_ok
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
-BASE_MS = 1_767_571_200_000  # 2026-01-05, a Monday
+
+
+def _monday_weeks_ago(weeks: int) -> int:
+    today = int(time.time() * 1000) // DAY_MS
+    monday = today - (today + 3) % 7  # 1970-01-01 was a Thursday
+    return (monday - 7 * weeks) * DAY_MS
+
+
+#: The first copy's Monday: far enough back that every copy of the longest run (a row 40
+#: times, each copy 3 weeks after the one before) lies in the past, where the collector takes
+#: it (it refuses events more than 24 h ahead of its clock).
+BASE_MS = _monday_weeks_ago(130)
 POISON = "chaos-poison"
 
 
@@ -52,6 +63,23 @@ class Outcome:
     recovery_s: float
     equal: bool
     detail: str = ""
+    #: how the pipeline took the copy: touchpoints the sessionizer found late, customers
+    #: alerting decided again (counters of the running processes, before and after)
+    late: int = 0
+    replays: int = 0
+
+
+def _counters(env: dict) -> tuple[float, float]:
+    from services.localstack.health import scrape, series_total
+
+    def total(port: str, name: str) -> float:
+        try:
+            return series_total(scrape(int(env[port])), name, {}) or 0.0
+        except (OSError, ValueError):
+            return 0.0
+
+    return (total("KIZUNA_SESSIONIZER_PORT", "kizuna_sessionizer_late_touchpoints_total"),
+            total("KIZUNA_ALERTING_PORT", "kizuna_alerting_replays_total"))
 
 
 def dataset(seed: int, customers: int, days: int) -> list[dict]:
@@ -73,7 +101,9 @@ def retag(events: list[dict], seed: int, tag: str, shift_ms: int) -> list[dict]:
 def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
     """Every result of one copy, without hashed ids, times relative to the copy."""
     settings = load(Settings, env)
-    mine = f"startsWith(ifNull(customer_id, profile_id), '{tag}')"
+    # a customer `<tag>-...`, a device `<tag>d-...` (not the ids of a tag this one begins)
+    mine = (f"(startsWith(ifNull(customer_id, profile_id), '{tag}-') "
+            f"OR startsWith(ifNull(customer_id, profile_id), '{tag}d-'))")
 
     def rows(sql: str) -> list:
         return sorted(json.dumps(r, sort_keys=True) for r in query_rows(settings, sql))
@@ -96,16 +126,17 @@ def fingerprint(env: dict, tag: str, shift_ms: int) -> dict[str, list]:
                    round(total_revenue, 2) AS revenue, round(engagement_score, 3) AS score,
                    tier, frequency, recency, T, round(monetary_value, 2) AS m,
                    preferred_channel, toUnixTimestamp64Milli(as_of) - {shift_ms} AS at
-            FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}')"""),
+            FROM kizuna.customer_profiles WHERE startsWith(customer_id, '{tag}-')"""),
         "alerts": rows(f"""
             SELECT replaceOne(customer_id, '{tag}', '') AS who, alert_type, status,
                    toUnixTimestamp64Milli(detected_at) - {shift_ms} AS t, reasons, severity,
                    cart_value, recommended_action, recommended_channel,
                    round(score_snapshot, 3) AS score
-            FROM kizuna.alerts WHERE startsWith(customer_id, '{tag}')"""),
+            FROM kizuna.alerts WHERE startsWith(customer_id, '{tag}-')"""),
         "dead_letters": rows(f"""
             SELECT stage, reason, count() AS n FROM kizuna.dead_letters
-            WHERE position(payload, '{tag}') > 0 AND position(payload, '{POISON}') = 0
+            WHERE (position(payload, '{tag}-') > 0 OR position(payload, '{tag}d-') > 0)
+              AND position(payload, '{POISON}') = 0
             GROUP BY stage, reason"""),
     }
 
@@ -483,6 +514,7 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     if doubled:  # every event delivered twice, within the allowed lateness
         copy = sorted(copy + copy, key=lambda e: json.dumps(e.get("occurred_at")))
     until = BASE_MS + shift + (days + 1) * DAY_MS
+    counted = _counters(env)
     if hasattr(fault, "prepare"):  # a fault set up before the input arrives
         fault.prepare(env)
     if hasattr(fault, "deliver"):  # a fault in the delivery itself
@@ -495,9 +527,10 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
     # from the fault itself when it says when it struck (a node killed during the import)
     recovery = time.monotonic() - getattr(fault, "struck", started)
     got = fingerprint(env, tag, shift)
+    late, replays = (max(0, int(b - a)) for a, b in zip(counted, _counters(env), strict=True))
     if expected is None:
         return Outcome(scenario, faults, len(copy), 0, visible_duplicates(env, tag),
-                       round(recovery, 1), True), got
+                       round(recovery, 1), True, late=late, replays=replays), got
     lost = len(expected["touchpoints"]) - len(got["touchpoints"])
     differing = [table for table in expected if expected[table] != got[table]]
     if fault is poison and len(poisoned(env, tag)) != 2:
@@ -512,4 +545,4 @@ def run(env: dict, kizuna: Callable, tmp: Path, *, scenario: str, events: list[d
             only_here = sorted(set(got.get(table, [])) - set(expected.get(table, [])))[:2]
             detail += f"; {table}: clean only {only_clean}, here only {only_here}"
     return Outcome(scenario, faults, len(copy), lost, visible_duplicates(env, tag),
-                   round(recovery, 1), not differing, detail), got
+                   round(recovery, 1), not differing, detail, late, replays), got

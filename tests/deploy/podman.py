@@ -76,8 +76,9 @@ def base_image() -> str:
                 + 'chroot "$1" update-ca-certificates >/dev/null && '
                 'mkdir -p "$1/usr/share/man/man1"')
         staging = rootfs.with_suffix(".partial")
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={BASE_PACKAGES}",
-                        f"--customize-hook={hook}", "bookworm", str(staging)],
+        subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar",
+                        f"--include={BASE_PACKAGES}", f"--customize-hook={hook}", "bookworm",
+                        str(staging)],
                        check=True, capture_output=True, timeout=900)
         staging.rename(rootfs)
     podman("import", "--change", 'CMD ["python3"]', str(rootfs), tag)
