@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing chaos chaos-kill order-check fuzz deploy-check
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing bench-scale bench-warehouse-scale soak chaos chaos-kill order-check fuzz deploy-check
 
 setup: $(VENV)/.installed
 
@@ -91,9 +91,21 @@ bench-framing: setup  ## Confluent wire format vs Avro single-object encoding: Â
 bench-warehouse: setup  ## rows/s decoded and inserted into embedded ClickHouse, per table
 	$(BIN)/python -m benchmarks.warehouse
 
+bench-scale: setup  ## SCALE_CUSTOMERS (1,000,000) customers, SCALE_SHAPE thin or personas, in a stack as shipped: memory, restarts, a second worker (hours)
+	$(BIN)/python -m benchmarks.scale --customers $(SCALE_CUSTOMERS) --shape $(SCALE_SHAPE)
+
+bench-warehouse-scale: setup  ## every query of queries/ and kizuna profile at 20M touchpoints / 1M customers, embedded engine
+	$(BIN)/python -m benchmarks.warehouse_scale
+
+soak: setup  ## SOAK_MINUTES (30) of steady live traffic; fails if memory keeps growing or lag is unbounded (out/soak.svg)
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
+
 chaos: setup  ## the fault matrix on one broker and on a local 3-node cluster, ~95k events a row, each vs a clean run (out/chaos.md)
 	$(BIN)/python -m tests.chaos.run
 
 CHAOS_RUNS ?= 20
+SCALE_CUSTOMERS ?= 1000000
+SCALE_SHAPE ?= thin
+SOAK_MINUTES ?= 30
 chaos-kill: setup  ## the node leading the raw topic killed during an import and restarted, CHAOS_RUNS times on a 3-node cluster
 	$(BIN)/python -m tests.chaos.run --matrix cluster --repeat kill-leader --times $(CHAOS_RUNS)
