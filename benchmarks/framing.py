@@ -12,20 +12,8 @@ import argparse
 import statistics
 import time
 
-from services.common.serde import SCHEMAS_DIR, AvroSerde, Registry, read_schema_files
-
-
-class MemoryRegistry(Registry):
-    def __init__(self) -> None:
-        self.schemas: list[dict] = []
-
-    def schema_id(self, name, schema):
-        if schema not in self.schemas:
-            self.schemas.append(schema)
-        return self.schemas.index(schema) + 1
-
-    def schema(self, schema_id):
-        return self.schemas[schema_id - 1]
+from benchmarks.memory_registry import MemoryRegistry
+from services.common.serde import SCHEMAS_DIR, AvroSerde, read_schema_files
 
 
 def timed(fn, repeats: int) -> float:

@@ -31,7 +31,10 @@ def main() -> None:
     from services.alerting.carts import CartRules
     from services.alerting.processor import CART, AlertProcessor, alert_record, churn_record
     from services.domain import attributed
-    from services.domain.weights import load_weights
+    try:
+        from services.common.weights_file import load_weights
+    except ImportError:  # a checkout from before 0.10
+        from services.domain.weights import load_weights
     from services.engagement_scorer.batch import score_batch
     from services.generator.personas import generate
     from services.ingest.validation import Enrichment, Rejection, validate

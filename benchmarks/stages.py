@@ -249,8 +249,8 @@ def _watermarks(settings, topic: str) -> list[tuple[int, int]]:
 
 
 def pure_scorer(n: int, profiles: int) -> None:
+    from services.common.weights_file import load_weights
     from services.domain.touch import touch_of
-    from services.domain.weights import load_weights
     from services.engagement_scorer.batch import score_batch
 
     weights = load_weights()

@@ -24,7 +24,7 @@ from benchmarks.stages import generated_records
 from services.alerting.carts import CartRules
 from services.alerting.processor import CART, AlertProcessor, alert_record, churn_record
 from services.common.serde import ALERT, ENGAGEMENT_PROFILE, SESSION, TOUCHPOINT, default_serde
-from services.domain.weights import load_weights
+from services.common.weights_file import load_weights
 from services.engagement_scorer.batch import score_batch
 from services.sessionizer.processor import (
     PartitionProcessor,
@@ -80,7 +80,7 @@ def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[di
 
 
 def measure(n: int) -> dict:
-    from benchmarks.framing import MemoryRegistry
+    from benchmarks.memory_registry import MemoryRegistry
     from services.common.serde import SCHEMAS_DIR, AvroSerde, read_schema_files
 
     schemas = read_schema_files(SCHEMAS_DIR)

@@ -24,8 +24,9 @@ from aiokafka.partitioner import murmur2
 from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import CART, AlertProcessor, alert_record, churn_record
+from services.common.weights_file import load_weights
 from services.domain import attributed
-from services.domain.weights import Weights, load_weights
+from services.domain.weights import Weights
 from services.engagement_scorer.batch import score_batch
 from services.sessionizer import handoff
 from services.sessionizer.processor import Handoff, PartitionProcessor, Touchpoint, Watermark

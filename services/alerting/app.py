@@ -41,9 +41,10 @@ from services.common.topics import (
     ALERTS_HISTORY,
     ATTRIBUTED,
 )
+from services.common.weights_file import load_weights
 from services.domain import attributed
 from services.domain.eventtime import DAY_MS, HOUR_MS, MINUTE_MS
-from services.domain.weights import Weights, load_weights
+from services.domain.weights import Weights
 
 log = logging.getLogger("kizuna.alerting")
 STAGE = "alerting"

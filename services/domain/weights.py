@@ -1,4 +1,6 @@
-"""The engagement weights file: loaded once at start, validated with errors that say where."""
+"""The engagement weights: what each touch adds to a score, and the tiers; built from the
+weights file's document (`parse_weights`; services/common/weights_file.py reads the file)
+with errors that say where."""
 
 from __future__ import annotations
 
@@ -6,14 +8,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from services.common.errors import ConfigError
 from services.domain.eventtime import DAY_MS
 
 SHIPPED = Path(__file__).with_name("weights.yaml")
 NPS_BANDS = ("detractor", "passive", "promoter")
 NEGATIVE_TIER = "negative"
+
+
+class WeightsError(ValueError):
+    """The weights document is not valid: the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -43,34 +46,26 @@ class Weights:
         return NEGATIVE_TIER
 
 
-def load_weights(path: Path | None = None) -> Weights:
-    path = path or SHIPPED
-    where = f"weights file {path}"
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc.strerror}); check "
-                          "KIZUNA_WEIGHTS_FILE") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+def parse_weights(doc: object, where: str) -> Weights:
+    """The weights a parsed weights file (`doc`) gives; `where` names it in errors."""
     if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: expected a map with half_life_days, default_weight, "
+        raise WeightsError(f"{where}: expected a map with half_life_days, default_weight, "
                           "tiers and weights")
     unknown = set(doc) - {"half_life_days", "default_weight", "tiers", "weights"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        raise WeightsError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     half_life = _number(doc.get("half_life_days", 14), f"{where}: half_life_days")
     if half_life <= 0:
-        raise ConfigError(f"{where}: half_life_days must be > 0, got {half_life:g}")
+        raise WeightsError(f"{where}: half_life_days must be > 0, got {half_life:g}")
     default = _number(doc.get("default_weight", 0.5), f"{where}: default_weight")
     tiers = doc.get("tiers") or {}
     if not isinstance(tiers, dict) or not tiers:
-        raise ConfigError(f"{where}: tiers must be a map of tier name -> minimum score")
+        raise WeightsError(f"{where}: tiers must be a map of tier name -> minimum score")
     tier_list = sorted(((str(name), _number(v, f"{where}: tiers.{name}"))
                         for name, v in tiers.items()), key=lambda x: -x[1])
     raw = doc.get("weights")
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: weights must be a map of event_type -> weight")
+        raise WeightsError(f"{where}: weights must be a map of event_type -> weight")
     by_type: dict[str, float | dict[str, float]] = {}
     for event_type, w in raw.items():
         name = f"{where}: weights.{event_type}"
@@ -79,10 +74,10 @@ def load_weights(path: Path | None = None) -> Weights:
             by_channel = {}
             for key, value in w.items():
                 if allowed is not None and key not in allowed:
-                    raise ConfigError(f"{name}: expected {', '.join(NPS_BANDS)}, got {key!r}")
+                    raise WeightsError(f"{name}: expected {', '.join(NPS_BANDS)}, got {key!r}")
                 by_channel[str(key)] = _number(value, f"{name}.{key}")
             if allowed is not None and set(by_channel) != allowed:
-                raise ConfigError(f"{name}: needs all of {', '.join(NPS_BANDS)}")
+                raise WeightsError(f"{name}: needs all of {', '.join(NPS_BANDS)}")
             by_type[str(event_type)] = by_channel
         else:
             by_type[str(event_type)] = _number(w, name)
@@ -91,5 +86,5 @@ def load_weights(path: Path | None = None) -> Weights:
 
 def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+        raise WeightsError(f"{name}: expected a number, got {value!r}")
     return float(value)

@@ -22,8 +22,9 @@ from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE
 from services.common.settings import EngagementScorerSettings, load
 from services.common.topics import ATTRIBUTED, ENGAGEMENT_SCORES
+from services.common.weights_file import load_weights
 from services.domain import attributed
-from services.domain.weights import Weights, load_weights
+from services.domain.weights import Weights
 from services.engagement_scorer.batch import score_batch
 
 log = logging.getLogger("kizuna.engagement_scorer")

@@ -20,7 +20,8 @@ from plotly.offline import get_plotlyjs
 from services.common import resources
 from services.common.queries import query_rows
 from services.common.settings import EngagementScorerSettings, Settings, load
-from services.domain.weights import Weights, load_weights
+from services.common.weights_file import load_weights
+from services.domain.weights import Weights
 from services.report import charts
 
 QUERIES = resources.directory("services.queries")

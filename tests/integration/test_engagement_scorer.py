@@ -12,7 +12,7 @@ import pytest
 
 from services.common.queries import query_rows
 from services.common.settings import Settings, load
-from services.domain.weights import load_weights
+from services.common.weights_file import load_weights
 from tests.conftest import kizuna
 from tests.integration.test_sessionizer import Clock, event, run
 from tests.unit.test_engagement_scorer import lifetimes_reference

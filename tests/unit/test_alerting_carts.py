@@ -110,7 +110,7 @@ def test_a_moved_cart_history_is_judged_with_its_own_purchase() -> None:
     # A device's cart and purchase arrive together at login, hours after they happened,
     # when the partition's event time is far ahead: no alert.
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     proc = AlertProcessor(RULES, load_weights(), {})
     t = T0
@@ -130,7 +130,7 @@ def test_a_cart_claimed_at_login_days_later_is_judged_by_its_own_event_time() ->
     # login the Monday cart arrives: three days before Thursday's alert, so it is no repeat
     # within the 24 h cap, whatever the order of delivery.
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     day = 24 * 60 * MIN
     thursday = [[T0 + 3 * day, "t1", "cart_add", "web", 0.0, None,
@@ -154,7 +154,7 @@ def test_a_cart_alerts_snapshot_is_the_profile_at_its_time_however_it_was_delive
     # judged ahead of event time, at the purchase. Both must send the alert with the profile
     # at its deadline: before, the one message sent it with none of the morning applied.
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     def raw(i: int, minute: int, kind: str, channel: str, extra: dict | None = None) -> list:
         return [T0 + minute * MIN, f"e{i:03d}", kind, channel, 0.0, None, extra]
@@ -185,8 +185,8 @@ def test_a_cart_from_a_device_claimed_at_login_gets_the_profile_at_the_login() -
     # login's time). Whether alerting had applied the customer's own touches up to the login
     # or not yet when it came, the alert carries the profile at the login.
     from services.alerting.processor import AlertProcessor
+    from services.common.weights_file import load_weights
     from services.domain.touch import moved_touch
-    from services.domain.weights import load_weights
 
     day = 24 * 60 * MIN
     login = T0 + 2 * day
@@ -211,7 +211,7 @@ def test_a_cart_from_a_device_claimed_at_login_gets_the_profile_at_the_login() -
 def alerting(messages: list[dict]) -> list[tuple]:
     """Alerts (id, status, detected_at, evidence) of attributed messages, fed one by one."""
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     proc = AlertProcessor(RULES, load_weights(), {})
     out = [x for m in messages for x in proc.process(0, [m])]
@@ -302,8 +302,8 @@ def test_a_resolution_by_a_purchase_claimed_at_login_gets_the_profile_at_the_log
     # only from its login on day 2. The resolution stands at the login, whether alerting had
     # applied the customer's touches up to it or not yet when the purchase came.
     from services.alerting.processor import AlertProcessor
+    from services.common.weights_file import load_weights
     from services.domain.touch import moved_touch
-    from services.domain.weights import load_weights
 
     day = 24 * 60 * MIN
     login = T0 + 2 * day
@@ -404,7 +404,7 @@ def processed(messages: list[dict], now: int | None = None) -> dict[str, dict]:
     """Every cart decision as the warehouse keeps it (the latest record of each alert, the
     withdrawn ones hidden), of attributed messages fed one by one."""
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     proc = AlertProcessor(RULES, load_weights(), {})
     latest: dict[str, dict] = {}
@@ -536,8 +536,8 @@ def test_a_claimed_cart_stands_at_its_login_in_the_cap_however_early_it_arrives(
     # remind of, and the device's is within 24 h of it (capped). Whether the login's hand-over
     # reaches alerting before 16:00 (its partition ran ahead) or after, the same decision.
     from services.alerting.processor import AlertProcessor
+    from services.common.weights_file import load_weights
     from services.domain.touch import moved_touch
-    from services.domain.weights import load_weights
 
     day = 24 * 60 * MIN
     login = T0 + 2 * day
@@ -566,8 +566,8 @@ def test_a_cart_claimed_weeks_later_is_judged_with_the_purchases_of_its_time() -
     # logs in 18 days later, and the cart becomes theirs: bought within the hour, no reminder
     # (the purchase is kept for the 30 days a login may claim a device's history).
     from services.alerting.processor import AlertProcessor
+    from services.common.weights_file import load_weights
     from services.domain.touch import moved_touch
-    from services.domain.weights import load_weights
 
     day = 24 * 60 * MIN
     login = T0 + 18 * day

@@ -9,9 +9,9 @@ import pytest
 from services.alerting.carts import CartRules
 from services.alerting.churn import ChurnRules
 from services.alerting.processor import CHURN, AlertProcessor, churn_record
+from services.common.weights_file import load_weights
 from services.domain.engagement import applied_already
 from services.domain.touch import moved_touch
-from services.domain.weights import load_weights
 
 T0 = 1_710_000_000_000
 MIN = 60_000

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
+from services.common.weights_file import load_weights
 from services.domain.engagement import apply, new_state, snapshot
 from services.domain.eventtime import DAY_MS
-from services.domain.weights import load_weights
 
 W = load_weights()
 T0 = 1_710_000_000_000

@@ -182,7 +182,7 @@ def test_the_sessionizer_dead_letters_a_record_its_logic_cannot_take(monkeypatch
 
 
 def scorer_run(messages: list[dict], poison: str | None, monkeypatch) -> tuple:
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
     from services.engagement_scorer import batch as sb
 
     if poison:
@@ -214,7 +214,7 @@ def test_the_scorer_dead_letters_a_message_its_logic_cannot_take(monkeypatch) ->
 def alerting_run(messages: list[dict], poison: str | None, monkeypatch) -> tuple:
     from services.alerting import processor as ap
     from services.alerting.carts import CartRules
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
 
     if poison:
         monkeypatch.setattr(ap, "cart_touch", raising_on(ap, "cart_touch", poison, 1))
@@ -260,7 +260,7 @@ def test_alerting_dead_letters_a_message_its_logic_cannot_take(monkeypatch) -> N
 def test_hostile_customer_ids_get_their_own_profile_sessions_and_cart_alert() -> None:
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
     from services.engagement_scorer.batch import score_batch
     from services.sessionizer.processor import PartitionProcessor, Touchpoint
     from services.sessionizer.sessions import SessionRules
@@ -305,7 +305,7 @@ def test_hostile_customer_ids_get_their_own_profile_sessions_and_cart_alert() ->
 def test_a_state_that_cannot_be_read_is_reported_and_started_again() -> None:
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
-    from services.domain.weights import load_weights
+    from services.common.weights_file import load_weights
     from services.engagement_scorer.batch import score_batch
     from services.sessionizer.processor import PartitionProcessor, Touchpoint
     from services.sessionizer.sessions import SessionRules

@@ -8,8 +8,8 @@ import pytest
 
 from services.common.clickhouse import QueryError
 from services.common.queries import bind
+from services.common.weights_file import load_weights
 from services.domain.engagement import apply, new_state, snapshot
-from services.domain.weights import load_weights
 from services.report import charts
 from services.report.pages import Page, customer_file
 
