@@ -28,8 +28,12 @@ from services.common.weights_file import load_weights
 from services.domain import attributed
 from services.domain.weights import Weights
 from services.engagement_scorer.batch import score_batch
-from services.sessionizer import handoff
-from services.sessionizer.processor import Handoff, PartitionProcessor, Touchpoint, Watermark
+from services.sessionizer.processor import (
+    PartitionProcessor,
+    Touchpoint,
+    Watermark,
+    handoffs_by_partition,
+)
 from services.sessionizer.sessions import SessionRules
 
 
@@ -138,11 +142,10 @@ class PurePipeline:
         out = self.sessionizer.process(p, items)
         self.sessions += out.sessions
         self.dead_letters += out.dead_letters
-        for key, message in out.handoffs:
-            self.handoffs[partition_of(key, self.partitions)].append(Handoff(message))
-        if out.stream_time is not None:  # after the handoffs, as the stage produces them
-            for q in range(self.partitions):
-                self.handoffs[q].append(Handoff(handoff.time(p, out.stream_time)))
+        routed = handoffs_by_partition(out, p, self.partitions,
+                                       lambda key: partition_of(key, self.partitions))
+        for q, handoffs in routed.items():
+            self.handoffs[q].extend(handoffs)
         if out.attributed or out.erased or out.output_time is not None:
             self.attributed[p] += attributed.encode(self.sessionizer.output_time(p),
                                                     out.attributed, out.erased)

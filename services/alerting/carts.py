@@ -38,9 +38,18 @@ from bisect import insort
 from dataclasses import dataclass
 
 from services.domain.eventtime import DAY_MS, DEVICE_HISTORY_MS, HOUR_MS, MINUTE_MS
-from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, MOVED_AT
+from services.domain.touch import (
+    AT,
+    CART_ACTIVITY,
+    CART_ADD,
+    CART_EVENTS,
+    CART_REMOVE,
+    EVENT_ID,
+    EVENT_TYPE,
+    MOVED_AT,
+    PURCHASE,
+)
 
-CART_ACTIVITY = frozenset({"cart_add", "cart_view", "checkout_start"})
 IMPLICIT = "implicit"
 #: A cart's touch as stored: [at, event_id, event_type, product_id, quantity, unit_price,
 #: currency, moved_at]. `at`, `event_id`, `event_type` and `moved_at` (None unless a login
@@ -101,7 +110,7 @@ def alert_id(customer: str, cart: str, first_event_id: str) -> str:
 
 def add(state: dict, touch: CartTouch) -> None:
     """Record one touch (a purchase, or a cart's); nothing is judged here (`advance`)."""
-    if touch.event_type == "purchase":
+    if touch.event_type == PURCHASE:
         # with the time it counts for the customer from: a device's, claimed at a later
         # login, from the login (a resolution by it stands there, `decided_at`)
         if any(p[2] == touch.event_id for p in state["purchases"]):
@@ -109,7 +118,7 @@ def add(state: dict, touch: CartTouch) -> None:
         insort(state["purchases"], [touch.t, max(touch.t, touch.moved_at or touch.t),
                                     touch.event_id])
         _changed(state, None)  # every cart's episodes
-    elif touch.event_type in CART_ACTIVITY or touch.event_type == "cart_remove":
+    elif touch.event_type in CART_EVENTS:
         touches = state["carts"].setdefault(touch.cart_id or IMPLICIT, [])
         if any(x[EVENT_ID] == touch.event_id for x in touches):
             return  # redelivered
@@ -176,7 +185,7 @@ class _Content:
         """Apply a cart touch; True when it emptied the cart."""
         kind, product = x[EVENT_TYPE], x[PRODUCT_ID]
         self.currency = x[CURRENCY] or self.currency
-        if kind not in ("cart_add", "cart_remove"):
+        if kind not in (CART_ADD, CART_REMOVE):
             return False
         had = bool(self.items)
         if product:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from services.domain import engagement
 from services.domain.eventtime import DAY_MS
-from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, EXTRA, counts_at
+from services.domain.touch import AT, EVENT_ID, EVENT_TYPE, EXTRA, PURCHASE, counts_at
 from services.domain.weights import Weights
 
 #: Explicit signals: event type -> (reason, severity, recommended action).
@@ -92,7 +92,7 @@ def observe(state: dict, prof: dict, touch: list, customer: str, rules: ChurnRul
     t, kind = touch[AT], touch[EVENT_TYPE]
     state["at"] = max(state.get("at") or t, counts_at(touch))
     out = []
-    if kind == "purchase":
+    if kind == PURCHASE:
         state["last_purchase"] = _latest(state["last_purchase"], t, touch[EVENT_ID])
         answered = []
         for alert in state["open"]:

@@ -31,11 +31,13 @@ from services.domain import attributed, engagement
 from services.domain.eventtime import NEVER
 from services.domain.touch import (
     AT,
+    CART_EVENTS,
     CHANNEL,
     EVENT_ID,
     EVENT_TYPE,
     EXTRA,
     MOVED_AT,
+    PURCHASE,
     cart_fields,
     counts_at,
 )
@@ -45,7 +47,7 @@ from services.domain.weights import Weights
 #: `t:<partition>`, and the stage's offsets (`faust_stage`) under `\x00offset:...`: no
 #: customer id can be read as, or overwrite, the stage's own bookkeeping.
 CUSTOMER, STREAM_TIME = "c:", "t:"
-CART_TYPES = carts.CART_ACTIVITY | {"cart_remove", "purchase"}
+CART_TYPES = CART_EVENTS | {PURCHASE}
 CART, CHURN = "cart_abandonment", "churn_risk"
 
 

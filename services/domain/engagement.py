@@ -22,7 +22,7 @@ import hashlib
 import statistics
 
 from services.domain.eventtime import DAY_MS
-from services.domain.touch import AT, CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, VALUE
+from services.domain.touch import AT, CHANNEL, EVENT_ID, EVENT_TYPE, EXTRA, PURCHASE, VALUE
 from services.domain.weights import Weights
 
 #: Channels a downstream system can reach a customer on (a store visit is not one).
@@ -123,7 +123,7 @@ def apply(state: dict, touch: list, weights: Weights, retention_ms: int | None =
     state["channels"][channel] = decayed_add(state["channels"].get(channel), w, t, h)
     last = state["last_event_at"]
     state["last_event_at"] = t if last is None else max(last, t)
-    if kind == "purchase":
+    if kind == PURCHASE:
         value = touch[VALUE] or 0.0
         day = str(t // DAY_MS)  # a JSON key
         state["days"][day] = state["days"].get(day, 0.0) + value

@@ -25,7 +25,10 @@ from typing import Any, NamedTuple
 AT, EVENT_ID, EVENT_TYPE, CHANNEL, VALUE, ANONYMOUS_ID, EXTRA, MOVED_AT = range(8)
 
 PURCHASE, REFUND = "purchase", "refund"
-CART_EVENTS = frozenset({"cart_add", "cart_remove", "cart_view", "checkout_start"})
+CART_ADD, CART_REMOVE = "cart_add", "cart_remove"
+#: What a cart's shopper does with it: the cart's activity, and taking items out.
+CART_ACTIVITY = frozenset({CART_ADD, "cart_view", "checkout_start"})
+CART_EVENTS = CART_ACTIVITY | {CART_REMOVE}
 
 
 class Touch(NamedTuple):

@@ -34,7 +34,6 @@ from services.common.settings import SessionizerSettings, load
 from services.common.topics import ATTRIBUTED, HANDOFF, SESSIONS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RAW
 from services.domain import attributed
 from services.domain.eventtime import HOUR_MS, MINUTE_MS
-from services.sessionizer import handoff
 from services.sessionizer.processor import (
     DeadLetter,
     Erase,
@@ -43,6 +42,7 @@ from services.sessionizer.processor import (
     PartitionProcessor,
     Touchpoint,
     Watermark,
+    handoff_messages,
 )
 from services.sessionizer.sessions import SessionRules
 
@@ -153,13 +153,11 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         for record in out.sessions:
             produce(sessions_name, serde.encode(SESSION, record), record["profile_id"].encode())
             SESSIONS_OUT.labels(record["status"]).inc()
-        for key, message in out.handoffs:
-            produce(handoff_name, json.dumps(message).encode(), key.encode())
-        if out.stream_time is not None:  # after the handoffs: see processor.py
+        for key, message, target in handoff_messages(out, partition, partitions):
+            produce(handoff_name, json.dumps(message).encode(), key and key.encode(),
+                    -1 if target is None else target)
+        if out.stream_time is not None:
             EVENT_TIME.labels(str(partition)).set(max(out.stream_time, 0) / 1000)
-            announce = json.dumps(handoff.time(partition, out.stream_time)).encode()
-            for other in range(partitions):
-                produce(handoff_name, announce, None, other)
         # The partition's customers are the same on the co-partitioned topic (the message
         # is services.domain.attributed's).
         if out.attributed or out.erased or out.output_time is not None:

@@ -63,21 +63,32 @@ from services.sessionizer.state import (
     readable,
 )
 
+# the inputs and outputs (from items.py), and how handoffs are routed
 __all__ = ["DeadLetter", "Erase", "Handoff", "Outputs", "PartitionProcessor", "Touchpoint",
-           "Watermark", "handoffs_by_partition"]  # the inputs and outputs, from items.py
+           "Watermark", "handoff_messages", "handoffs_by_partition"]
+
+
+def handoff_messages(out: Outputs, partition: int, partitions: int
+                     ) -> list[tuple[str | None, dict, int | None]]:
+    """What a batch sends through the handoff topic, in order, as (key, message, partition):
+    its handoffs, each to the partition of its key (partition None), then its event time
+    announced to every partition (key None). The stage produces exactly these."""
+    sent: list[tuple[str | None, dict, int | None]] = [
+        (key, message, None) for key, message in out.handoffs]
+    if out.stream_time is not None:
+        announced = handoff.time(partition, out.stream_time)
+        sent += [(None, announced, other) for other in range(partitions)]
+    return sent
 
 
 def handoffs_by_partition(out: Outputs, partition: int, partitions: int,
                           partition_of: Callable[[str], int]) -> dict[int, list[Handoff]]:
-    """What a batch sends through the handoff topic, by target partition and in order: its
-    handoffs (to the partition of their key), then its event time announced to every
-    partition. For running the processor without Kafka (tests, benchmarks)."""
+    """`handoff_messages` by target partition, as the handoff topic delivers them: for
+    running the processor without Kafka (tests, benchmarks)."""
     routed: dict[int, list[Handoff]] = {}
-    for key, message in out.handoffs:
-        routed.setdefault(partition_of(key), []).append(Handoff(message))
-    if out.stream_time is not None:
-        for other in range(partitions):
-            routed.setdefault(other, []).append(Handoff(handoff.time(partition, out.stream_time)))
+    for key, message, target in handoff_messages(out, partition, partitions):
+        where = partition_of(key) if target is None else target
+        routed.setdefault(where, []).append(Handoff(message))
     return routed
 
 
