@@ -108,7 +108,9 @@ def main() -> None:
             units = [u for m in messages[p][k:k + 4] for u in attributed.units(m)]
             for profile in score_batch(scorer_store, weights, units).profiles:
                 profiles.append(orjson.dumps(profile, option=orjson.OPT_SORT_KEYS))
-            for customer, kind, alert, snap in alerting.process(p, units):
+            found = alerting.process(p, units)
+            # a result with .alerts since 0.10, the list of them before
+            for customer, kind, alert, snap in getattr(found, "alerts", found):
                 record = alert_record(customer, alert, snap, 0, rules) if kind == CART \
                     else churn_record(customer, alert, snap, 0)
                 alerts.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))

@@ -144,7 +144,8 @@ def main() -> None:
 
     def alert(p: int, batch: list) -> None:
         nonlocal alerts
-        alerts += len(alerting.process(p, batch))
+        found = alerting.process(p, batch)
+        alerts += len(getattr(found, "alerts", found))  # a list before 0.10
 
     alerting_cpu = in_batches(alerting.store, alert)
 

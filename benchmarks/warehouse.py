@@ -71,7 +71,7 @@ def pipeline_outputs(records: list[dict]) -> dict[str, tuple[str | None, list[di
     alerting = AlertProcessor(CartRules(), weights, {})
     alerts = []
     for message in attributed + [{"t": 2**61, "c": {}}]:
-        for customer, kind, found, snapshot in alerting.process(0, [message]):
+        for customer, kind, found, snapshot in alerting.process(0, [message]).alerts:
             alerts.append(alert_record(customer, found, snapshot, 0, CartRules())
                           if kind == CART else churn_record(customer, found, snapshot, 0))
     return {"touchpoints": (TOUCHPOINT, records), "sessions_by_id": (SESSION, sessions),

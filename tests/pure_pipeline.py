@@ -161,7 +161,7 @@ class PurePipeline:
 
     def _alert(self, p: int, messages: list[bytes]) -> None:
         found = self.alerting.process(p, self._units(messages), **(
-            {"now": self.now} if self.now is not None else {}))
+            {"now": self.now} if self.now is not None else {})).alerts
         for customer, kind, alert, snapshot in found:
             record = alert_record(customer, alert, snapshot, 0, self.cart_rules) \
                 if kind == CART else churn_record(customer, alert, snapshot, 0)

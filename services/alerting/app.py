@@ -97,18 +97,19 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
                         for _, touches in attributed.customer_touches(m)))
         now = int(time.time() * 1000)
         clock = now if settings.alert_clock == "wall" else None
-        for customer, kind, found, snapshot in processor.process(partition, messages, clock):
+        alerted = processor.process(partition, messages, clock)
+        for customer, kind, found, snapshot in alerted.alerts:
             record = (alert_record(customer, found, snapshot, now, rules)
                       if kind == CART else churn_record(customer, found, snapshot, now))
             topic = topics[kind] if published(record) else history
             parts.outbox.produce(topic, serde.encode(ALERT, record), customer.encode())
             ALERTS.labels(record["alert_type"], record["status"]).inc()
-        REPLAYS.inc(len(processor.replayed))
-        for customer, at, settled in processor.replayed[:3]:
+        REPLAYS.inc(len(alerted.replayed))
+        for customer, at, settled in alerted.replayed[:3]:
             log.info("customer %s decided again: a touch at %s came after decisions up to %s",
                      customer, at, settled)
-        for key, stored, why in processor.corrupt:
-            faust_stage.corrupt_state(parts, STAGE, key, stored, why)
+        for corrupt in alerted.corrupt:
+            faust_stage.corrupt_state(parts, STAGE, corrupt)
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
         faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
 

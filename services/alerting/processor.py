@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -29,6 +30,7 @@ from services.alerting.history import History
 from services.common.schedule import Schedule
 from services.domain import attributed, engagement
 from services.domain.eventtime import NEVER
+from services.domain.processing import CorruptState
 from services.domain.touch import (
     AT,
     CART_EVENTS,
@@ -73,6 +75,18 @@ def upgraded(state: dict) -> dict:
     return state
 
 
+@dataclass
+class Alerted:
+    """What a batch gives: the alerts to emit, (customer, alert type, alert, profile
+    snapshot) each; the customers decided again from all their touches, (customer, the
+    earliest late touch's time, how far decisions had gone) each; the states that could not
+    be read."""
+
+    alerts: list[tuple[str, str, dict, dict]] = field(default_factory=list)
+    replayed: list[tuple[str, int, int]] = field(default_factory=list)
+    corrupt: list[CorruptState] = field(default_factory=list)
+
+
 class AlertProcessor:
     def __init__(self, rules: CartRules, weights: Weights, store: MutableMapping,
                  churn_rules: ChurnRules | None = None) -> None:
@@ -81,11 +95,6 @@ class AlertProcessor:
         self.weights = weights
         self.store = store
         self._schedules: dict[int, Schedule] = {}
-        #: Customers decided again in the last batch, each with why: (customer, the earliest
-        #: late touch's time, how far decisions had gone).
-        self.replayed: list[tuple[str, int, int]] = []
-        #: States of the last batch that could not be read: (key, stored, why).
-        self.corrupt: list[tuple[str, object, str]] = []
 
     def forget_partition(self, partition: int) -> None:
         self._schedules.pop(partition, None)
@@ -128,26 +137,26 @@ class AlertProcessor:
             self._schedules[partition] = schedule
         return schedule
 
-    def process(self, partition: int, messages: list[dict], now: int | None = None
-                ) -> list[tuple[str, str, dict, dict]]:
-        """(customer, alert type, alert, profile snapshot) for every alert to emit. `now`: the
-        wall clock (epoch ms), when the correction horizon is measured from it too."""
+    def process(self, partition: int, inputs: list[dict], now: int | None = None
+                ) -> Alerted:
+        """What a partition's attributed messages (`inputs`) give: every alert to emit, with
+        the customer's profile snapshot. `now`: the wall clock (epoch ms), when the
+        correction horizon is measured from it too."""
         schedule = self._schedule(partition)
         before = self.store.get(f"{STREAM_TIME}{partition}", NEVER)
         stream_time = before
         states: dict[str, dict] = {}
         out = []
-        self.corrupt = []
+        result = Alerted()
 
         def state_of(customer: str) -> dict:
             if customer not in states:
-                states[customer] = self._load(customer, partition)
+                states[customer] = self._load(customer, partition, result.corrupt)
             return states[customer]
 
         history = History(self.store)
         replay: set[str] = set()  # customers with late touches: decided again from all
-        self.replayed = []
-        for message in messages:
+        for message in inputs:
             for customer in message.get("e", ()):  # kizuna erase: forget the customer
                 states.pop(customer, None)
                 replay.discard(customer)
@@ -168,7 +177,7 @@ class AlertProcessor:
                             if counts_at(x) <= state["settled"] or x in replacing]
                     if late or customer in replay:
                         if customer not in replay:  # in time, they would have come before
-                            self.replayed.append((customer, min(late), state["settled"]))
+                            result.replayed.append((customer, min(late), state["settled"]))
                         replay.add(customer)
                         continue
                 for touch in fresh:  # judged by the partition's event time (`_decide`)
@@ -204,7 +213,8 @@ class AlertProcessor:
         history.flush()
         if stream_time != before:
             self.store[f"{STREAM_TIME}{partition}"] = stream_time
-        return out
+        result.alerts = out
+        return result
 
     def replay(self, customer: str, state: dict, history: History, stream_time: int,
                final: int, ref: int) -> tuple[dict, list[tuple[str, str, dict, dict]]]:
@@ -226,7 +236,7 @@ class AlertProcessor:
         decided = self._decide(customer, again, stream_time, final)
         return again, self._reconcile(customer, again, decided, ref)
 
-    def _load(self, customer: str, partition: int) -> dict:
+    def _load(self, customer: str, partition: int, corrupt: list[CorruptState]) -> dict:
         """A customer's state: theirs, or one stored under the bare id by the previous
         version (moved), or a new one; one that cannot be read is reported in `corrupt`
         (the stage dead-letters it) and the customer starts again."""
@@ -242,7 +252,7 @@ class AlertProcessor:
                 raise TypeError(f"a customer's state is an object, not {type(stored).__name__}")
             return upgraded(stored)
         except Exception as exc:  # noqa: BLE001 - whatever it holds, the stage goes on
-            self.corrupt.append((key, stored, f"{type(exc).__name__}: {exc}"))
+            corrupt.append(CorruptState(key, stored, f"{type(exc).__name__}: {exc}"))
             return upgraded({"p": partition})
 
     def _hold(self, schedule: Schedule, customer: str, state: dict,

@@ -35,6 +35,7 @@ from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS_DLQ, framework_topics
 from services.domain import attributed
+from services.domain.processing import CorruptState
 
 log = logging.getLogger("kizuna.stage")
 
@@ -588,18 +589,20 @@ def attributed_payload(unit: object, event: faust.types.EventT) -> bytes:
     return attributed.unit_payload(unit, event.message.value)
 
 
-def corrupt_state(parts: Stage, stage: str, key: str, stored: object, why: str) -> None:
-    """A state that cannot be read: to the dead-letter topic (reason `state_corrupt`, the
-    state as stored in the payload); the stage goes on with a fresh one for that key."""
+def corrupt_state(parts: Stage, stage: str, corrupt: CorruptState) -> None:
+    """A state that cannot be read (every stage's processor reports them the same way): to
+    the dead-letter topic (reason `state_corrupt`, the state as stored in the payload); the
+    processor went on with a fresh one for that key."""
     POISON.labels(stage, "state_corrupt").inc()
     log.error("%s: state %r could not be read, dead-lettered and started again: %s", stage,
-              key, why)
+              corrupt.key, corrupt.why)
     try:
-        payload = orjson.dumps({"key": key, "state": stored})
+        payload = orjson.dumps({"key": corrupt.key, "state": corrupt.stored},
+                               option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        payload = repr(stored).encode()
+        payload = repr(corrupt.stored).encode()
     parts.outbox.produce(parts.dead_letters, parts.serde.encode(DEAD_LETTER, dead_letter(
-        stage, "state_corrupt", f"state {key!r}: {why}", payload, None)))
+        stage, "state_corrupt", f"state {corrupt.key!r}: {corrupt.why}", payload, None)))
 
 
 def dead_letter(stage: str, reason: str, detail: str, payload: bytes,

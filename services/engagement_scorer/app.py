@@ -25,7 +25,7 @@ from services.common.topics import ATTRIBUTED, ENGAGEMENT_SCORES
 from services.common.weights_file import load_weights
 from services.domain import attributed
 from services.domain.weights import Weights
-from services.engagement_scorer.batch import score_batch
+from services.engagement_scorer.batch import EngagementScorer
 
 log = logging.getLogger("kizuna.engagement_scorer")
 STAGE = "engagement_scorer"
@@ -46,17 +46,18 @@ def create_app(settings: EngagementScorerSettings, weights: Weights) -> faust.Ap
     serde.prepare((ENGAGEMENT_PROFILE,))
 
     fault = faults.markers(common.fault_injection, STAGE)
+    scorer = EngagementScorer(parts.store, weights, common.history_retention_ms)
 
     def handle(partition: int, batches: list) -> None:
         faults.check(fault, attributed.event_ids(batches))
-        scored = score_batch(parts.store, weights, batches, common.history_retention_ms)
+        scored = scorer.process(partition, batches)
         for customer in scored.erased:  # a tombstone: the compacted topic forgets the customer
             parts.outbox.produce(scores_name, None, customer.encode())
         for profile in scored.profiles:
             parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
                                  profile["customer_id"].encode())
-        for key, stored, why in scored.corrupt:
-            faust_stage.corrupt_state(parts, STAGE, key, stored, why)
+        for corrupt in scored.corrupt:
+            faust_stage.corrupt_state(parts, STAGE, corrupt)
         faust_stage.observe_latency(STAGE, max(b["t"] for b in batches))
         TOUCHES.labels("applied").inc(scored.applied)
         TOUCHES.labels("duplicates").inc(scored.duplicates)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from services.domain.attributed import AttributedMessage, customer_touches
 from services.domain.engagement import apply, new_state, snapshot, upgraded
+from services.domain.processing import CorruptState
 from services.domain.weights import Weights
 
 CUSTOMER = "c:"
@@ -26,8 +27,7 @@ class Scored:
     applied: int = 0
     duplicates: int = 0
     erased: list[str] = field(default_factory=list)
-    #: (state key, what was stored, why it could not be read)
-    corrupt: list[tuple[str, object, str]] = field(default_factory=list)
+    corrupt: list[CorruptState] = field(default_factory=list)
 
 
 def load_state(store: MutableMapping, customer: str, out: Scored) -> dict:
@@ -43,9 +43,9 @@ def load_state(store: MutableMapping, customer: str, out: Scored) -> dict:
     if isinstance(state, dict):
         upgraded(state)  # stored by an earlier version
     if not isinstance(state, dict) or not state.keys() >= REQUIRED:
-        out.corrupt.append((key, state, "not a profile state: "
-                            + (f"missing {sorted(REQUIRED - state.keys())}"
-                               if isinstance(state, dict) else type(state).__name__)))
+        out.corrupt.append(CorruptState(key, state, "not a profile state: " + (
+            f"missing {sorted(REQUIRED - state.keys())}" if isinstance(state, dict)
+            else type(state).__name__)))
         return new_state()
     return state
 
@@ -77,3 +77,16 @@ def score_batch(store: MutableMapping, weights: Weights, batches: list[Attribute
         store[CUSTOMER + customer] = state
         out.profiles.append(snapshot(state, customer, weights))
     return out
+
+
+class EngagementScorer:
+    """The scorer in the stages' one shape (services/domain/processing.py): a partition's
+    attributed messages in, the changed profiles out. Customers are partitioned as the
+    messages are, so one store serves every partition."""
+
+    def __init__(self, store: MutableMapping, weights: Weights,
+                 retention_ms: int | None = None) -> None:
+        self.store, self.weights, self.retention_ms = store, weights, retention_ms
+
+    def process(self, partition: int, inputs: list[AttributedMessage]) -> Scored:
+        return score_batch(self.store, self.weights, inputs, self.retention_ms)

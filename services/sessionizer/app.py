@@ -171,6 +171,8 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         for dead in out.dead_letters:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead, serde)))
+        for corrupt in out.corrupt:
+            faust_stage.corrupt_state(parts, STAGE, corrupt)
         for outcome, n in out.counts.items():
             EVENTS.labels(outcome).inc(n)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from services.common.schedule import Schedule
 from services.domain.eventtime import NEVER
+from services.domain.processing import CorruptState
 from services.domain.touch import AT
 from services.sessionizer.archive import Archive
 from services.sessionizer.dedup import TakenIds
-from services.sessionizer.items import DeadLetter, Outputs, json_payload
+from services.sessionizer.items import Outputs
 from services.sessionizer.sessions import SessionRules
 from services.sessionizer.state import ProfileState, new_profile, readable, upgrade
 
@@ -48,15 +49,13 @@ class Batch:
         self.out = Outputs()
 
     def state(self, key: str) -> ProfileState:
-        """The profile's state, read once; one that cannot be read becomes a dead letter and
-        the profile starts again."""
+        """The profile's state, read once; one that cannot be read is reported (`corrupt`)
+        and the profile starts again."""
         state = self.states.get(key)
         if state is None:
             state = self.store.get(key)
             if state is not None and not readable(state):
-                self.out.dead_letters.append(DeadLetter(
-                    "state_corrupt", f"state {key!r} is not a profile's state", json_payload(
-                        {"key": key, "state": state}), None))
+                self.out.corrupt.append(CorruptState(key, state, "not a profile's state"))
                 self.changed.add(key)
                 state = None
             if state is None:

@@ -7,6 +7,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from services.domain.processing import CorruptState
+
 
 @dataclass(frozen=True)
 class Touchpoint:
@@ -55,6 +57,8 @@ class Outputs:
     #: The output time after the batch, when the batch changed it (else None).
     output_time: int | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: States that could not be read (the profile started again from a fresh one).
+    corrupt: list[CorruptState] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     #: Customers erased (`kizuna erase`): the next stages forget them too.
     erased: list[str] = field(default_factory=list)

@@ -117,10 +117,10 @@ def test_a_moved_cart_history_is_judged_with_its_own_purchase() -> None:
     history = [[t, "d1", "cart_add", "web", 0.0, "dev", {"cart": "K1", "product": "P1",
                                                          "qty": 1, "price": 9.0}],
                [t + 5 * MIN, "d2", "purchase", "web", 9.0, "dev", None]]
-    assert proc.process(0, [{"t": t + 3 * 24 * 60 * MIN, "c": {"C1": history}}]) == []
+    assert proc.process(0, [{"t": t + 3 * 24 * 60 * MIN, "c": {"C1": history}}]).alerts == []
     abandoned = [[t, "d3", "cart_add", "web", 0.0, "dev", {"cart": "K2", "product": "P1",
                                                            "qty": 1, "price": 9.0}]]
-    (alert,) = proc.process(0, [{"t": t + 3 * 24 * 60 * MIN + 1, "c": {"C2": abandoned}}])
+    (alert,) = proc.process(0, [{"t": t + 3 * 24 * 60 * MIN + 1, "c": {"C2": abandoned}}]).alerts
     assert alert[1] == "cart_abandonment"
     assert alert[2]["cart_id"] == "K2" and alert[2]["detected_at"] == t + 60 * MIN
 
@@ -140,7 +140,7 @@ def test_a_cart_claimed_at_login_days_later_is_judged_by_its_own_event_time() ->
 
     def alerts(groups: list[list[dict]]) -> list[str]:
         proc = AlertProcessor(RULES, load_weights(), {})
-        return sorted(a["cart_id"] for g in groups for _, _, a, _ in proc.process(0, g))
+        return sorted(a["cart_id"] for g in groups for _, _, a, _ in proc.process(0, g).alerts)
 
     first = {"t": T0 + 3 * day + 2 * 60 * MIN, "c": {"C1": thursday}}
     later = {"t": T0 + 4 * day, "c": {"C1": monday}}
@@ -166,8 +166,8 @@ def test_a_cart_alerts_snapshot_is_the_profile_at_its_time_however_it_was_delive
 
     def alerts(messages: list[dict]) -> list[tuple]:
         proc = AlertProcessor(RULES, load_weights(), {})
-        out = [x for m in messages for x in proc.process(0, [m])]
-        out += proc.process(0, [{"t": T0 + 600 * MIN, "c": {}}])
+        out = [x for m in messages for x in proc.process(0, [m]).alerts]
+        out += proc.process(0, [{"t": T0 + 600 * MIN, "c": {}}]).alerts
         return [(a["alert_id"], a["detected_at"], snap["preferred_channel"],
                  round(snap["engagement_score"], 6)) for _, _, a, snap in out]
 
@@ -197,9 +197,9 @@ def test_a_cart_from_a_device_claimed_at_login_gets_the_profile_at_the_login() -
 
     def alerts(first: list, then: list, now: int) -> list[tuple]:
         proc = AlertProcessor(RULES, load_weights(), {})
-        out = proc.process(0, [{"t": now, "c": {"C1": first}}])
-        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
-        out += proc.process(0, [{"t": login + day, "c": {}}])
+        out = proc.process(0, [{"t": now, "c": {"C1": first}}]).alerts
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}]).alerts
+        out += proc.process(0, [{"t": login + day, "c": {}}]).alerts
         return [(a["detected_at"], snap["preferred_channel"], round(snap["engagement_score"], 6))
                 for _, _, a, snap in out]
 
@@ -214,7 +214,7 @@ def alerting(messages: list[dict]) -> list[tuple]:
     from services.common.weights_file import load_weights
 
     proc = AlertProcessor(RULES, load_weights(), {})
-    out = [x for m in messages for x in proc.process(0, [m])]
+    out = [x for m in messages for x in proc.process(0, [m]).alerts]
     return sorted((a["alert_id"], a["status"], a["detected_at"], tuple(a["evidence"]))
                   for _, _, a, _ in out)
 
@@ -313,10 +313,11 @@ def test_a_resolution_by_a_purchase_claimed_at_login_gets_the_profile_at_the_log
 
     def resolutions(first: list, then: list, now: int) -> list[tuple]:
         proc = AlertProcessor(RULES, load_weights(), {})
-        out = proc.process(0, [{"t": T0 + 180 * MIN, "c": {"C1": [raw("c1", 0, "cart_add")]}}])
-        out += proc.process(0, [{"t": now, "c": {"C1": first}}])
-        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
-        out += proc.process(0, [{"t": login + day, "c": {}}])
+        out = proc.process(0, [{"t": T0 + 180 * MIN,
+                                 "c": {"C1": [raw("c1", 0, "cart_add")]}}]).alerts
+        out += proc.process(0, [{"t": now, "c": {"C1": first}}]).alerts
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}]).alerts
+        out += proc.process(0, [{"t": login + day, "c": {}}]).alerts
         return [(a["status"], snap["preferred_channel"], round(snap["engagement_score"], 6))
                 for _, kind, a, snap in out if kind == "cart_abandonment"]
 
@@ -409,7 +410,7 @@ def processed(messages: list[dict], now: int | None = None) -> dict[str, dict]:
     proc = AlertProcessor(RULES, load_weights(), {})
     latest: dict[str, dict] = {}
     for message in messages:
-        for _, kind, alert, _ in proc.process(0, [message], now=now):
+        for _, kind, alert, _ in proc.process(0, [message], now=now).alerts:
             if kind == "cart_abandonment":
                 latest[alert["alert_id"]] = alert
     return {k: v for k, v in latest.items() if v["status"] != "withdrawn"}
@@ -547,8 +548,8 @@ def test_a_claimed_cart_stands_at_its_login_in_the_cap_however_early_it_arrives(
 
     def alerts(messages: list[dict]) -> list[str]:
         proc = AlertProcessor(RULES, load_weights(), {})
-        out = [x for m in messages for x in proc.process(0, [m])]
-        out += proc.process(0, [{"t": login + day, "c": {}}])
+        out = [x for m in messages for x in proc.process(0, [m]).alerts]
+        out += proc.process(0, [{"t": login + day, "c": {}}]).alerts
         return sorted(a["cart_id"] for _, kind, a, _ in out
                       if kind == "cart_abandonment" and a["status"] == "open")
 
@@ -572,12 +573,12 @@ def test_a_cart_claimed_weeks_later_is_judged_with_the_purchases_of_its_time() -
     day = 24 * 60 * MIN
     login = T0 + 18 * day
     proc = AlertProcessor(RULES, load_weights(), {})
-    out = proc.process(0, [{"t": T0 + 20 * MIN, "c": {"C1": [raw("p1", 20, "purchase")]}}])
+    out = proc.process(0, [{"t": T0 + 20 * MIN, "c": {"C1": [raw("p1", 20, "purchase")]}}]).alerts
     for d in range(1, 18):  # the customer's own days go by, with a purchase every 5
         kind = "purchase" if d % 5 == 0 else "page_view"
         out += proc.process(0, [{"t": T0 + d * day, "c": {"C1": [
-            [T0 + d * day, f"v{d}", kind, "web", 9.0, None, None]]}}])
+            [T0 + d * day, f"v{d}", kind, "web", 9.0, None, None]]}}]).alerts
     cart = [moved_touch(raw("d1", 0, "cart_add", cart="KD"), login)]
-    out += proc.process(0, [{"t": login, "c": {"C1": cart}}])
-    out += proc.process(0, [{"t": login + day, "c": {}}])
+    out += proc.process(0, [{"t": login, "c": {"C1": cart}}]).alerts
+    out += proc.process(0, [{"t": login + day, "c": {}}]).alerts
     assert [a for _, kind, a, _ in out if kind == "cart_abandonment"] == []

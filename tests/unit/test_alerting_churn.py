@@ -34,10 +34,10 @@ def run(touches: list[list], until: int, *, batch: int = 50, rules: ChurnRules |
     for i in range(0, len(touches), batch):
         chunk = touches[i:i + batch]
         now = max([now] + [x[0] for x in chunk])
-        out += proc.process(0, [{"t": now, "c": {customer: chunk}}])
+        out += proc.process(0, [{"t": now, "c": {customer: chunk}}]).alerts
     while now < until:
         now = min(until, now + DAY)
-        out += proc.process(0, [{"t": now, "c": {}}])
+        out += proc.process(0, [{"t": now, "c": {}}]).alerts
     return [(kind, alert, snapshot) for _, kind, alert, snapshot in out if kind == CHURN]
 
 
@@ -65,10 +65,11 @@ def test_an_unsubscribe_raises_one_alert_at_its_own_time_and_never_recommends_em
 def test_an_alert_waits_for_the_allowed_lateness() -> None:
     proc = AlertProcessor(CART_RULES, WEIGHTS, {})
     t = T0 + 5 * MIN
-    assert proc.process(0, [{"t": t, "c": {"C1": [touch(1, t, "complaint", "support")]}}]) == []
+    complaint = touch(1, t, "complaint", "support")
+    assert proc.process(0, [{"t": t, "c": {"C1": [complaint]}}]).alerts == []
     lateness = CART_RULES.lateness_ms
-    assert proc.process(0, [{"t": t + lateness, "c": {}}]) == []
-    (_, kind, alert, _), = proc.process(0, [{"t": t + lateness + 1, "c": {}}])
+    assert proc.process(0, [{"t": t + lateness, "c": {}}]).alerts == []
+    (_, kind, alert, _), = proc.process(0, [{"t": t + lateness + 1, "c": {}}]).alerts
     assert kind == CHURN and alert["reasons"] == ["complaint"] and alert["detected_at"] == t
 
 
@@ -215,12 +216,13 @@ def test_a_device_history_moved_at_login_does_not_inflate_the_peak() -> None:
     login = [touch(99_999, T0 + 28 * DAY, "identify", "app")]
     rules = ChurnRules(dormancy_ms=200 * DAY)
     proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
-    out = proc.process(0, [{"t": own[-1][0], "c": {"C1": own}}])
-    out += proc.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": login + device}}])
+    out = proc.process(0, [{"t": own[-1][0], "c": {"C1": own}}]).alerts
+    out += proc.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": login + device}}]).alerts
     assert [a for _, k, a, _ in out if k == CHURN] == []
     peak = max(proc.store["c:C1"]["churn"]["peaks"].values())
     ordered = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
-    ordered.process(0, [{"t": login[0][0] + 11 * MIN, "c": {"C1": sorted(own + login + device)}}])
+    ordered.process(0, [{"t": login[0][0] + 11 * MIN,
+                         "c": {"C1": sorted(own + login + device)}}])
     true_peak = max(ordered.store["c:C1"]["churn"]["peaks"].values())
     assert true_peak * 0.9 <= peak <= true_peak * (1 + 1e-9)
 
@@ -240,9 +242,9 @@ def test_a_signal_in_a_device_history_counts_from_the_login_however_late_it_arri
 
     def deliver(first: list, then: list, now: int) -> list:
         proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
-        out = proc.process(0, [{"t": now, "c": {"C1": first}}])
-        out += proc.process(0, [{"t": login, "c": {"C1": then}}])
-        out += proc.process(0, [{"t": login + DAY, "c": {}}])
+        out = proc.process(0, [{"t": now, "c": {"C1": first}}]).alerts
+        out += proc.process(0, [{"t": login, "c": {"C1": then}}]).alerts
+        out += proc.process(0, [{"t": login + DAY, "c": {}}]).alerts
         return sorted((a["alert_id"], a["detected_at"], a["reasons"][0])
                       for _, kind, a, _ in out if kind == CHURN)
 
@@ -256,7 +258,7 @@ def test_an_erased_customer_is_forgotten() -> None:
     proc = AlertProcessor(CART_RULES, WEIGHTS, {})
     history = [touch(1, T0, "complaint", "support")]
     proc.process(0, [{"t": T0, "c": {"C1": history, "C2": history}}])
-    out = proc.process(0, [{"t": T0 + DAY, "c": {}, "e": ["C1"]}])
+    out = proc.process(0, [{"t": T0 + DAY, "c": {}, "e": ["C1"]}]).alerts
     assert "c:C1" not in proc.store and "c:C2" in proc.store
     assert [customer for customer, *_ in out] == ["C2"]  # C1's pending alert went with it
 
@@ -271,7 +273,7 @@ def test_a_state_stored_before_churn_risk_existed_is_upgraded_not_a_crash() -> N
                                 "applied": 0}}}
     proc = AlertProcessor(CART_RULES, WEIGHTS, store)
     proc.process(0, [{"t": T0, "c": {"C1": [touch(1, T0, "complaint", "support")]}}])
-    (_, kind, alert, _), = proc.process(0, [{"t": T0 + DAY, "c": {}}])
+    (_, kind, alert, _), = proc.process(0, [{"t": T0 + DAY, "c": {}}]).alerts
     assert kind == CHURN and alert["reasons"] == ["complaint"]
 
 
@@ -281,13 +283,13 @@ def test_a_purchase_reported_late_resolves_the_silence_alert_it_would_have_preve
     buys = [touch(d, T0 + d * DAY, "purchase", value=50.0) for d in (0, 6, 12)]
     rules = ChurnRules(dormancy_ms=100 * DAY)
     proc = AlertProcessor(CART_RULES, WEIGHTS, {}, rules)
-    out = proc.process(0, [{"t": T0 + 12 * DAY, "c": {"C1": buys}}])
-    out += proc.process(0, [{"t": T0 + 32 * DAY, "c": {}}])
+    out = proc.process(0, [{"t": T0 + 12 * DAY, "c": {"C1": buys}}]).alerts
+    out += proc.process(0, [{"t": T0 + 32 * DAY, "c": {}}]).alerts
     (opened,) = [a for _, kind, a, _ in out if kind == CHURN]
     assert opened["reasons"] == ["purchase_silence"] and opened["status"] == "open"
     late = touch(25, T0 + 25 * DAY, "purchase", "pos", 20.0)
-    out = proc.process(0, [{"t": T0 + 32 * DAY, "c": {"C1": [late]}}])
-    out += proc.process(0, [{"t": T0 + 33 * DAY, "c": {}}])
+    out = proc.process(0, [{"t": T0 + 32 * DAY, "c": {"C1": [late]}}]).alerts
+    out += proc.process(0, [{"t": T0 + 33 * DAY, "c": {}}]).alerts
     (resolved,) = [a for _, kind, a, _ in out if kind == CHURN]
     assert resolved["alert_id"] == opened["alert_id"] and resolved["status"] == "resolved"
     assert resolved["reasons"] == ["purchase_silence", "late_purchase"]
@@ -298,8 +300,8 @@ def test_a_signal_further_than_the_horizon_behind_event_time_is_historical() -> 
     proc = AlertProcessor(CART_RULES, WEIGHTS, {})
     proc.process(0, [{"t": T0 + 400 * DAY, "c": {"C1": [touch(1, T0 + 400 * DAY)]}}])
     out = proc.process(0, [{"t": T0 + 400 * DAY, "c": {"C1": [
-        touch(2, T0 + 30 * DAY, "complaint", "support")]}}])
-    out += proc.process(0, [{"t": T0 + 401 * DAY, "c": {}}])
+        touch(2, T0 + 30 * DAY, "complaint", "support")]}}]).alerts
+    out += proc.process(0, [{"t": T0 + 401 * DAY, "c": {}}]).alerts
     # The complaint is recorded, not sent, and so are the 21 days without a touch of the
     # customer's own after it: decided as if the complaint had come in time.
     alert, dormant = sorted((a for _, kind, a, _ in out if kind == CHURN),
@@ -319,7 +321,7 @@ def test_a_state_stored_before_the_renames_is_upgraded() -> None:
         "consent": {}, "recent": {"e00001": T0 - DAY}, "applied": 1}, "pending": [complaint]}}
     proc = AlertProcessor(CART_RULES, WEIGHTS, store)
     again = touch(1, T0 - DAY)  # applied before the upgrade: a duplicate now too
-    out = proc.process(0, [{"t": T0 + DAY, "c": {"C1": [again]}}])
+    out = proc.process(0, [{"t": T0 + DAY, "c": {"C1": [again]}}]).alerts
     (_, kind, alert, _), = out
     assert kind == CHURN and alert["reasons"] == ["complaint"]
     state = proc.store["c:C1"]

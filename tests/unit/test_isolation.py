@@ -223,7 +223,7 @@ def alerting_run(messages: list[dict], poison: str | None, monkeypatch) -> tuple
 
     def attempt(part: list[dict]) -> None:
         txn.emit([(c, kind, a["alert_id"], a["status"]) for c, kind, a, _ in proc.process(
-            0, copy.deepcopy(part))])
+            0, copy.deepcopy(part)).alerts])
 
     original_rollback = txn.rollback
 
@@ -296,33 +296,41 @@ def test_hostile_customer_ids_get_their_own_profile_sessions_and_cart_alert() ->
 
     alert_store: dict = {}
     alerting = AlertProcessor(CartRules(), weights, alert_store)
-    out = alerting.process(0, [message])
-    out += alerting.process(0, [{"t": T0 + 5 * 60 * MIN, "c": {}}])
+    first = alerting.process(0, [message])
+    later = alerting.process(0, [{"t": T0 + 5 * 60 * MIN, "c": {}}])
+    out = first.alerts + later.alerts
     assert sorted(c for c, kind, a, _ in out if kind == "cart_abandonment") == sorted(HOSTILE)
-    assert alert_store["t:0"] == T0 + 5 * 60 * MIN and not alerting.corrupt
+    assert alert_store["t:0"] == T0 + 5 * 60 * MIN and not first.corrupt + later.corrupt
 
 
-def test_a_state_that_cannot_be_read_is_reported_and_started_again() -> None:
+def test_every_stage_reports_a_state_it_cannot_read_the_same_way_and_starts_again() -> None:
+    """The three processors through their one interface (services/domain/processing.py):
+    `process(partition, inputs)`, with the unreadable state in `.corrupt` of the result."""
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
     from services.common.weights_file import load_weights
-    from services.engagement_scorer.batch import score_batch
+    from services.domain.processing import CorruptState, Processor
+    from services.engagement_scorer.batch import EngagementScorer
     from services.sessionizer.processor import PartitionProcessor, Touchpoint
     from services.sessionizer.sessions import SessionRules
 
     weights = load_weights()
     buy = [T0, "e1", "purchase", "web", 10.0, None, None]
-    scored = score_batch({"c:C1": {"score": "garbage"}}, weights, [{"t": T0, "c": {"C1": [buy]}}])
-    assert [key for key, _, _ in scored.corrupt] == ["c:C1"]
-    assert scored.profiles[0]["purchase_count"] == 1
-
-    alerting = AlertProcessor(CartRules(), weights, {"c:C1": [1, 2, 3]})
-    alerting.process(0, [{"t": T0, "c": {"C1": [buy]}}])
-    assert [key for key, _, _ in alerting.corrupt] == ["c:C1"]
-
-    sessions = PartitionProcessor(SessionRules(), {"c:C1": "garbage"}, 1)
-    out = sessions.process(0, [Touchpoint({
-        "event_id": "e1", "event_type": "page_view", "channel": "web", "event_time": T0,
-        "customer_id": "C1", "anonymous_id": None, "commerce": None})])
-    assert [d.reason for d in out.dead_letters] == ["state_corrupt"]
-    assert out.attributed == {"C1": [[T0, "e1", "page_view", "web", 0.0, None, None]]}
+    touch = Touchpoint({"event_id": "e1", "event_type": "purchase", "channel": "web",
+                        "event_time": T0, "customer_id": "C1", "anonymous_id": None,
+                        "commerce": {"value": 10.0}})
+    stages = [
+        (PartitionProcessor(SessionRules(), {"c:C1": "garbage"}, 1), [touch],
+         lambda out: out.attributed == {"C1": [buy]}),
+        (EngagementScorer({"c:C1": {"score": "garbage"}}, weights),
+         [{"t": T0, "c": {"C1": [buy]}}], lambda out: out.profiles[0]["purchase_count"] == 1),
+        (AlertProcessor(CartRules(), weights, alert_store := {"c:C1": [1, 2, 3]}),
+         [{"t": T0, "c": {"C1": [buy]}}],
+         lambda out: out.alerts == [] and alert_store["c:C1"]["unsettled"][0][:2] == buy[:2]),
+    ]
+    for processor, inputs, went_on in stages:
+        assert isinstance(processor, Processor)
+        out = processor.process(0, inputs)
+        assert [type(c) for c in out.corrupt] == [CorruptState], processor
+        assert [c.key for c in out.corrupt] == ["c:C1"] and out.corrupt[0].why
+        assert went_on(out), processor  # the touch counted, from a fresh state
