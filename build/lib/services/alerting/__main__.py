@@ -1,3 +1,0 @@
-from services.alerting.app import main
-
-main()

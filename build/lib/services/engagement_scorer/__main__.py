@@ -1,3 +1,0 @@
-from services.engagement_scorer.app import main
-
-main()

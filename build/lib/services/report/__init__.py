@@ -1,1 +1,0 @@
-"""The demo's analytics report and the single customer view (HTML, Plotly, offline)."""

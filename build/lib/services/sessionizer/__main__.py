@@ -1,3 +1,0 @@
-from services.sessionizer.app import main
-
-main()

@@ -1,3 +1,0 @@
-from services.warehouse.service import main
-
-main()
