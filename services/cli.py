@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -327,9 +328,18 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml's)."""
+    try:
+        return importlib.metadata.version("kizuna")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kizuna", description="Kizuna: streaming customer-engagement pipeline.")
+    parser.add_argument("--version", action="version", version=f"kizuna {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
