@@ -43,7 +43,7 @@ def main() -> None:
 
     from services.alerting.carts import CartRules
     from services.alerting.processor import AlertProcessor
-    from services.common.faust_stage import BatchStore
+    from services.common.stage_state import BatchStore
     try:
         from services.common.weights_file import load_weights
     except ImportError:  # a checkout from before 0.10

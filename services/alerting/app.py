@@ -25,7 +25,7 @@ from services.alerting.processor import (
     churn_record,
     published,
 )
-from services.common import faults, faust_stage, logs
+from services.common import faults, faust_stage, logs, stage_metrics
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ALERT
@@ -109,9 +109,9 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
             log.info("customer %s decided again: a touch at %s came after decisions up to %s",
                      customer, at, settled)
         for corrupt in alerted.corrupt:
-            faust_stage.corrupt_state(parts, STAGE, corrupt)
+            parts.corrupt_state(corrupt)
         EVENT_TIME.labels(str(partition)).set(max(processor.stream_time(partition), 0) / 1000)
-        faust_stage.observe_latency(STAGE, max(m["t"] for m in messages))
+        stage_metrics.observe_latency(STAGE, max(m["t"] for m in messages))
 
     PENDING.set_function(processor.pending)
     parts.agent(handle, faust_stage.attributed_units, faust_stage.attributed_payload)

@@ -9,73 +9,42 @@ commits offsets only of events acknowledged after that, so processing is at-leas
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NoReturn
 
 import faust
-import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
-from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import isolation
+from services.common.dead_letters import dead_letter, state_corrupt
 from services.common.kafka import admin_client, client_config, ensure_topics
+from services.common.outbox import Outbox
 from services.common.progress import Progress
 from services.common.schema_registry import serde_for
 from services.common.serde import DEAD_LETTER, AvroSerde, default_serde
 from services.common.settings import Settings
+from services.common.stage_health import health_pages, watch_progress
+from services.common.stage_metrics import POISON, STATE_KEYS
+from services.common.stage_state import (
+    BatchStore,
+    ChangelogStore,
+    mark_seen,
+    rocksdb_options,
+    state_directory,
+    state_store,
+    unseen,
+)
 from services.common.topics import TOUCHPOINTS_DLQ, framework_topics
 from services.domain import attributed
 from services.domain.processing import CorruptState
 
 log = logging.getLogger("kizuna.stage")
-
-#: How far behind a stage runs, per batch: `wall` from the collector's receipt of the batch's
-#: newest event to its processing; `event` from that event's event time (so a replay of old
-#: events reads as days behind).
-LATENCY = Histogram(
-    "kizuna_stage_latency_seconds", "Processing latency of each batch's newest event",
-    ["stage", "clock"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400,
-             604800))
-STATE_KEYS = Gauge("kizuna_stage_state_keys", "Keys in this worker's state table", ["stage"])
-POISON = Counter("kizuna_stage_poison_records",
-                 "Records a stage could not process, dead-lettered", ["stage", "reason"])
-
-
-def observe_latency(stage: str, event_time_ms: int | None,
-                    received_at_ms: int | None = None) -> None:
-    now = time.time()
-    if event_time_ms is not None and event_time_ms > 0:
-        LATENCY.labels(stage, "event").observe(max(0.0, now - event_time_ms / 1000))
-    if received_at_ms is not None and received_at_ms > 0:
-        LATENCY.labels(stage, "wall").observe(max(0.0, now - received_at_ms / 1000))
-
-
-def state_directory(common: Settings, name: str) -> Path:
-    """Where a stage keeps its local state: per consumer group (topic prefix and stage), so
-    that two pipelines sharing a KIZUNA_HOME never read each other's databases."""
-    directory = common.home / "state" / f"{common.topic_prefix}{name}"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def rocksdb_options(common: Settings) -> dict:
-    """faust's RocksDB options, bounded: its defaults give each partition's database a
-    2 GiB block cache and three 64 MiB write buffers."""
-    return {"block_cache_size": common.state_cache_mb * 2**20,
-            "block_cache_compressed_size": 0,
-            "write_buffer_size": common.state_write_buffer_mb * 2**20,
-            "max_write_buffer_number": 2}
 
 
 def create_app(name: str, common: Settings, *, port: int, store: str, partitions: int,
@@ -103,35 +72,7 @@ def create_app(name: str, common: Settings, *, port: int, store: str, partitions
     # faust's own sensor: consumer and table metrics (about 25 us a message, see benchmarks).
     setup_prometheus_sensors(app, name_prefix=f"kizuna_{name}_faust")
 
-    @app.page("/readyz")
-    async def readyz(web: object, request: object) -> object:
-        if not app.tables.recovery.completed.is_set():
-            return web.json({"stage": name, "status": "recovering"}, status=503)
-        problem = progress.problem() if progress is not None else None
-        if problem is not None:
-            return web.json({"stage": name, "status": "stalled", "reason": problem},
-                            status=503)
-        return web.json({"stage": name, "status": "ok"})
-
-    @app.page("/healthz")
-    async def healthz(web: object, request: object) -> object:
-        return web.json({"stage": name, "status": "ok"})
-
-    if common.fault_injection:  # chaos testing only: stall a partition on purpose
-        @app.page("/v1/faults/{action}")
-        async def faults(web: object, request: object, action: str) -> object:
-            from faust.types import TP
-
-            query = request.query  # type: ignore[attr-defined]
-            tp = TP(query["topic"], int(query["partition"]))
-            if action == "pause":
-                app.consumer.pause_partitions({tp})
-            elif action == "resume":
-                app.consumer.resume_partitions({tp})
-            else:
-                return web.json({"error": "pause or resume"}, status=404)
-            return web.json({"stage": name, action: f"{tp.topic}[{tp.partition}]"})
-
+    health_pages(app, name, progress, fault_injection=common.fault_injection)
     return app
 
 
@@ -168,209 +109,6 @@ def use_partition(event: faust.types.EventT) -> None:
     _current_event.set(weakref.ref(event))
 
 
-class Outbox:
-    """A stage's outputs through librdkafka (a few us a message, against tens through faust's
-    own producer), idempotent and acks=all, flushed once per batch. Inside a transaction
-    (`begin`), outputs wait for `commit`, and `rollback` drops them: a batch that raised
-    sends nothing of what it had done."""
-
-    def __init__(self, common: Settings, error_cb: Callable | None = None) -> None:
-        extra = {"error_cb": error_cb} if error_cb is not None else {}
-        self.producer = Producer({
-            **client_config(common), **extra, "enable.idempotence": True, "acks": "all",
-            "partitioner": "murmur2_random", "compression.type": "lz4", "linger.ms": 5,
-            "queue.buffering.max.messages": 1_000_000})
-        self.failed: list[str] = []
-        self.held: list[tuple] | None = None
-
-    def _delivered(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self.failed.append(err.str())
-
-    def begin(self) -> None:
-        self.held = []
-
-    def commit(self) -> None:
-        held, self.held = self.held or [], None
-        for args in held:
-            self._produce(*args)
-
-    def rollback(self) -> None:
-        self.held = None
-
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                partition: int = -1) -> None:
-        if self.held is not None:
-            self.held.append((topic, value, key, partition))
-        else:
-            self._produce(topic, value, key, partition)
-
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 partition: int) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition, on_delivery=self._delivered)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def flush(self) -> None:
-        """Block until Kafka holds every output; raise if it refused one (the worker stops,
-        and the unacknowledged batch is redelivered to the next one)."""
-        while self.producer.flush(30):
-            pass  # Kafka is slow or away: keep waiting, nothing is acknowledged meanwhile
-        if self.failed:
-            error = self.failed[0]
-            self.failed.clear()
-            raise KafkaException(f"producing outputs failed: {error}")
-
-    async def flush_async(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.flush)
-
-
-class ChangelogStore(MutableMapping):
-    """A table's memory store, with changelog records produced through the outbox.
-
-    faust writes one changelog message per key through aiokafka, at tens of microseconds each
-    on the event loop. This writes the very records faust would (JSON key and value, a
-    tombstone on delete, to the changelog partition of the batch's partition), so faust's own
-    recovery rebuilds the table unchanged. Set `partition` before each partition's writes.
-    """
-
-    def __init__(self, table: faust.Table, produce: Callable[..., None]) -> None:
-        self.data = table.data
-        self.topic = table.changelog_topic.get_topic_name()
-        self.produce = produce
-        self.partition = 0
-        # Changelog records wait for `write_changelog`, after the batch's outputs are in
-        # Kafka: a crash between the two replays the batch with the state before it, so its
-        # outputs (an alert: a decision taken once) are produced again, never lost.
-        self.pending: list[tuple[bytes | None, bytes, int]] = []
-
-    def write_changelog(self) -> None:
-        for value, key, partition in self.pending:
-            self.produce(self.topic, value, key, partition)
-        self.pending.clear()
-
-    def __getitem__(self, key: str) -> object:
-        return self.data[key]
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.data.get(key, default)
-
-    def __setitem__(self, key: str, value: object) -> None:
-        self.data[key] = value
-        self.pending.append((orjson.dumps(value), orjson.dumps(key), self.partition))
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-        self.pending.append((None, orjson.dumps(key), self.partition))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-class BatchStore(MutableMapping):
-    """The state as a batch sees it: inside a transaction (`begin`) its writes and deletes
-    wait for `commit`, and `rollback` forgets them, so a batch that raised leaves no trace.
-    The stages change the states they read in place, so a read inside a transaction gives a
-    copy (once per key: later reads give the same object) when the store underneath hands out
-    its own objects (the memory store; rocksdb decodes anew at each read)."""
-
-    def __init__(self, inner: MutableMapping, copy_reads: bool) -> None:
-        self.inner = inner
-        self.copy_reads = copy_reads
-        self.active = False
-        self.reads: dict = {}
-        self.writes: dict = {}
-        self.deleted: set = set()
-
-    def begin(self) -> None:
-        self.active = True
-        self.reads, self.writes, self.deleted = {}, {}, set()
-
-    def commit(self) -> None:
-        writes, deleted = self.writes, self.deleted
-        self.rollback()
-        for key in deleted:
-            if key in self.inner:
-                del self.inner[key]
-        for key, value in writes.items():
-            self.inner[key] = value
-
-    def rollback(self) -> None:
-        self.active = False
-        self.reads, self.writes, self.deleted = {}, {}, set()
-
-    def get(self, key: str, default: object = None) -> object:
-        if not self.active:
-            return self.inner.get(key, default)
-        if key in self.writes:
-            return self.writes[key]
-        if key in self.deleted:
-            return default
-        if key in self.reads:
-            return self.reads[key]
-        value = self.inner.get(key, default)
-        if self.copy_reads and isinstance(value, dict | list):
-            value = orjson.loads(orjson.dumps(value))
-        if value is not default:
-            self.reads[key] = value
-        return value
-
-    def __getitem__(self, key: str) -> object:
-        missing = object()
-        value = self.get(key, missing)
-        if value is missing:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: object) -> None:
-        if not self.active:
-            self.inner[key] = value
-            return
-        self.writes[key] = value
-        self.deleted.discard(key)
-
-    def __delitem__(self, key: str) -> None:
-        if not self.active:
-            del self.inner[key]
-            return
-        if key not in self:
-            raise KeyError(key)
-        self.writes.pop(key, None)
-        self.reads.pop(key, None)
-        self.deleted.add(key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.writes or (key not in self.deleted and key in self.inner)
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self.inner:
-            if key not in self.deleted and key not in self.writes:
-                yield key
-        yield from self.writes
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def items(self):  # noqa: ANN201 - read-only views for the indexes: no copies
-        for key in self:
-            yield key, self.writes[key] if key in self.writes else self.inner.get(key)
-
-
-def state_store(table: faust.Table, store_url: str, outbox: Outbox) -> BatchStore:
-    """Memory: the changelog through the outbox; rocksdb: faust's own path (it tracks the
-    changelog offsets it has applied to the local database). Either way, behind a
-    `BatchStore`, so that a batch's writes land together or not at all."""
-    memory = store_url.startswith("memory")
-    return BatchStore(ChangelogStore(table, outbox.produce) if memory else table,
-                      copy_reads=memory)
-
-
 def enter_partition(store: MutableMapping, event: faust.types.EventT) -> None:
     use_partition(event)
     inner = store.inner if isinstance(store, BatchStore) else store
@@ -378,36 +116,6 @@ def enter_partition(store: MutableMapping, event: faust.types.EventT) -> None:
         inner.partition = event.message.partition
 
 
-
-#: State key of the last offset of `topic`[`partition`] whose effects the state holds.
-def offset_key(topic: str, partition: int) -> str:
-    return f"\x00offset:{topic}:{partition}"
-
-
-def unseen(store: MutableMapping, events: list[faust.types.EventT]) -> list:
-    """The events the state has not taken yet. A batch whose state reached the changelog
-    but whose offsets were not committed yet (a crash in that second) is redelivered: its
-    events are skipped, so nothing is counted twice and no session closed by it is reopened
-    by its own touches. Its outputs are in Kafka already: they went first."""
-    marks: dict[tuple[str, int], int] = {}
-    fresh = []
-    for event in events:
-        m = event.message
-        where = (m.topic, m.partition)
-        if where not in marks:
-            marks[where] = store.get(offset_key(*where), -1)
-        if m.offset > marks[where]:
-            fresh.append(event)
-    return fresh
-
-
-def mark_seen(store: MutableMapping, events: list[faust.types.EventT]) -> None:
-    last: dict[tuple[str, int], int] = {}
-    for event in events:
-        m = event.message
-        last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), -1), m.offset)
-    for (topic, partition), offset in last.items():
-        store[offset_key(topic, partition)] = offset
 
 
 @dataclass
@@ -545,6 +253,12 @@ class Stage:
             mark_seen(self.store, [unit.event])
             self.store.commit()
 
+    def corrupt_state(self, corrupt: CorruptState) -> None:
+        """A state the processor could not read, to the dead-letter topic (it went on with
+        a fresh one for that key)."""
+        self.outbox.produce(self.dead_letters,
+                            self.serde.encode(DEAD_LETTER, state_corrupt(self.name, corrupt)))
+
     def finish_blocking(self) -> None:
         """The end of `run_batch`, without giving way to the event loop (a second write of
         the changelog writes nothing: its records are cleared once produced)."""
@@ -566,18 +280,6 @@ class Stage:
         self.app.on_partitions_revoked.connect(revoked)
 
 
-def watch_progress(app: faust.App, progress: Progress, sources: tuple[str, ...],
-                   store: BatchStore) -> None:
-    """Every 5 s, the stage's progress on the source partitions it holds (progress.py)."""
-    topics = set(sources)
-
-    @app.timer(5.0)
-    async def look() -> None:
-        held = {(tp.topic, tp.partition): store.inner.get(offset_key(tp.topic, tp.partition), -1)
-                for tp in app.consumer.assignment() if tp.topic in topics}
-        await asyncio.get_running_loop().run_in_executor(None, progress.check, held)
-
-
 def attributed_units(event: faust.types.EventT) -> list:
     """The units of an attributed message (`services.domain.attributed.units`): one per
     customer, so a customer's touches that a stage cannot take are dead-lettered alone."""
@@ -587,36 +289,6 @@ def attributed_units(event: faust.types.EventT) -> list:
 def attributed_payload(unit: object, event: faust.types.EventT) -> bytes:
     """A dead-lettered unit of an attributed message: that customer's part of it."""
     return attributed.unit_payload(unit, event.message.value)
-
-
-def corrupt_state(parts: Stage, stage: str, corrupt: CorruptState) -> None:
-    """A state that cannot be read (every stage's processor reports them the same way): to
-    the dead-letter topic (reason `state_corrupt`, the state as stored in the payload); the
-    processor went on with a fresh one for that key."""
-    POISON.labels(stage, "state_corrupt").inc()
-    log.error("%s: state %r could not be read, dead-lettered and started again: %s", stage,
-              corrupt.key, corrupt.why)
-    try:
-        payload = orjson.dumps({"key": corrupt.key, "state": corrupt.stored},
-                               option=orjson.OPT_SORT_KEYS)
-    except TypeError:
-        payload = repr(corrupt.stored).encode()
-    parts.outbox.produce(parts.dead_letters, parts.serde.encode(DEAD_LETTER, dead_letter(
-        stage, "state_corrupt", f"state {corrupt.key!r}: {corrupt.why}", payload, None)))
-
-
-def dead_letter(stage: str, reason: str, detail: str, payload: bytes,
-                origin: tuple[str, int, int] | None) -> dict:
-    """A DeadLetter record (schemas/dead_letter.avsc) of a stage; its id is derived from the
-    stage, the reason and the payload, so a record dead-lettered twice is one row."""
-    digest = hashlib.sha256(f"{stage}\0{reason}\0".encode() + payload).hexdigest()
-    topic, partition, offset = origin or (None, None, None)
-    return {
-        "dead_letter_id": digest[:32], "reason": reason, "detail": detail[:2000],
-        "stage": stage, "source": None, "payload": payload,
-        "received_at": int(time.time() * 1000), "origin_topic": topic,
-        "origin_partition": partition, "origin_offset": offset,
-    }
 
 
 def stage(name: str, common: Settings, *, sources: tuple[str, ...], table: str, port: int,

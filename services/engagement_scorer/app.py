@@ -16,7 +16,7 @@ from pathlib import Path
 import faust
 from prometheus_client import Counter
 
-from services.common import faults, faust_stage, logs
+from services.common import faults, faust_stage, logs, stage_metrics
 from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.serde import ENGAGEMENT_PROFILE
@@ -57,8 +57,8 @@ def create_app(settings: EngagementScorerSettings, weights: Weights) -> faust.Ap
             parts.outbox.produce(scores_name, serde.encode(ENGAGEMENT_PROFILE, profile),
                                  profile["customer_id"].encode())
         for corrupt in scored.corrupt:
-            faust_stage.corrupt_state(parts, STAGE, corrupt)
-        faust_stage.observe_latency(STAGE, max(b["t"] for b in batches))
+            parts.corrupt_state(corrupt)
+        stage_metrics.observe_latency(STAGE, max(b["t"] for b in batches))
         TOUCHES.labels("applied").inc(scored.applied)
         TOUCHES.labels("duplicates").inc(scored.duplicates)
         PROFILES.inc(len(scored.profiles))

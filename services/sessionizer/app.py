@@ -19,7 +19,7 @@ from collections.abc import Callable
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.common import faults, faust_stage, logs
+from services.common import dead_letters, faults, faust_stage, logs, stage_metrics
 from services.common.kafka import ensure_topics
 from services.common.serde import (
     DEAD_LETTER,
@@ -116,7 +116,7 @@ def dead_letter_record(dead: DeadLetter, serde: AvroSerde) -> dict:
     payload = dead.payload
     if payload is None:  # one touchpoint of a batch message: keep that touchpoint alone
         payload = serde.encode(TOUCHPOINT, dead.record)
-    return faust_stage.dead_letter(STAGE, dead.reason, dead.detail, payload, dead.origin)
+    return dead_letters.dead_letter(STAGE, dead.reason, dead.detail, payload, dead.origin)
 
 
 def payload_of(serde: AvroSerde) -> Callable[[object, faust.types.EventT], bytes]:
@@ -172,7 +172,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             DEAD_LETTERS.labels(dead.reason).inc()
             produce(dlq_name, serde.encode(DEAD_LETTER, dead_letter_record(dead, serde)))
         for corrupt in out.corrupt:
-            faust_stage.corrupt_state(parts, STAGE, corrupt)
+            parts.corrupt_state(corrupt)
         for outcome, n in out.counts.items():
             EVENTS.labels(outcome).inc(n)
 
@@ -196,7 +196,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
         publish(processor.process(partition, items), partition)
         newest = next((x for x in reversed(items) if isinstance(x, Touchpoint)), None)
         if newest is not None:
-            faust_stage.observe_latency(STAGE, newest.record["event_time"],
+            stage_metrics.observe_latency(STAGE, newest.record["event_time"],
                                         newest.record["received_at"])
 
     parts.agent(handle, split, payload_of(serde))
@@ -210,9 +210,11 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             now = int(time.time() * 1000)
             value = serde.encode(WATERMARK, {"watermark_time": now - lateness_ms,
                                              "source": "tick", "issued_at": now})
+            # through the outbox like every output: never inside a batch's transaction,
+            # since a batch never gives way to the event loop before it has committed
             for partition in range(partitions):
-                outbox.producer.produce(raw_name, value, None, partition,
-                                        headers={"kizuna-type": WATERMARK.encode()})
+                outbox.produce(raw_name, value, None, partition,
+                               headers={"kizuna-type": WATERMARK.encode()})
             await outbox.flush_async()
 
     return app

@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from services.common import isolation
-from services.common.faust_stage import BatchStore
+from services.common.stage_state import BatchStore
 
 T0 = 1_710_000_000_000
 MIN = 60_000
