@@ -62,6 +62,8 @@ class PurePipeline:
     weights: Weights = field(default_factory=load_weights)
     #: The wall clock alerting measures the correction horizon from (None: event time only).
     now: int | None = None
+    #: Touches per attributed message at most: fewer splits a batch's output over messages.
+    message_touches: int = attributed.MESSAGE_TOUCHES
 
     def __post_init__(self) -> None:
         n = self.partitions
@@ -80,6 +82,8 @@ class PurePipeline:
         self.profiles: list[dict] = []
         self.alerts: list[dict] = []
         self.dead_letters: list = []
+        #: (customer, touch time, settled) of each late touch alerting decided again for
+        self.replayed: list = []
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class PurePipeline:
         while a or b:  # any interleaving of the two topics, each in order
             pick_a = a and (not b or (rnd.random() < 0.5 if rnd else False))
             items.append(a.pop(0) if pick_a else b.pop(0))
+        held = self.sessionizer.output_time(p)
         out = self.sessionizer.process(p, items)
         self.sessions += out.sessions
         self.dead_letters += out.dead_letters
@@ -148,7 +153,8 @@ class PurePipeline:
             self.handoffs[q].extend(handoffs)
         if out.attributed or out.erased or out.output_time is not None:
             self.attributed[p] += attributed.encode(self.sessionizer.output_time(p),
-                                                    out.attributed, out.erased)
+                                                    out.attributed, out.erased,
+                                                    self.message_touches, held)
 
     @staticmethod
     def _units(messages: list[bytes]) -> list[dict]:
@@ -160,9 +166,10 @@ class PurePipeline:
         self.profiles += scored.profiles
 
     def _alert(self, p: int, messages: list[bytes]) -> None:
-        found = self.alerting.process(p, self._units(messages), **(
-            {"now": self.now} if self.now is not None else {})).alerts
-        for customer, kind, alert, snapshot in found:
+        alerted = self.alerting.process(p, self._units(messages), **(
+            {"now": self.now} if self.now is not None else {}))
+        self.replayed += alerted.replayed
+        for customer, kind, alert, snapshot in alerted.alerts:
             record = alert_record(customer, alert, snapshot, 0, self.cart_rules) \
                 if kind == CART else churn_record(customer, alert, snapshot, 0)
             self.alerts.append(record)

@@ -7,7 +7,8 @@ partition):
     {"t": output time, "c": {customer_id: [touch, ...]}, "e": [customer_id, ...]}
 
 - `t`: the partition's output time (epoch ms): event time the next stages may judge up to;
-  every message carries it, so their timers move even without touches;
+  every message carries it, so their timers move even without touches. Of one batch's
+  messages, only the last carries the batch's new time (`encode`);
 - `c`: touches attributed to customers, on time, late, or moved by an identity link
   (`services.domain.touch`), at least once (the stages deduplicate by event id);
 - `e`: customers erased (`kizuna erase`), to forget before anything that follows;
@@ -38,22 +39,34 @@ class AttributedMessage(TypedDict, total=False):
 
 
 def encode(output_time: int, touches: dict[str, list[list]], erased: list[str] | None = None,
-           limit: int = MESSAGE_TOUCHES) -> Iterator[bytes]:
+           limit: int = MESSAGE_TOUCHES, held: int | None = None) -> Iterator[bytes]:
     """The messages of one partition's batch, in order: the erasures first (the next stages
     forget those customers before anything that follows), then the touches in messages of
-    about `limit` touches; one message with no touches when there are none (it moves time)."""
+    about `limit` touches; one message with no touches when there are none (it moves time).
+
+    Only the last message carries the batch's `output_time`; the ones before carry `held`
+    (the output time before the batch). A next stage may read the first messages of a batch
+    in one poll and the rest in the next: had they carried the new time, it would have
+    judged up to it before the rest of the batch's touches came, and found them late."""
+    held = output_time if held is None else min(held, output_time)
+    parts: list[tuple[dict, list | None]] = []
     if erased:
-        yield orjson.dumps({"t": output_time, "c": {}, "e": erased})
+        parts.append(({}, erased))
     chunk: dict[str, list] = {}
     size = 0
     for customer, theirs in touches.items():
         if chunk and size + len(theirs) > limit:
-            yield orjson.dumps({"t": output_time, "c": chunk})
+            parts.append((chunk, None))
             chunk, size = {}, 0
         chunk[customer] = theirs
         size += len(theirs)
     if chunk or not touches:
-        yield orjson.dumps({"t": output_time, "c": chunk})
+        parts.append((chunk, None))
+    for i, (chunk, gone) in enumerate(parts):
+        message: dict = {"t": output_time if i == len(parts) - 1 else held, "c": chunk}
+        if gone is not None:
+            message["e"] = gone
+        yield orjson.dumps(message)
 
 
 def customer_touches(message: AttributedMessage) -> Iterator[tuple[str, list[list]]]:

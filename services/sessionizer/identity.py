@@ -131,16 +131,26 @@ def claim_earlier(batch: Batch, key: str, state: ProfileState, customer: str,
     the customer again, counted from this login (`receive` replaces the copies it
     holds), and the sessions it claims beyond the first login's are retired there."""
     batch.changed.add(key)
-    runs = batch.archive.runs(key, state)
+    own = state["runs"]  # its anonymous sessions since the link (`before_login`)
+    runs = own + batch.archive.runs(key, state)
     before = _claimable(runs, state["linked_at"])
     claimed = _claimable(runs, at)
     emitted = {}
+    taken = []
     for run in claimed:
         if any(run is r for r in before):
             continue
+        live = any(run is r for r in own)
         for piece in s.pieces(run, batch.rules.max_length_ms):
-            emitted[s.session_id(piece[0])] = [piece[0][AT], piece[0][EVENT_ID],
-                                               s.version(len(piece), False, s.CLOSED)]
+            sid = s.session_id(piece[0])
+            emitted[sid] = state["emitted"].pop(sid, None) if live else None
+            emitted[sid] = emitted[sid] or [piece[0][AT], piece[0][EVENT_ID], s.version(
+                len(piece), False, s.OPEN if live else s.CLOSED)]
+        if live:
+            taken.append(run)
+    if taken:  # the customer's now, as they would have been had this login come first
+        state["runs"] = [run for run in own if all(run is not t for t in taken)]
+        batch.archive.put(key, state, taken)
     send_history(batch, customer, key[len(DEVICE):], at, claimed, emitted)
     state["linked_at"] = at
 

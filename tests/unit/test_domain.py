@@ -65,6 +65,13 @@ def test_a_batch_goes_out_in_bounded_messages_that_keep_a_customer_whole() -> No
     assert len(out) > 1
 
 
+def test_only_a_batch_s_last_message_moves_event_time_on() -> None:
+    touches = {f"C{i}": [[i, f"e{i}"]] for i in range(5)}
+    out = decode(list(attributed.encode(T0 + 9, touches, ["X"], limit=2, held=T0)))
+    assert [m["t"] for m in out] == [T0] * (len(out) - 1) + [T0 + 9]
+    assert out[0]["e"] == ["X"] and len(out) == 4
+
+
 def test_erasures_go_first_and_an_empty_batch_still_moves_time() -> None:
     assert decode(list(attributed.encode(T0, {}))) == [{"t": T0, "c": {}}]
     out = decode(list(attributed.encode(T0, {"C2": [[T0, "e1"]]}, ["C1"])))
