@@ -84,7 +84,10 @@ def run_matrix(name: str, matrix: list, events: list[dict], days: int, repeat: i
                                  seed=SEED, days=days, slot=1, fault=None)
         outcomes.append(clean)
         slot = 2
+        failed = False
         for time in range(1, repeat + 1):
+            if failed:
+                break  # --keep: the stack as the first failure left it
             for row, make, doubled in matrix:
                 scenario = f"{row}-{time}" if repeat > 1 else row  # each copy its own ids
                 try:
@@ -100,7 +103,8 @@ def run_matrix(name: str, matrix: list, events: list[dict], days: int, repeat: i
                       f"  {outcome.recovery_s:>6} s  late {outcome.late}, replays "
                       f"{outcome.replays}  {outcome.faults}  {outcome.detail}", flush=True)
                 if KEEP and not outcome.equal:
-                    break  # the stack as the failure left it
+                    failed = True
+                    break
     finally:
         if KEEP:
             print(f"kept for a look: KIZUNA_HOME={home}", flush=True)
