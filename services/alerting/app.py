@@ -115,7 +115,7 @@ def create_app(settings: AlertingSettings, weights: Weights) -> faust.App:
 
     PENDING.set_function(processor.pending)
     parts.agent(handle, faust_stage.attributed_units, faust_stage.attributed_payload)
-    parts.on_revoked(processor.forget_partition)
+    parts.on_revoked(processor.drop_index)
     return parts.app
 
 

@@ -143,12 +143,12 @@ def add(state: dict, touch: CartTouch) -> None:
 def _changed(state: dict, key: str | None) -> None:
     """A cart (None: every cart) to judge again at the next `judge`: its episodes may differ.
     `next` keeps, per cart judged since, the time its next episode can be judged."""
-    fresh = state.setdefault("fresh", [])
+    rejudge = state.setdefault("rejudge", [])
     if key is None:
-        state["fresh"] = ["*"]
+        state["rejudge"] = ["*"]
         state["next"] = {}
-    elif "*" not in fresh and key not in fresh:
-        fresh.append(key)
+    elif "*" not in rejudge and key not in rejudge:
+        rejudge.append(key)
     if key is not None:
         state.setdefault("next", {}).pop(key, None)
 
@@ -286,9 +286,9 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
     applied; an alert decided before stands in the cap. Only the carts whose episodes may
     have changed are formed again (a touch came, or event time reached one): the others'
     decisions are recorded already. Returns the alerts and the carts judged."""
-    fresh = state.get("fresh", ["*"])
+    rejudge = state.get("rejudge", ["*"])
     nexts = state.setdefault("next", {})
-    keys = {key for key in state["carts"] if "*" in fresh or key in fresh
+    keys = {key for key in state["carts"] if "*" in rejudge or key in rejudge
             or key not in nexts or (nexts[key] is not None and nexts[key] < until)}
     if keys:  # historical decisions are formed again with them: they share the cap
         keys |= {a["cart_id"] or IMPLICIT for a in state["alerts"]
@@ -304,7 +304,7 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
             if episode.outcome in (None, "abandoned"):
                 ended.append(episode)
         nexts[key] = pending
-    state["fresh"] = []
+    state["rejudge"] = []
     # In the order the decisions stand in event time: a cart from a device's history, claimed
     # at a later login, stands at the login (it was not the customer's before), so a cart of
     # their own judged meanwhile comes first in the cap, however the two arrived.
@@ -361,7 +361,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules) -> list[di
         state["judged"] = until
         state.pop("stale", None)
     out += _resolutions(state, until, rules)
-    _forget(state, rules)
+    _prune(state, rules)
     return out
 
 
@@ -464,9 +464,9 @@ def _due_at(state: dict, rules: CartRules) -> int | None:
         return state["stale"]
     times = []
     nexts = state.get("next", {})
-    fresh = state.get("fresh", ["*"])
+    rejudge = state.get("rejudge", ["*"])
     for key in state["carts"]:
-        if key in nexts and "*" not in fresh and key not in fresh:
+        if key in nexts and "*" not in rejudge and key not in rejudge:
             if nexts[key] is not None:
                 times.append(nexts[key])
             continue
@@ -483,7 +483,7 @@ def _due_at(state: dict, rules: CartRules) -> int | None:
     return min(times) if times else None
 
 
-def _forget(state: dict, rules: CartRules) -> None:
+def _prune(state: dict, rules: CartRules) -> None:
     """Drop what can no longer change a decision: everything before a cut `retain_ms` behind
     both the customer's newest cart touch or purchase and the last one that arrived, moved
     back so that no episode still open or not yet judged spans it. Each cart keeps what it
@@ -501,7 +501,7 @@ def _forget(state: dict, rules: CartRules) -> None:
         - rules.retain_ms
     if not any(touches[0][AT] < cut for touches in state["carts"].values() if touches) \
             and not (state["purchases"] and state["purchases"][0][0] < cut - rules.claim_ms):
-        _forget_alerts(state, cut, rules)  # nothing that old
+        _prune_alerts(state, cut, rules)  # nothing that old
         return
     for key in state["carts"]:
         for episode in _cart_episodes(state, key, rules):
@@ -511,7 +511,7 @@ def _forget(state: dict, rules: CartRules) -> None:
                 break
     if not any(x[AT] < cut for touches in state["carts"].values() for x in touches) \
             and not any(p[0] < cut - rules.claim_ms for p in state["purchases"]):
-        _forget_alerts(state, cut, rules)
+        _prune_alerts(state, cut, rules)
         return
     for key, touches in list(state["carts"].items()):
         gone = [x for x in touches if x[AT] < cut]
@@ -538,10 +538,10 @@ def _forget(state: dict, rules: CartRules) -> None:
     state["capped_ids"] = [i for i in state["capped_ids"] if i in kept]
     if "next" in state:
         state["next"] = {k: v for k, v in state["next"].items() if k in state["carts"]}
-    _forget_alerts(state, cut, rules, kept)
+    _prune_alerts(state, cut, rules, kept)
 
 
-def _forget_alerts(state: dict, cut: int, rules: CartRules,
+def _prune_alerts(state: dict, cut: int, rules: CartRules,
                    kept: set[str] | None = None) -> None:
     """Drop recorded decisions whose touches are forgotten (before the cut) and that no
     purchase can resolve any more; their times stay for the cap as long as it reaches."""
@@ -569,6 +569,8 @@ def upgraded(state: dict) -> dict:
     state.setdefault("arrived", None)
     state.setdefault("bases", {})
     state.setdefault("capped_ids", [])
+    if "fresh" in state:  # the carts to judge again, so named before 0.10
+        state["rejudge"] = state.pop("fresh")
     purchases = state["purchases"]
     if purchases and isinstance(purchases[0], int):  # times only, before
         state["purchases"] = [[t, t, f"purchase@{t}"] for t in purchases]

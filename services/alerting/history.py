@@ -86,7 +86,7 @@ class History:
                    for x in self._bucket(customer, state, bucket)[0]]
         return sorted(touches, key=lambda x: (counts_at(x), x[EVENT_ID]))
 
-    def forget(self, customer: str, state: dict) -> None:
+    def erase(self, customer: str, state: dict) -> None:
         for bucket in state.pop("history", []):
             name = bucket_key(customer, bucket)
             self.buckets[name], self.ids[name] = [], {}

@@ -96,7 +96,7 @@ class AlertProcessor:
         self.store = store
         self._schedules: dict[int, Schedule] = {}
 
-    def forget_partition(self, partition: int) -> None:
+    def drop_index(self, partition: int) -> None:
         self._schedules.pop(partition, None)
 
     def pending(self) -> int:
@@ -162,7 +162,7 @@ class AlertProcessor:
                 replay.discard(customer)
                 stored = self.store.get(CUSTOMER + customer)
                 if isinstance(stored, dict):
-                    history.forget(customer, stored)
+                    history.erase(customer, stored)
                 for key in (CUSTOMER + customer, customer):
                     if _customer_of(key, self.store.get(key)) == customer:
                         del self.store[key]
@@ -170,21 +170,21 @@ class AlertProcessor:
             for customer, touches in attributed.customer_touches(message):
                 state = state_of(customer)
                 if "history" not in state and (state["profile"]["applied"] or state["unsettled"]):
-                    fresh = _fresh(state, touches)  # kept no history (before 0.10): as it stands
+                    untaken = _untaken(state, touches)  # no history kept (before 0.10)
                 else:
-                    fresh, replacing = history.take(customer, state, touches)
-                    late = [counts_at(x) for x in fresh + replacing
+                    untaken, replacing = history.take(customer, state, touches)
+                    late = [counts_at(x) for x in untaken + replacing
                             if counts_at(x) <= state["settled"] or x in replacing]
                     if late or customer in replay:
                         if customer not in replay:  # in time, they would have come before
                             result.replayed.append((customer, min(late), state["settled"]))
                         replay.add(customer)
                         continue
-                for touch in fresh:  # judged by the partition's event time (`_decide`)
+                for touch in untaken:  # judged by the partition's event time (`_decide`)
                     ct = cart_touch(touch)
                     if ct is not None:
                         carts.add(state["cart"], ct)
-                self._hold(schedule, customer, state, fresh)
+                self._hold(schedule, customer, state, untaken)
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
         # The correction horizon is measured from the partition's event time before this
@@ -441,19 +441,19 @@ def json_copy(state: dict) -> dict:
     return orjson.loads(orjson.dumps(state))
 
 
-def _fresh(state: dict, touches: list[list]) -> list[list]:
+def _untaken(state: dict, touches: list[list]) -> list[list]:
     """The touches this customer's state has not taken yet: a batch of the sessionizer redone
     after a crash, or a touchpoint delivered twice, sends some again. Applied ones are in the
     profile (`engagement.applied_already`), held ones in `unsettled`."""
     profile = state["profile"]
     taken = {touch[EVENT_ID] for touch in state["unsettled"]}
-    fresh = []
+    untaken = []
     for touch in touches:
         if touch[EVENT_ID] not in taken and not engagement.applied_already(
                 profile, touch[EVENT_ID]):
             taken.add(touch[EVENT_ID])
-            fresh.append(touch)
-    return fresh
+            untaken.append(touch)
+    return untaken
 
 
 def alert_record(customer: str, alert: dict, snapshot: dict, emitted_at: int,

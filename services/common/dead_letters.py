@@ -32,7 +32,7 @@ def dead_letter(stage: str, reason: str, detail: str, payload: bytes,
 def state_corrupt(stage: str, corrupt: CorruptState) -> dict:
     """The dead letter of a state that cannot be read (every stage's processor reports them
     the same way): reason `state_corrupt`, the state as stored in the payload. The processor
-    went on with a fresh one for that key."""
+    went on with a new one for that key."""
     POISON.labels(stage, "state_corrupt").inc()
     log.error("%s: state %r could not be read, dead-lettered and started again: %s", stage,
               corrupt.key, corrupt.why)

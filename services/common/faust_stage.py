@@ -145,8 +145,8 @@ class _Transaction:
     def rollback(self) -> None:
         self.stage.outbox.rollback()
         self.stage.store.rollback()
-        for forget in self.stage.forget:  # indexes built over the state are rebuilt
-            forget(self.partition)
+        for drop_index in self.stage.drop_index:  # indexes over the state: rebuilt
+            drop_index(self.partition)
 
 
 @dataclass
@@ -162,7 +162,7 @@ class Stage:
     partitions: int
     batch_size: int
     batch_wait: float  # seconds take_events waits to fill a batch
-    forget: list[Callable[[int], None]] = field(default_factory=list)
+    drop_index: list[Callable[[int], None]] = field(default_factory=list)
     dead_letters: str = ""  # the dead-letter topic
     serde: AvroSerde = field(default_factory=default_serde)  # Avro of the outputs
 
@@ -210,11 +210,11 @@ class Stage:
         store = self.store
         for partition, group in by_partition(events).items():
             enter_partition(store, group[-1])
-            fresh = unseen(store, group)
-            if not fresh:
+            new = unseen(store, group)
+            if not new:
                 continue
             units = []
-            for event in fresh:
+            for event in new:
                 values = split(event) if split else [event]
                 units += [Unit(v, event, i == len(values) - 1) for i, v in enumerate(values)]
                 if not values:
@@ -255,7 +255,7 @@ class Stage:
 
     def corrupt_state(self, corrupt: CorruptState) -> None:
         """A state the processor could not read, to the dead-letter topic (it went on with
-        a fresh one for that key)."""
+        a new one for that key)."""
         self.outbox.produce(self.dead_letters,
                             self.serde.encode(DEAD_LETTER, state_corrupt(self.name, corrupt)))
 
@@ -268,14 +268,14 @@ class Stage:
             inner.write_changelog()
             self.outbox.flush()
 
-    def on_revoked(self, forget: Callable[[int], None]) -> None:
-        """`forget(partition)` for each partition this worker loses in a rebalance, and for
+    def on_revoked(self, drop_index: Callable[[int], None]) -> None:
+        """`drop_index(partition)` for each partition this worker loses in a rebalance, and for
         a partition whose batch was rolled back (its in-memory indexes over the state)."""
-        self.forget.append(forget)
+        self.drop_index.append(drop_index)
 
         async def revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
             for tp in revoked:
-                forget(tp.partition)
+                drop_index(tp.partition)
 
         self.app.on_partitions_revoked.connect(revoked)
 

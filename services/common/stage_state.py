@@ -78,7 +78,7 @@ class ChangelogStore(MutableMapping):
 
 class BatchStore(MutableMapping):
     """The state as a batch sees it: inside a transaction (`begin`) its writes and deletes
-    wait for `commit`, and `rollback` forgets them, so a batch that raised leaves no trace.
+    wait for `commit`, and `rollback` drops them, so a batch that raised leaves no trace.
     The stages change the states they read in place, so a read inside a transaction gives a
     copy (once per key: later reads give the same object) when the store underneath hands out
     its own objects (the memory store; rocksdb decodes anew at each read)."""
@@ -185,15 +185,15 @@ def unseen(store: MutableMapping, events: list[faust.types.EventT]) -> list:
     events are skipped, so nothing is counted twice and no session closed by it is reopened
     by its own touches. Its outputs are in Kafka already: they went first."""
     marks: dict[tuple[str, int], int] = {}
-    fresh = []
+    new = []
     for event in events:
         m = event.message
         where = (m.topic, m.partition)
         if where not in marks:
             marks[where] = store.get(offset_key(*where), -1)
         if m.offset > marks[where]:
-            fresh.append(event)
-    return fresh
+            new.append(event)
+    return new
 
 
 def mark_seen(store: MutableMapping, events: list[faust.types.EventT]) -> None:

@@ -71,7 +71,7 @@ def applied_already(state: dict, event_id: str) -> bool:
     return _find(state["seen"], digest(event_id)) != -1
 
 
-def _forget_before(seen: str, t: int) -> str:
+def _expire_before(seen: str, t: int) -> str:
     horizon = _day(t)
     return "".join(seen[i:i + TOKEN_CHARS] for i in range(0, len(seen), TOKEN_CHARS)
                    if seen[i:i + DAY_CHARS] >= horizon)
@@ -143,7 +143,7 @@ def apply(state: dict, touch: list, weights: Weights, retention_ms: int | None =
             state["consent"][consent[0]] = [t, event_id, consent[1]]
     state["applied"] += 1
     if retention_ms is not None and state["applied"] % 64 == 0:
-        state["seen"] = _forget_before(state["seen"], state["last_event_at"] - retention_ms)
+        state["seen"] = _expire_before(state["seen"], state["last_event_at"] - retention_ms)
     return True
 
 

@@ -6,7 +6,7 @@ partition's inputs in order and returns what they gave, as a typed result.
 Each stage's result says what to produce (sessions, profiles, alerts...) and carries, in the
 same field everywhere, the states it could not read (`corrupt`): the stage's adapter sends
 each to the dead-letter topic by one route (`faust_stage.corrupt_state`) and the processor
-has already started that key again from a fresh state.
+has already started that key again from a new state.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
                                         newest.record["received_at"])
 
     parts.agent(handle, split, payload_of(serde))
-    parts.on_revoked(processor.forget_partition)
+    parts.on_revoked(processor.drop_index)
 
     if settings.tick_seconds > 0:
         lateness_ms = int(settings.lateness_minutes * MINUTE_MS)

@@ -106,7 +106,7 @@ class Archive:
             if end < latest - retention and (late is None or end < late - gap):
                 self._drop(key, state, day)
 
-    def forget(self, key: str, state: dict) -> None:
+    def drop(self, key: str, state: dict) -> None:
         for day, _ in list(state.get("archive", ())):
             self._drop(key, state, day)
         state.pop("late", None)
@@ -117,7 +117,7 @@ class Archive:
 
     @staticmethod
     def expires_at(state: dict, retention: int | None) -> int | None:
-        """When an idle profile forgets its archive: `retention` of event time after both its
+        """When an idle profile drops its archive: `retention` of event time after both its
         latest archived touch and the event time its last late touch came at (None: never)."""
         index = state.get("archive")
         if not index or retention is None:

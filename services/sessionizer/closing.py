@@ -20,7 +20,7 @@ from services.sessionizer.state import CUSTOMER, ProfileState, awaiting, note_mo
 
 def due_at(rules: SessionRules, state: ProfileState) -> int | None:
     """When a profile next needs attention without new input: a run to close, or an idle
-    profile's archive to forget (with a retention)."""
+    profile's archive to drop (with a retention)."""
     if awaiting(state):
         return None  # waiting for a device's answer; its transfer reschedules
     if state["runs"]:
@@ -108,10 +108,10 @@ def close(batch: Batch, key: str, state: ProfileState, now: int) -> None:
         batch.archive.prune(key, state, latest, batch.rules.gap_ms, retention)
         expires = batch.archive.expires_at(state, retention)
         if not keep and expires is not None and expires < now:
-            batch.ids.forget(key, state)  # idle for the whole retention
+            batch.ids.drop(key, state)  # idle for the whole retention
     days = state.get("seen")  # ids kept by an earlier version expire by its rule
     if days and not state["runs"] and (days[-1] + 1) * DAY_MS + DEDUP_MS < now:
-        batch.ids.forget_seen(key, state)
+        batch.ids.expire_seen(key, state)
     if key.startswith(CUSTOMER):
         note_moved(state)
 

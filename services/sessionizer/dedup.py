@@ -45,17 +45,17 @@ class TakenIds:
             ids = self.seen[ids_key] = list(self.store.get(ids_key) or [])
         return ids
 
-    def forget_seen(self, key: str, state: ProfileState) -> None:
+    def expire_seen(self, key: str, state: ProfileState) -> None:
         """The ids an earlier version kept for the profile."""
         for day in state.pop("seen", []):
             ids_key = seen_key(key, day)
             self.seen[ids_key] = []
             self.changed.add(ids_key)
 
-    def forget(self, key: str, state: ProfileState) -> None:
+    def drop(self, key: str, state: ProfileState) -> None:
         """Everything the profile kept of its closed sessions."""
-        self.archive.forget(key, state)
-        self.forget_seen(key, state)
+        self.archive.drop(key, state)
+        self.expire_seen(key, state)
 
     def flush(self) -> None:
         self.archive.flush()

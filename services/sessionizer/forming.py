@@ -46,14 +46,14 @@ def reform(batch: Batch, key: str, state: ProfileState, touches: list[list],
         held_as = {x[EVENT_ID]: x for run in state["runs"] + archive.near(
             key, state, min(x[AT] for x in touches), max(x[AT] for x in touches), 0)
             for x in run}
-        fresh = [x for x in touches if held_as.get(x[EVENT_ID]) != x and (
+        new = [x for x in touches if held_as.get(x[EVENT_ID]) != x and (
             x[EVENT_ID] in held_as or not batch.took(key, x[AT], x[EVENT_ID]))]
     else:
-        fresh = [x for x in touches if not batch.took(key, x[AT], x[EVENT_ID])]
-    if not fresh:
+        new = [x for x in touches if not batch.took(key, x[AT], x[EVENT_ID])]
+    if not new:
         return False
     gap = rules.gap_ms
-    lo, hi = min(x[AT] for x in fresh), max(x[AT] for x in fresh)
+    lo, hi = min(x[AT] for x in new), max(x[AT] for x in new)
     old: list[list[list]] = []
     while True:  # the archived runs around them, and around those
         more = [run for run in archive.near(key, state, lo, hi, gap)
@@ -63,16 +63,16 @@ def reform(batch: Batch, key: str, state: ProfileState, touches: list[list],
         old += more
         lo = min(lo, *(run[0][AT] for run in more))
         hi = max(hi, *(run[-1][AT] for run in more))
-    replaced = {x[EVENT_ID] for x in fresh}
+    replaced = {x[EVENT_ID] for x in new}
     held = [x for run in state["runs"] + old for x in run if x[EVENT_ID] not in replaced]
-    runs = s.build(held + fresh, gap, rules.close_at)
+    runs = s.build(held + new, gap, rules.close_at)
     now = NEVER if state.get("awaiting") else batch.closing_time()
     closed = [run for run in runs if rules.close_at(run) < now]
     state["runs"] = [run for run in runs if rules.close_at(run) >= now]
     archive.remove(key, state, old)
     archive.put(key, state, closed)
-    if fresh[-1][AT] + rules.lateness_ms < batch.stream_time:
-        state["late"] = [max(x[AT] for x in fresh), batch.stream_time]
+    if new[-1][AT] + rules.lateness_ms < batch.stream_time:
+        state["late"] = [max(x[AT] for x in new), batch.stream_time]
     closing.settle(batch, key, state, old, closed, state["runs"] + closed)
     if state["runs"]:
         batch.schedule.wake(min(rules.close_at(run) for run in state["runs"]), key)

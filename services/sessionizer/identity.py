@@ -65,7 +65,7 @@ def erase(batch: Batch, customer: str) -> None:
     for device in state.get("devices", []):
         batch.out.handoffs.append((device, handoff.forget(device, customer)))
         batch.logins.pop(login_key(customer, device), None)
-    batch.ids.forget(key, state)
+    batch.ids.drop(key, state)
     batch.states[key] = new_profile(batch.partition)
     batch.changed.add(key)
     batch.out.erased.append(customer)
@@ -214,7 +214,7 @@ def unlink(batch: Batch, message: handoff.Forget) -> None:
     """A device's customer was erased: the device forgets the link and its history."""
     key = DEVICE + message["anonymous_id"]
     if batch.state(key).get("linked_to") == message["customer_id"]:
-        batch.ids.forget(key, batch.state(key))
+        batch.ids.drop(key, batch.state(key))
         batch.states[key] = new_profile(batch.partition)
         batch.changed.add(key)
 

@@ -136,7 +136,7 @@ class PartitionProcessor:
         logins = self.store.get(f"{LOGINS}{partition}") or {}
         return min([self.aligned_time(partition), *logins.values()])
 
-    def forget_partition(self, partition: int) -> None:
+    def drop_index(self, partition: int) -> None:
         """After a rebalance took `partition` away; rebuilt from the store if it comes back."""
         self._deadlines.pop(partition, None)
 

@@ -297,6 +297,17 @@ def test_a_cart_stored_by_the_earlier_version_is_judged_as_it_stood() -> None:
     assert alert["items"] == [["P1", 2, 10.0]] and alert["detected_at"] == T0 + 70 * MIN
 
 
+def test_the_carts_to_judge_again_stored_as_fresh_before_0_10_are_judged_again() -> None:
+    state = new_state()
+    add(state, touch(1, 0, qty=2))
+    assert advance(state, "C1", T0 + 30 * MIN, RULES) == []  # not due yet: K1 judged
+    state["fresh"] = state.pop("rejudge") + ["K1"]  # as 0.9 stored it
+    upgraded(state)
+    assert "fresh" not in state and state["rejudge"] == ["K1"]
+    (alert,) = advance(state, "C1", T0 + 90 * MIN, RULES)
+    assert alert["cart_id"] == "K1" and alert["detected_at"] == T0 + 60 * MIN
+
+
 def test_a_resolution_by_a_purchase_claimed_at_login_gets_the_profile_at_the_login() -> None:
     # The customer's own cart alerts at 1:00; they buy at 2:00 on a device that is theirs
     # only from its login on day 2. The resolution stands at the login, whether alerting had

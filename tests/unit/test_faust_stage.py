@@ -127,7 +127,7 @@ def test_a_stop_in_the_middle_of_a_batch_finishes_it_outputs_before_the_changelo
     outbox = Outbox()
     store = BatchStore(ChangelogStore(Table, outbox.produce), copy_reads=True)
     stage = Stage.__new__(Stage)
-    stage.store, stage.outbox, stage.forget = store, outbox, []
+    stage.store, stage.outbox, stage.drop_index = store, outbox, []
     stage.name, stage.source, stage.batch_size, stage.batch_wait = "test", None, 10, 0.01
     agents: list = []
 

@@ -147,7 +147,7 @@ def sessionizer_run(records: list[dict], poison: str | None, monkeypatch) -> tup
 
     def rollback() -> None:  # the stage forgets its indexes over the state (`on_revoked`)
         original_rollback()
-        proc.forget_partition(0)
+        proc.drop_index(0)
 
     txn.rollback = rollback
     isolation.process(units, attempt, txn, lambda u, f: bad.append(u.record["event_id"]))
@@ -229,7 +229,7 @@ def alerting_run(messages: list[dict], poison: str | None, monkeypatch) -> tuple
 
     def rollback() -> None:
         original_rollback()
-        proc.forget_partition(0)
+        proc.drop_index(0)
 
     txn.rollback = rollback
     isolation.process(messages, attempt, txn, lambda m, f: bad.append(m))
