@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 from bisect import insort
 from dataclasses import dataclass
+from typing import TypedDict
 
 from services.domain.eventtime import DAY_MS, DEVICE_HISTORY_MS, HOUR_MS, MINUTE_MS
 from services.domain.touch import (
@@ -94,11 +95,26 @@ class CartTouch:
     moved_at: int | None = None
 
 
-def new_state() -> dict:
-    """`carts`: cart -> its touches kept; `bases`: what a cart held before its first kept
-    touch; `purchases`: [time, counts_at, event_id]; `alerts`: decisions recorded; `sent`:
-    deadlines of sent alerts forgotten since (for the cap); `judged`: the event time
-    episodes were judged up to; `arrived`: the time of the last touch that came."""
+class CartState(TypedDict, total=False):
+    """A customer's carts as alerting keeps them (JSON, in the stage's changelog). Settings
+    are not stored: each call takes the rules. Older layouts are read by `upgrade.py`."""
+
+    carts: dict[str, list[list]]  # cart -> its touches kept, in event-time order
+    bases: dict[str, list]  # cart -> what it held before its first kept touch, and when
+    purchases: list[list]  # [time, counts_at, event_id], in time order
+    alerts: list[dict]  # the decisions recorded
+    sent: list[int]  # deadlines of sent alerts pruned since (they still count for the cap)
+    capped: int  # episodes the cap kept from being sent
+    capped_ids: list[str]
+    judged: int | None  # event time the episodes were judged up to
+    arrived: int | None  # the time of the last touch that came
+    rejudge: list[str]  # carts whose episodes may have changed ("*": every one)
+    next: dict[str, int | None]  # per cart judged since: when its next episode can be judged
+    stale: int  # a touch came before `judged`: judge again once event time passes this
+    due: list[int | None]  # `due_at`, kept until a touch or a decision changes it
+
+
+def new_state() -> CartState:
     return {"carts": {}, "bases": {}, "purchases": [], "alerts": [], "sent": [], "capped": 0,
             "capped_ids": [], "judged": None, "arrived": None}
 
@@ -108,7 +124,7 @@ def alert_id(customer: str, cart: str, first_event_id: str) -> str:
     return "a-" + digest[:24]
 
 
-def add(state: dict, touch: CartTouch) -> None:
+def add(state: CartState, touch: CartTouch, rules: CartRules) -> None:
     """Record one touch (a purchase, or a cart's); nothing is judged here (`advance`)."""
     if touch.event_type == PURCHASE:
         # with the time it counts for the customer from: a device's, claimed at a later
@@ -133,14 +149,14 @@ def add(state: dict, touch: CartTouch) -> None:
     judged = state["judged"]
     # Episodes judged so far ended before `judged` minus the lateness; a touch after that
     # cannot belong to one of them (a touch after a deadline starts the next episode).
-    if judged is not None and touch.t < judged - state.get("lateness", 0):
+    if judged is not None and touch.t < judged - rules.lateness_ms:
         # it may change an episode judged already: judge again, as soon as event time allows
         # the touch (its own time plus the lateness), with everything judged so far
-        due = touch.t + state.get("lateness", 0)
+        due = touch.t + rules.lateness_ms
         state["stale"] = min(state.get("stale") or due, due)
 
 
-def _changed(state: dict, key: str | None) -> None:
+def _changed(state: CartState, key: str | None) -> None:
     """A cart (None: every cart) to judge again at the next `judge`: its episodes may differ.
     `next` keeps, per cart judged since, the time its next episode can be judged."""
     rejudge = state.setdefault("rejudge", [])
@@ -261,7 +277,7 @@ def episodes(key: str, touches: list[list], purchases: list[list], delay_ms: int
     return out
 
 
-def _cart_episodes(state: dict, key: str, rules: CartRules) -> list[Episode]:
+def _cart_episodes(state: CartState, key: str, rules: CartRules) -> list[Episode]:
     return episodes(key, state["carts"][key], state["purchases"], rules.delay_ms,
                     state["bases"].get(key))
 
@@ -279,7 +295,7 @@ def _stands_at(episode: Episode) -> int:
     return max([episode.deadline, *moved])
 
 
-def judge(state: dict, customer: str, until: int, rules: CartRules
+def judge(state: CartState, customer: str, until: int, rules: CartRules
           ) -> tuple[list[dict], set[str]]:
     """Every alert the kept touches give for the episodes event time `until` has judged
     (their deadline plus the allowed lateness before it), in deadline order, with the cap
@@ -346,11 +362,10 @@ def judge(state: dict, customer: str, until: int, rules: CartRules
     return decisions, keys
 
 
-def advance(state: dict, customer: str, until: int, rules: CartRules) -> list[dict]:
+def advance(state: CartState, customer: str, until: int, rules: CartRules) -> list[dict]:
     """Judge what event time `until` allows, against what was decided before; returns the
     records to emit (the alert's fields, `status` and `version`): new alerts, resolutions,
     and corrections."""
-    state["lateness"] = rules.lateness_ms
     state.pop("due", None)
     judged = state["judged"]
     out: list[dict] = []
@@ -365,7 +380,7 @@ def advance(state: dict, customer: str, until: int, rules: CartRules) -> list[di
     return out
 
 
-def _reconcile(state: dict, decisions: list[dict], judged_carts: set[str],
+def _reconcile(state: CartState, decisions: list[dict], judged_carts: set[str],
                rules: CartRules) -> list[dict]:
     kept = {x[EVENT_ID] for touches in state["carts"].values() for x in touches}
     out: list[dict] = []
@@ -416,12 +431,12 @@ def _record(alert: dict, changes: dict) -> dict:
     return dict(alert)
 
 
-def _bought(state: dict, after: int, until: int) -> list | None:
+def _bought(state: CartState, after: int, until: int) -> list | None:
     """The first purchase (its time, the time it counts from) between the two times."""
     return next((p for p in state["purchases"] if after <= p[0] <= until), None)
 
 
-def _resolutions(state: dict, until: int, rules: CartRules) -> list[dict]:
+def _resolutions(state: CartState, until: int, rules: CartRules) -> list[dict]:
     """Alerts resolved by a purchase after them, once event time is past the purchase. A
     historical decision records its resolution too (analysts' recovery rate), still
     historical."""
@@ -450,7 +465,7 @@ def decided_at(alert: dict) -> int:
     return max(at, alert.get("moved_at") or at)
 
 
-def due_at(state: dict, rules: CartRules) -> int | None:
+def due_at(state: CartState, rules: CartRules) -> int | None:
     """The event time after which `advance` has something to decide without new touches.
     Kept in the state (`due`: [value]) until a touch or a decision changes it."""
     if "due" not in state:
@@ -458,7 +473,7 @@ def due_at(state: dict, rules: CartRules) -> int | None:
     return state["due"][0]
 
 
-def _due_at(state: dict, rules: CartRules) -> int | None:
+def _due_at(state: CartState, rules: CartRules) -> int | None:
     judged = state["judged"]
     if state.get("stale"):
         return state["stale"]
@@ -483,7 +498,7 @@ def _due_at(state: dict, rules: CartRules) -> int | None:
     return min(times) if times else None
 
 
-def _prune(state: dict, rules: CartRules) -> None:
+def _prune(state: CartState, rules: CartRules) -> None:
     """Drop what can no longer change a decision: everything before a cut `retain_ms` behind
     both the customer's newest cart touch or purchase and the last one that arrived, moved
     back so that no episode still open or not yet judged spans it. Each cart keeps what it
@@ -541,7 +556,7 @@ def _prune(state: dict, rules: CartRules) -> None:
     _prune_alerts(state, cut, rules, kept)
 
 
-def _prune_alerts(state: dict, cut: int, rules: CartRules,
+def _prune_alerts(state: CartState, cut: int, rules: CartRules,
                    kept: set[str] | None = None) -> None:
     """Drop recorded decisions whose touches are forgotten (before the cut) and that no
     purchase can resolve any more; their times stay for the cap as long as it reaches."""
@@ -555,46 +570,3 @@ def _prune_alerts(state: dict, cut: int, rules: CartRules,
                                             if a["status"] != WITHDRAWN])
     state["sent"] = [t for t in state["sent"] if t >= cut - rules.claim_ms - rules.cap_ms]
     state["alerts"] = [a for a in state["alerts"] if all(a is not g for g in gone)]
-
-
-def upgraded(state: dict) -> dict:
-    """The state as this version keeps it, whatever version stored it. Carts stored by an
-    earlier one (one dict per open episode, judged eagerly) become touches: the episode's own
-    for its evidence and times, its items as they stood; purchases were times only, then
-    [time, counts_at]; alerts had no version and were all sent."""
-    if "sent" not in state:  # stored before the list of sent deadlines existed
-        last = state.pop("last_sent_at", None)
-        state["sent"] = [] if last is None else [last]
-    state.setdefault("judged", None)
-    state.setdefault("arrived", None)
-    state.setdefault("bases", {})
-    state.setdefault("capped_ids", [])
-    if "fresh" in state:  # the carts to judge again, so named before 0.10
-        state["rejudge"] = state.pop("fresh")
-    purchases = state["purchases"]
-    if purchases and isinstance(purchases[0], int):  # times only, before
-        state["purchases"] = [[t, t, f"purchase@{t}"] for t in purchases]
-    elif purchases and len(purchases[0]) == 2:  # [time, counts_at], before
-        state["purchases"] = [[t, at, f"purchase@{t}"] for t, at in purchases]
-    for alert in state["alerts"]:
-        if "version" not in alert:  # every alert was sent, before
-            alert["version"] = 2 if alert["resolved"] else 1
-            alert["status"] = RESOLVED if alert["resolved"] else OPEN
-            alert.setdefault("start", alert["detected_at"] - 1)
-            alert.setdefault("reasons", [])
-    for key, cart in list(state["carts"].items()):
-        if not isinstance(cart, dict):
-            continue
-        if cart.get("done") or cart.get("last_activity") is None:
-            del state["carts"][key]
-            continue
-        moved, currency = cart.get("moved_at"), cart.get("currency")
-        touches = [[t, event_id, "cart_view" if t <= cart["last_activity"] else "cart_remove",
-                    None, None, None, currency, moved] for t, event_id in cart["evidence"]]
-        first = [cart["first"], cart["first_event_id"]]
-        touches += [[*first, "cart_add", p, q, price, currency, moved]
-                    for p, (q, price) in cart["items"].items()]
-        if cart["had_items"] and not cart["items"]:
-            touches.append([*first, "cart_remove", "-", 0, None, currency, moved])
-        state["carts"][key] = sorted(touches, key=_order)
-    return state

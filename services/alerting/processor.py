@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from services.alerting import carts, churn
+from services.alerting import carts, churn, upgrade
 from services.alerting.carts import CartRules, CartTouch
 from services.alerting.churn import ChurnRules
 from services.alerting.history import History
@@ -59,20 +59,6 @@ def cart_touch(touch: list) -> CartTouch | None:
     return CartTouch(touch[AT], touch[EVENT_ID], touch[EVENT_TYPE], touch[CHANNEL],
                      *cart_fields(touch[EXTRA] or {}),
                      touch[MOVED_AT] if len(touch) > MOVED_AT else None)
-
-
-def upgraded(state: dict) -> dict:
-    """A customer's state with every part, whatever version of the stage stored it (states
-    written before churn risk existed have no `churn` and `unsettled`; before 0.9 `unsettled`
-    was `pending`, and the profile's `recent_event_ids` `recent`)."""
-    state["cart"] = carts.upgraded(state.get("cart") or carts.new_state())
-    state["profile"] = engagement.upgraded(state.get("profile") or engagement.new_state())
-    state.setdefault("churn", churn.new_state())
-    state.setdefault("unsettled", state.pop("pending", []))  # its name before 0.9
-    state.setdefault("decided", [])
-    state.setdefault("settled", NEVER)  # touches applied up to there (`_release`)
-    state.setdefault("recorded", {})  # alert id -> what was emitted of it (`_emit`)
-    return state
 
 
 @dataclass
@@ -129,7 +115,7 @@ class AlertProcessor:
                         or state.get("p") != partition:
                     continue
                 try:
-                    due = self.due_at(upgraded(json_copy(state)))
+                    due = self.due_at(upgrade.customer_state(json_copy(state)))
                 except Exception:  # noqa: BLE001 - a state that cannot be read: at its next touch
                     continue
                 if due is not None:
@@ -183,7 +169,7 @@ class AlertProcessor:
                 for touch in untaken:  # judged by the partition's event time (`_decide`)
                     ct = cart_touch(touch)
                     if ct is not None:
-                        carts.add(state["cart"], ct)
+                        carts.add(state["cart"], ct, self.rules)
                 self._hold(schedule, customer, state, untaken)
             stream_time = max(stream_time, message["t"])
         final = stream_time - self.rules.lateness_ms - 1  # nothing before it can still arrive
@@ -226,12 +212,12 @@ class AlertProcessor:
         resolved with the reason `late_purchase` / `late_correction` when it no longer
         stands."""
         touches = history.all(customer, state)
-        again = upgraded({"p": state["p"], "history": state["history"],
+        again = upgrade.customer_state({"p": state["p"], "history": state["history"],
                           "recorded": state["recorded"]})
         for touch in touches:
             ct = cart_touch(touch)
             if ct is not None:
-                carts.add(again["cart"], ct)
+                carts.add(again["cart"], ct, self.rules)
         again["unsettled"] = touches
         decided = self._decide(customer, again, stream_time, final)
         return again, self._reconcile(customer, again, decided, ref)
@@ -246,14 +232,14 @@ class AlertProcessor:
             stored = self.store.get(customer)
             del self.store[customer]
         if stored is None:
-            return upgraded({"p": partition})
+            return upgrade.customer_state({"p": partition})
         try:
             if not isinstance(stored, dict):
                 raise TypeError(f"a customer's state is an object, not {type(stored).__name__}")
-            return upgraded(stored)
+            return upgrade.customer_state(stored)
         except Exception as exc:  # noqa: BLE001 - whatever it holds, the stage goes on
             corrupt.append(CorruptState(key, stored, f"{type(exc).__name__}: {exc}"))
-            return upgraded({"p": partition})
+            return upgrade.customer_state({"p": partition})
 
     def _hold(self, schedule: Schedule, customer: str, state: dict,
               touches: list[list]) -> None:

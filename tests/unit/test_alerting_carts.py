@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from services.alerting.carts import CartRules, CartTouch, add, advance, new_state, upgraded
+from services.alerting.carts import CartRules, CartTouch, add, advance, new_state
+from services.alerting.upgrade import cart_state
 
 T0 = 1_710_000_000_000
 MIN = 60_000
@@ -23,7 +24,7 @@ def run(touches: list[CartTouch], until_minute: float, step: float = 5) -> tuple
     state, out, now = new_state(), [], T0 - MIN
     for x in touches:
         now = max(now, x.t)
-        add(state, x)
+        add(state, x, RULES)
         out += advance(state, "C1", now, RULES)
     while now < T0 + until_minute * MIN:
         now += int(step * MIN)
@@ -289,21 +290,23 @@ def test_a_cart_stored_by_the_earlier_version_is_judged_as_it_stood() -> None:
                             "last_activity": T0, "first": T0, "first_event_id": "e0",
                             "evidence": [[T0, "e0"]]}},
            "purchases": [T0 - 600 * MIN], "alerts": [], "last_sent_at": None, "capped": 0}
-    (alert,) = advance(upgraded(old), "C1", T0 + 90 * MIN, RULES)
+    (alert,) = advance(cart_state(old), "C1", T0 + 90 * MIN, RULES)
     fresh = new_state()
-    add(fresh, touch(1, 0, qty=2))
-    add(fresh, touch(2, 10, "cart_view"))
+    add(fresh, touch(1, 0, qty=2), RULES)
+    add(fresh, touch(2, 10, "cart_view"), RULES)
     assert alert == advance(fresh, "C1", T0 + 90 * MIN, RULES)[0]
     assert alert["items"] == [["P1", 2, 10.0]] and alert["detected_at"] == T0 + 70 * MIN
 
 
-def test_the_carts_to_judge_again_stored_as_fresh_before_0_10_are_judged_again() -> None:
+def test_a_cart_state_stored_before_0_10_is_read_and_keeps_no_setting() -> None:
     state = new_state()
-    add(state, touch(1, 0, qty=2))
+    add(state, touch(1, 0, qty=2), RULES)
     assert advance(state, "C1", T0 + 30 * MIN, RULES) == []  # not due yet: K1 judged
+    assert "lateness" not in state  # a setting, never stored
     state["fresh"] = state.pop("rejudge") + ["K1"]  # as 0.9 stored it
-    upgraded(state)
-    assert "fresh" not in state and state["rejudge"] == ["K1"]
+    state["lateness"] = RULES.lateness_ms
+    cart_state(state)
+    assert "fresh" not in state and state["rejudge"] == ["K1"] and "lateness" not in state
     (alert,) = advance(state, "C1", T0 + 90 * MIN, RULES)
     assert alert["cart_id"] == "K1" and alert["detected_at"] == T0 + 60 * MIN
 
@@ -383,7 +386,7 @@ def test_a_cart_emptied_then_viewed_raises_nothing() -> None:
 def at_once(touches: list[CartTouch], until: int) -> list[dict]:
     state = new_state()
     for x in touches:
-        add(state, x)
+        add(state, x, RULES)
     return advance(state, "C1", until, RULES)
 
 
@@ -391,9 +394,9 @@ def test_a_purchase_that_comes_late_resolves_the_alert_it_would_have_prevented()
     # The web cart at 0:00 is alerted at 1:00; the store's receipt of a purchase at 0:40
     # comes with the night's upload, hours later.
     state = new_state()
-    add(state, touch(1, 0))
+    add(state, touch(1, 0), RULES)
     (alert,) = advance(state, "C1", T0 + 3 * 60 * MIN, RULES)
-    add(state, touch(2, 40, "purchase", channel="pos", product=None))
+    add(state, touch(2, 40, "purchase", channel="pos", product=None), RULES)
     (resolved,) = advance(state, "C1", T0 + 10 * 60 * MIN, RULES)
     assert (alert["status"], resolved["status"]) == ("open", "resolved")
     assert resolved["alert_id"] == alert["alert_id"] and resolved["reasons"] == ["late_purchase"]
