@@ -31,7 +31,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from services.common.clickhouse import QueryError, connect
-from services.common.settings import Settings, WarehouseSettings, load
+from services.common.settings import Settings, WarehouseSettings, generate_local_secret, load
 
 #: Settings a client may choose for its query (they shape the output or limit the work):
 #: set on the session before it is made read-only. Any other is refused by ClickHouse.
@@ -78,12 +78,8 @@ def password_file(settings: WarehouseSettings) -> Path:
 
 def ensure_local_password(settings: WarehouseSettings) -> None:
     """Local mode without KIZUNA_ANALYST_PASSWORD: one generated, kept under KIZUNA_HOME."""
-    path = password_file(settings)
-    if settings.analyst_password or path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(secrets.token_urlsafe(18) + "\n")
-    path.chmod(0o600)
+    if not settings.analyst_password:
+        generate_local_secret(password_file(settings), secrets.token_urlsafe(18) + "\n")
 
 
 def analyst_password(settings: WarehouseSettings) -> str:

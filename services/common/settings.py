@@ -56,6 +56,16 @@ def _secret_file(env: str, path: str) -> str:
         raise ConfigError(f"{env}: cannot read {path}: {exc.strerror or exc}") from None
 
 
+def generate_local_secret(path: Path, content: str) -> None:
+    """Local mode with a secret left unset: `content` kept in `path` (owner-only), made
+    once; later starts read the same."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    path.chmod(0o600)
+
+
 def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     """Build settings object `cls` from `environ` (default: the process environment)."""
     environ = os.environ if environ is None else environ

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 
 from services.common.errors import ConfigError
-from services.common.settings import IngestSettings
+from services.common.settings import IngestSettings, generate_local_secret
 from services.ingest.validation import CHANNELS
 
 
@@ -44,12 +44,9 @@ def local_keys_file(settings: IngestSettings):
 
 def ensure_local_key(settings: IngestSettings) -> None:
     """Local mode without KIZUNA_WRITE_KEYS: one generated key for every channel."""
-    path = local_keys_file(settings)
-    if settings.write_keys or path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{secrets.token_urlsafe(24)}=local:{'|'.join(sorted(CHANNELS))}\n")
-    path.chmod(0o600)
+    if not settings.write_keys:
+        generate_local_secret(local_keys_file(settings),
+                              f"{secrets.token_urlsafe(24)}=local:{'|'.join(sorted(CHANNELS))}\n")
 
 
 def write_keys_spec(settings: IngestSettings) -> str:

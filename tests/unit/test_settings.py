@@ -96,3 +96,13 @@ def test_a_renamed_variable_is_still_read_under_its_former_name() -> None:
     new = load(EngagementScorerSettings, {"KIZUNA_SCORER_PORT": "9191",
                                           "KIZUNA_ENGAGEMENT_SCORER_PORT": "9292"})
     assert new.port == 9292  # the current name wins
+
+
+def test_a_local_secret_is_made_once_owner_only_and_kept(tmp_path) -> None:
+    from services.common.settings import generate_local_secret
+
+    path = tmp_path / "home" / "write_keys"
+    generate_local_secret(path, "first\n")
+    generate_local_secret(path, "second\n")
+    assert path.read_text() == "first\n"
+    assert path.stat().st_mode & 0o777 == 0o600
