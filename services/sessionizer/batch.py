@@ -14,12 +14,12 @@ from typing import Any
 from services.common.schedule import Schedule
 from services.domain.eventtime import NEVER
 from services.domain.processing import CorruptState
-from services.domain.touch import AT
+from services.domain.touch import AT, counts_at
 from services.sessionizer.archive import Archive
 from services.sessionizer.dedup import TakenIds
 from services.sessionizer.items import Outputs
 from services.sessionizer.sessions import SessionRules
-from services.sessionizer.state import ProfileState, new_profile, readable, upgrade
+from services.sessionizer.state import ProfileState, held_key, new_profile, readable, upgrade
 
 #: Per-partition state keys: its event time, the times announced to it, its logins waiting.
 STREAM_TIME, ANNOUNCED, LOGINS = "t:", "w:", "l:"
@@ -82,12 +82,16 @@ class Batch:
         return self.ids.took(key, self.state(key), t, event_id)
 
     def attribute(self, customer: str, state: ProfileState, touch: list, late: bool) -> None:
-        """Hand a customer's touch to the scorer and alerting. A late touch after a late
-        login whose device's history is still on its way waits for that history, as the
-        next stages' event time waits for it in order (the output time's hold at logins): so
-        they judge the customer's later touches after the device's claimed ones, in any
-        order the late data came in."""
+        """Hand a customer's touch to the scorer and alerting. A late touch while a device's
+        history is on its way (after a late login: one counting from that login on) waits
+        for that history, as the next stages' event time waits for it in order (the output
+        time's hold at logins): so they judge the customer's later touches after the
+        device's claimed ones, in any order the late data came in. A touch held holds the
+        output time too, at the time it counts from (`state.held_key`), so they never judge
+        past it before it comes."""
         if late and state.get("awaiting") and touch[AT] >= state.get("claiming", NEVER):
             state.setdefault("held", []).append(touch)
+            key, at = held_key(customer), counts_at(touch)
+            self.logins[key] = min(self.logins.get(key, at), at)
         else:
             self.out.attributed.setdefault(customer, []).append(touch)

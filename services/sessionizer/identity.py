@@ -21,6 +21,7 @@ from services.sessionizer.state import (
     CUSTOMER,
     DEVICE,
     ProfileState,
+    held_key,
     linked_device,
     login_key,
     new_profile,
@@ -65,6 +66,7 @@ def erase(batch: Batch, customer: str) -> None:
     for device in state.get("devices", []):
         batch.out.handoffs.append((device, handoff.forget(device, customer)))
         batch.logins.pop(login_key(customer, device), None)
+    batch.logins.pop(held_key(customer), None)
     batch.ids.drop(key, state)
     batch.states[key] = new_profile(batch.partition)
     batch.changed.add(key)
@@ -203,6 +205,7 @@ def receive(batch: Batch, message: handoff.Transfer) -> None:
     if not state.get("awaiting"):  # then the customer's own that waited for them
         state.pop("claiming", None)
         batch.out.attributed.setdefault(customer, []).extend(state.pop("held", []))
+        batch.logins.pop(held_key(customer), None)
     for sid, entry in message.get("emitted", {}).items():
         state["emitted"].setdefault(sid, entry)
     due = closing.due_at(batch.rules, state)

@@ -42,6 +42,13 @@ def login_key(customer: str, device: str) -> str:
     return f"{customer}\x00{device}"
 
 
+def held_key(customer: str) -> str:
+    """The customer's touches held for a device's history (`Batch.attribute`), in the
+    partition's logins (`l:`) at the earliest time one counts from: they hold the output
+    time as a login does. No device id is empty, so no login has this key."""
+    return f"{customer}\x00"
+
+
 def new_profile(partition: int) -> ProfileState:
     """A profile with nothing kept."""
     return {"p": partition, "runs": [], "emitted": {}}
