@@ -100,7 +100,7 @@ bench-warehouse-scale: setup  ## every query of queries/ and kizuna profile at 2
 soak: setup  ## SOAK_MINUTES (30) of steady live traffic; fails if memory keeps growing or lag is unbounded (out/soak.svg)
 	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
 
-chaos: setup  ## the fault matrix on one broker and on a local 3-node cluster, ~95k events a row, each vs a clean run (out/chaos.md)
+chaos: setup  ## the fault matrix on one broker and on a local 3-node cluster, over 100,000 events a row, each vs a clean run (out/chaos.md)
 	$(BIN)/python -m tests.chaos.run
 
 CHAOS_RUNS ?= 20

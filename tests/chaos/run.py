@@ -118,7 +118,7 @@ def run_matrix(name: str, matrix: list, events: list[dict], days: int, repeat: i
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--matrix", choices=["single", "cluster", "both"], default="both")
-    parser.add_argument("--customers", type=int, default=1500)
+    parser.add_argument("--customers", type=int, default=1650)  # 103,181 events a copy
     parser.add_argument("--days", type=int, default=15)
     parser.add_argument("--repeat", help="run only this row of the matrix, --times times")
     parser.add_argument("--times", type=int, default=20)
