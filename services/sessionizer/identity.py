@@ -12,7 +12,7 @@ forms them again with its own sessions open at the login's event time (`receive`
 from __future__ import annotations
 
 from services.domain.eventtime import DEVICE_HISTORY_MS
-from services.domain.touch import AT, EVENT_ID, moved_touch
+from services.domain.touch import AT, EVENT_ID, counts_at, moved_touch
 from services.sessionizer import closing, forming, handoff
 from services.sessionizer import sessions as s
 from services.sessionizer.batch import Batch
@@ -202,6 +202,14 @@ def receive(batch: Batch, message: handoff.Transfer) -> None:
     forming.reform(batch, key, state, touches, replace=True)
     if touches:  # the device's touches now count for the customer
         batch.out.attributed.setdefault(customer, []).extend(touches)
+        if state.get("held"):  # a copy held from a later login's claim is superseded
+            sent = {x[EVENT_ID] for x in touches}
+            state["held"] = [x for x in state["held"] if x[EVENT_ID] not in sent]
+            if state["held"]:
+                batch.logins[held_key(customer)] = min(map(counts_at, state["held"]))
+            else:
+                state.pop("held")
+                batch.logins.pop(held_key(customer), None)
     if not state.get("awaiting"):  # then the customer's own that waited for them
         state.pop("claiming", None)
         batch.out.attributed.setdefault(customer, []).extend(state.pop("held", []))
