@@ -76,13 +76,12 @@ def main() -> None:
     sessions: list[bytes] = []
 
     def run(p: int, items: list) -> None:
-        held = proc.output_time(p)
         out = proc.process(p, queues[p] + items)
         queues[p] = []
         sessions.extend(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in out.sessions)
         if out.attributed or out.erased or out.output_time is not None:
             messages[p].extend(attributed.encode(proc.output_time(p), out.attributed, out.erased,
-                                                 held=held))
+                                                 held=out.held_time))
         for target, handoffs in handoffs_by_partition(out, p, parts, partition_of).items():
             queues[target].extend(handoffs)
 

@@ -143,7 +143,6 @@ class PurePipeline:
         while a or b:  # any interleaving of the two topics, each in order
             pick_a = a and (not b or (rnd.random() < 0.5 if rnd else False))
             items.append(a.pop(0) if pick_a else b.pop(0))
-        held = self.sessionizer.output_time(p)
         out = self.sessionizer.process(p, items)
         self.sessions += out.sessions
         self.dead_letters += out.dead_letters
@@ -154,7 +153,7 @@ class PurePipeline:
         if out.attributed or out.erased or out.output_time is not None:
             self.attributed[p] += attributed.encode(self.sessionizer.output_time(p),
                                                     out.attributed, out.erased,
-                                                    self.message_touches, held)
+                                                    self.message_touches, out.held_time)
 
     @staticmethod
     def _units(messages: list[bytes]) -> list[dict]:

@@ -148,7 +148,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
     serde.prepare((SESSION, WATERMARK, TOUCHPOINT, DEAD_LETTER))
     decoder = Decoder(raw_name, serde)
 
-    def publish(out: Outputs, partition: int, held: int | None = None) -> None:
+    def publish(out: Outputs, partition: int) -> None:
         produce = outbox.produce
         for record in out.sessions:
             produce(sessions_name, serde.encode(SESSION, record), record["profile_id"].encode())
@@ -164,7 +164,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             stream_time = processor.output_time(partition)
             OUTPUT_TIME.labels(str(partition)).set(max(stream_time, 0) / 1000)
             for message in attributed.encode(stream_time, out.attributed, out.erased,
-                                             held=held):
+                                             held=out.held_time):
                 produce(attributed_name, message, None, partition)
         for channel, behind_ms in out.late:
             LATE.labels(channel).inc()
@@ -194,8 +194,7 @@ def create_app(settings: SessionizerSettings) -> faust.App:
             else:
                 items.append(item)
         publish(dead, partition)
-        held = processor.output_time(partition)
-        publish(processor.process(partition, items), partition, held)
+        publish(processor.process(partition, items), partition)
         newest = next((x for x in reversed(items) if isinstance(x, Touchpoint)), None)
         if newest is not None:
             stage_metrics.observe_latency(STAGE, newest.record["event_time"],

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from services.domain.eventtime import NEVER
 from services.domain.processing import CorruptState
 
 
@@ -56,6 +57,8 @@ class Outputs:
     stream_time: int | None = None
     #: The output time after the batch, when the batch changed it (else None).
     output_time: int | None = None
+    #: The output time before the batch: the one its attributed messages carry but the last.
+    held_time: int = NEVER
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: States that could not be read (the profile started again from a fresh one).
     corrupt: list[CorruptState] = field(default_factory=list)

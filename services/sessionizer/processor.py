@@ -267,6 +267,7 @@ def finish(batch: Batch) -> None:
         store[f"{ANNOUNCED}{batch.partition}"] = batch.announced
     if batch.logins != batch.start_logins:
         store[f"{LOGINS}{batch.partition}"] = batch.logins
+    batch.out.held_time = batch.start_output
     output_time = min([min(batch.announced), *batch.logins.values()])
     if output_time != batch.start_output:
         batch.out.output_time = output_time
