@@ -15,7 +15,8 @@ many parts, as a loader's batches leave them:
 
 Then times every query of `queries/` (the pack, the report's, a customer's page) and
 `kizuna profile`'s: the median of 3 runs, and the rows each returns.
-Writes out/warehouse-scale-<touchpoints>.json and .md.
+Writes out/warehouse-scale-<touchpoints>.json and .md. `--keep DIR` leaves the data in DIR;
+`--reuse DIR` times the queries again on it (after a change to a view or a query).
 """
 
 from __future__ import annotations
@@ -200,16 +201,20 @@ def main() -> None:
     parser.add_argument("--insert-rows", type=int, default=500_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", help="leave the data in this directory")
+    parser.add_argument("--reuse", help="time the queries again on the data a --keep run left "
+                                        "in this directory (no fill)")
     args = parser.parse_args()
 
-    where = Path(args.keep or tempfile.mkdtemp(prefix="kz-whscale-"))
+    where = Path(args.reuse or args.keep or tempfile.mkdtemp(prefix="kz-whscale-"))
     settings = load(Settings, {"KIZUNA_HOME": str(where),
                                "KIZUNA_CLICKHOUSE_URL": f"chdb://{where / 'clickhouse'}"})
     client = clickhouse.connect(settings)
     result: dict = {"touchpoints": args.touchpoints, "customers": args.customers}
     try:
         apply_migrations(client, settings)
-        result["inserts"] = fill(client, args.touchpoints, args.customers, args.insert_rows)
+        if not args.reuse:
+            result["inserts"] = fill(client, args.touchpoints, args.customers,
+                                     args.insert_rows)
         parts = client.query("SELECT table, count() FROM system.parts WHERE active AND "
                              "database = 'kizuna_store' GROUP BY table").result_rows
         result["parts"] = dict(parts)
@@ -223,7 +228,7 @@ def main() -> None:
             print(f"{name:<40} {result['queries'][name]}", flush=True)
     finally:
         client.close()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(where, ignore_errors=True)
     out = ROOT / "out" / f"warehouse-scale-{args.touchpoints}.json"
     out.parent.mkdir(exist_ok=True)

@@ -113,3 +113,74 @@ def test_a_readonly_connection_cannot_write_or_drop(engine):
     finally:
         reader.close()
     client.command("INSERT INTO kizuna_store.dead_letters (dead_letter_id) VALUES ('ok')")
+
+
+def ntile5(n: int) -> list[int]:
+    """ntile(5) over n ordered rows: five buckets, the first n % 5 one row larger."""
+    size, extra = divmod(n, 5)
+    out = []
+    for bucket in range(1, 6):
+        out += [bucket] * (size + (1 if bucket <= extra else 0))
+    return out
+
+
+def expected_segments(profiles: list[tuple]) -> dict[str, tuple[str, bool]]:
+    """The RFM rule of migration 0003, in Python: (customer, purchases, last purchase,
+    revenue) -> (segment, top 20% by revenue)."""
+    out = {c: ("no_purchase", False) for c, n, _, _ in profiles if n == 0}
+    buyers = [p for p in profiles if p[1] > 0]
+    def ranks(key) -> dict[str, int]:
+        ordered = sorted(buyers, key=key)
+        return {p[0]: q for p, q in zip(ordered, ntile5(len(ordered)), strict=True)}
+    r = ranks(lambda p: (p[2], p[0]))
+    f = ranks(lambda p: (p[1], p[0]))
+    m = ranks(lambda p: (p[3], p[0]))
+    by_revenue = [p[0] for p in sorted(buyers, key=lambda p: (-p[3], p[0]))]
+    top = set(by_revenue[:-(-len(buyers) * 2 // 10)])  # the first ceil(20%)
+    for c, *_ in buyers:
+        segment = ("champions" if r[c] >= 4 and f[c] >= 4 and m[c] >= 4 else
+                   "loyal" if r[c] >= 3 and f[c] >= 4 else
+                   "potential_loyalists" if r[c] >= 4 else
+                   "at_risk" if r[c] <= 2 and f[c] >= 3 else
+                   "lost" if r[c] == 1 and f[c] <= 2 else
+                   "hibernating" if r[c] <= 2 else "needs_attention")
+        out[c] = (segment, c in top)
+    return out
+
+
+def test_rfm_segments_are_the_quintile_rule_over_every_customer_and_one_lookup_agrees(engine):
+    """customer_profiles' rfm_segment and top_revenue_20 are the rule of migration 0003 over
+    all current profiles (a profile updated twice counts once, as its latest), whether the
+    whole view is read or one customer; its columns keep their order."""
+    import random
+
+    settings, client = engine
+    apply_migrations(client, settings)
+    rnd = random.Random(7)
+    cols = ["customer_id", "engagement_score", "tier", "last_event_at", "purchase_count",
+            "total_revenue", "last_purchase_at", "as_of", "version"]
+    profiles, rows = [], []
+    for i in range(263):
+        c = f"C{i:03d}"
+        n = rnd.choice([0, 0, 1, 1, 2, 3, 5, 8])
+        last = T0 - dt.timedelta(days=rnd.randrange(300)) if n else None
+        revenue = float(rnd.randrange(1, 50) * 10) if n else 0.0  # ties, broken by id
+        profiles.append((c, n, last, revenue))
+        rows.append([c, 1.0, "warm", T0, n, revenue, last, T0, 2])
+        rows.append([c, 1.0, "warm", T0, 99, 1e9, T0, T0, 1])  # superseded (version 1)
+    client.insert(f"{settings.store_database}.customer_profiles", rows, column_names=cols)
+    want = expected_segments(profiles)
+    got = {c: (s, bool(t)) for c, s, t in client.query(
+        "SELECT customer_id, rfm_segment, top_revenue_20 FROM kizuna.customer_profiles"
+    ).result_rows}
+    assert got == want
+    assert len({s for s, _ in want.values()}) >= 6  # the data reaches most segments
+    for c in ("C000", "C101", "C262"):
+        one = client.query("SELECT rfm_segment, top_revenue_20 FROM kizuna.customer_profiles "
+                           "WHERE customer_id = {c:String}", parameters={"c": c}).result_rows
+        assert [(s, bool(t)) for s, t in one] == [want[c]]
+    names = client.query("SELECT * FROM kizuna.customer_profiles LIMIT 0").column_names
+    store = [n for n in client.query(f"SELECT * FROM {settings.store_database}."
+                                     "customer_profiles LIMIT 0").column_names
+             if n not in ("version", "rfm_segment", "top_revenue_20")]
+    assert list(names) == [*store, "rfm_segment", "top_revenue_20", "updated_at"]
