@@ -184,3 +184,55 @@ def test_rfm_segments_are_the_quintile_rule_over_every_customer_and_one_lookup_a
                                      "customer_profiles LIMIT 0").column_names
              if n not in ("version", "rfm_segment", "top_revenue_20")]
     assert list(names) == [*store, "rfm_segment", "top_revenue_20", "updated_at"]
+
+
+def test_churn_by_month_and_weekly_cohorts_follow_their_rules(engine):
+    """queries/churn_rate_by_month.sql: of a month's active customers, those with no touch of
+    their own the next month (a campaign send does not count; the latest month is left out);
+    queries/report/cohort_retention_weeks.sql: customers by the week of their first touch of
+    their own, and the share active again each week since. An anonymous touch counts for the
+    customer its device was linked to."""
+    from services.common import resources
+
+    settings, client = engine
+    apply_migrations(client, settings)
+    store = settings.store_database
+    cols = ["event_id", "event_type", "channel", "profile_id", "customer_id", "anonymous_id",
+            "occurred_at", "received_at", "event_time", "source", "version"]
+    touches = {  # customer -> (day, event type); 2024-01-01 and 2024-01-08 are Mondays
+        "A": [("2024-01-02", "page_view"), ("2024-02-10", "page_view"),
+              ("2024-03-05", "page_view")],
+        "B": [("2024-01-09", "page_view"), ("2024-02-01", "email_send"),
+              ("2024-03-20", "purchase")],
+        "C": [("2024-02-14", "page_view")],
+    }
+    rows = []
+    for customer, theirs in touches.items():
+        for k, (day, kind) in enumerate(theirs):
+            t = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+            rows.append([f"{customer}{k}", kind, "web", customer, customer, None, t, t, t,
+                         "test", 1])
+    d = dt.datetime(2024, 1, 3, tzinfo=dt.UTC)  # C's device, before C logged in
+    rows.append(["D0", "page_view", "web", "dev-c", None, "dev-c", d, d, d, "test", 1])
+    client.insert(f"{store}.touchpoints", rows, column_names=cols)
+    client.insert(f"{store}.sessions_by_id", [["s1", "C", "C", ["dev-c"], d, d, 1, 0, 0.0,
+                                               "closed", 1]],
+                  column_names=["session_id", "profile_id", "customer_id", "anonymous_ids",
+                                "started_at", "ended_at", "event_count", "purchase_count",
+                                "revenue", "status", "version"])
+    queries = resources.directory("services.queries")
+    churn = client.query((queries / "churn_rate_by_month.sql").read_text()).result_rows
+    # January: A, B, C (its device); February: A, C (B's email send is the brand's);
+    # March, the latest, left out
+    assert [(str(m), n, gone) for m, n, gone, _ in churn] == [
+        ("2024-01-01", 3, 1), ("2024-02-01", 2, 1)]
+    assert [rate for *_, rate in churn] == [round(1 / 3, 4), 0.5]
+    cohorts = client.query((queries / "report" / "cohort_retention_weeks.sql").read_text()
+                           ).result_rows
+    weeks_since = {(cohort, since): (n, size) for cohort, since, n, size, _ in cohorts}
+    # A and C start the week of 2024-01-01, B the next
+    assert weeks_since[("2024-01-01", 0)] == (2, 2)
+    assert weeks_since[("2024-01-08", 0)] == (1, 1)
+    assert weeks_since[("2024-01-01", 5)] == (1, 2)  # A on Feb 10 (the week of Feb 5)
+    assert weeks_since[("2024-01-01", 6)] == (1, 2)  # C on Feb 14 (the week of Feb 12)
+    assert sum(n for n, _ in weeks_since.values()) == 7  # each customer's distinct weeks
