@@ -28,7 +28,8 @@ def test_migrate_creates_the_contract_tables_once(engine):
     assert [m.version for m in applied] == [m.version for m in discover()]
     names = {r[0] for r in client.query(
         "SELECT name FROM system.tables WHERE database = 'kizuna'").result_rows}
-    assert names == CONTRACT_TABLES | {"daily_touchpoints", "daily_funnel", "daily_alerts"}
+    assert names == CONTRACT_TABLES | {"daily_touchpoints", "daily_funnel", "daily_alerts",
+                                       "customer_touchpoints"}
     assert apply_migrations(client, settings) == []
     columns = {r[0]: r[1] for r in client.query(
         "SELECT name, type FROM system.columns "
@@ -88,6 +89,64 @@ def test_contract_names_return_deduplicated_latest_rows(engine):
     # The device's event now belongs to the customer, in the surviving session.
     assert client.query("SELECT customer_id, session_id FROM kizuna.touchpoints"
                         ).result_rows == [("C1", "s1")]
+
+
+def test_one_customers_touchpoints_are_the_contract_views_rows_for_that_customer(engine):
+    """kizuna.customer_touchpoints(customer_id = ...) reads one customer by the table's key
+    (migration 0009); it must give the contract view's rows for that customer exactly: the
+    touches they carried, their devices' touches (a device seen with two customers goes to the
+    least id), not another customer's touch made on their device, each in the surviving
+    session that holds it, and none for a touch after its session's end."""
+    settings, client = engine
+    apply_migrations(client, settings)
+    store = settings.store_database
+    minute = dt.timedelta(minutes=1)
+    cols = ["event_id", "event_type", "channel", "profile_id", "customer_id", "anonymous_id",
+            "occurred_at", "received_at", "event_time", "source", "version"]
+
+    def touch(event_id, customer, device, minutes):
+        t = T0 + minutes * minute
+        return [event_id, "page_view", "web", customer or device, customer, device, t, t, t,
+                "test", 1]
+
+    touches = [
+        touch("a1", "A", "dev-a", 0), touch("a2", "A", None, 5),
+        touch("d1", None, "dev-a", 2),  # A's device, anonymous
+        touch("d2", None, "dev-a", 90),  # after A's session ended: no session
+        touch("s1", None, "dev-shared", 3),  # seen with A and B: the least id, A, has it
+        touch("b1", "B", "dev-a", 4),  # B's own touch on A's device stays B's
+        touch("b2", "B", "dev-shared", 40),
+        touch("x1", None, "dev-x", 1),  # a device never linked
+    ]
+    touches.append(touch("a3", "A", None, 60 * 24 * 40))  # the next month's partition
+    client.insert(f"{store}.touchpoints", touches + touches[:3], column_names=cols)
+    scols = ["session_id", "profile_id", "customer_id", "anonymous_ids", "started_at",
+             "ended_at", "event_count", "purchase_count", "revenue", "status", "version"]
+    client.insert(f"{store}.sessions_by_id", [
+        ["sa0", "A", "A", ["dev-a"], T0, T0 + 2 * minute, 2, 0, 0.0, "merged", 20],
+        ["sa1", "A", "A", ["dev-a", "dev-shared"], T0, T0 + 10 * minute, 5, 0, 0.0,
+         "closed", 41],
+        ["sb1", "B", "B", ["dev-a", "dev-shared"], T0 + 4 * minute, T0 + 40 * minute, 2, 0,
+         0.0, "closed", 17],
+        ["sa2", "A", "A", [], T0 + 60 * 24 * 40 * minute, T0 + 60 * 24 * 40 * minute, 1, 0,
+         0.0, "open", 8],
+    ], column_names=scols)
+
+    def rows(sql):
+        return sorted(client.query(sql).result_rows)
+
+    whole = {c: rows(f"SELECT * FROM kizuna.touchpoints WHERE customer_id = '{c}'")
+             for c in ("A", "B")}
+    assert {(r[0], r[-1]) for r in whole["A"]} == {
+        ("a1", "sa1"), ("a2", "sa1"), ("d1", "sa1"), ("d2", None), ("s1", "sa1"),
+        ("a3", "sa2")}
+    assert {(r[0], r[-1]) for r in whole["B"]} == {("b1", "sb1"), ("b2", "sb1")}
+    for customer in ("A", "B", "nobody"):
+        one = rows(f"SELECT * FROM kizuna.customer_touchpoints(customer_id = '{customer}')")
+        assert one == whole.get(customer, []), customer
+    described = client.query("DESCRIBE kizuna.customer_touchpoints(customer_id = 'A')")
+    assert [(r[0], r[1]) for r in described.result_rows] == [
+        (r[0], r[1]) for r in client.query("DESCRIBE kizuna.touchpoints").result_rows]
 
 
 def test_an_edited_migration_is_refused(engine):
@@ -236,3 +295,43 @@ def test_churn_by_month_and_weekly_cohorts_follow_their_rules(engine):
     assert weeks_since[("2024-01-01", 5)] == (1, 2)  # A on Feb 10 (the week of Feb 5)
     assert weeks_since[("2024-01-01", 6)] == (1, 2)  # C on Feb 14 (the week of Feb 12)
     assert sum(n for n, _ in weeks_since.values()) == 7  # each customer's distinct weeks
+
+
+def test_a_quiet_partition_is_merged_into_one_part_and_reads_the_same(engine):
+    """services/warehouse/compaction.py: a partition in several parts with no new part for the
+    quiet time is merged into one (`OPTIMIZE ... FINAL`), its duplicates collapsed; one still
+    being written to, or already one part, is left alone."""
+    from services.warehouse.compaction import compact
+
+    settings, client = engine
+    apply_migrations(client, settings)
+    store = settings.store_database
+    # ClickHouse's own merges would merge these parts some time; too big for them here, so
+    # only `OPTIMIZE` merges them and the test sees what compaction did
+    client.command(f"ALTER TABLE {store}.touchpoints MODIFY SETTING "
+                   "max_bytes_to_merge_at_max_space_in_pool = 1, "
+                   "max_bytes_to_merge_at_min_space_in_pool = 1")
+    cols = ["event_id", "event_type", "channel", "profile_id", "anonymous_id", "occurred_at",
+            "received_at", "event_time", "source", "version"]
+    march = ["e1", "page_view", "web", "dev-1", "dev-1", T0, T0, T0, "test", 0]
+    april = ["e2", "page_view", "web", "dev-1", "dev-1", T0 + dt.timedelta(days=30),
+             T0, T0, "test", 0]
+    redelivered = [*march[:2], "app", *march[3:]]  # the same event, stored again
+    for row in (march, redelivered, april):
+        client.insert(f"{store}.touchpoints", [row], column_names=cols)  # a part each
+
+    def parts():
+        return dict(client.query(
+            "SELECT partition_id, count() FROM system.parts WHERE database = {s:String} AND "
+            "table = 'touchpoints' AND active GROUP BY partition_id",
+            parameters={"s": store}).result_rows)
+
+    assert parts() == {"202403": 2, "202404": 1}
+    view = client.query("SELECT * FROM kizuna.touchpoints ORDER BY event_id").result_rows
+    assert compact(client, store, quiet_seconds=3600) == []  # written to a moment ago
+    assert compact(client, store, quiet_seconds=0) == [("touchpoints", "202403")]
+    assert parts() == {"202403": 1, "202404": 1}
+    # merged: the table itself now holds each event once, and the view reads the same rows
+    assert client.query(f"SELECT count() FROM {store}.touchpoints").result_rows == [(2,)]
+    assert client.query("SELECT * FROM kizuna.touchpoints ORDER BY event_id").result_rows == view
+    assert compact(client, store, quiet_seconds=0) == []
