@@ -468,6 +468,11 @@ class WarehouseSettings:
         "KIZUNA_ANALYST_QUERIES", "4",
         "Analyst queries the embedded engine runs at once (each on its own read-only session, "
         "beside the loader); more wait their turn.")
+    compact_after_seconds: int = setting(
+        "KIZUNA_WAREHOUSE_COMPACT_AFTER_SECONDS", "600",
+        "A table partition in several parts that has had no new part for this long (a past "
+        "month of touchpoints; every table after an import) is merged into one, once, so the "
+        "views read it with no merge; 0 leaves merging to ClickHouse alone.")
     fault_injection: bool = setting(
         "KIZUNA_WAREHOUSE_FAULT_INJECTION", "false",
         "Chaos testing only: accept `POST /v1/faults?inserts=N` on the local gateway, which "
@@ -477,6 +482,8 @@ class WarehouseSettings:
     def validate(self) -> None:
         if not 0 < self.batch_seconds <= 60:
             raise ConfigError("KIZUNA_WAREHOUSE_BATCH_SECONDS must be > 0 and at most 60")
+        if self.compact_after_seconds < 0:
+            raise ConfigError("KIZUNA_WAREHOUSE_COMPACT_AFTER_SECONDS must be 0 (off) or more")
         _check_port("KIZUNA_CLICKHOUSE_HTTP_PORT", self.clickhouse_http_port)
         if self.analyst_queries < 1:
             raise ConfigError("KIZUNA_ANALYST_QUERIES must be at least 1")

@@ -30,6 +30,7 @@ from services.common.errors import KizunaError
 from services.common.kafka import ensure_topics
 from services.common.settings import WarehouseSettings, load
 from services.common.topics import ALERTS_HISTORY
+from services.warehouse.compaction import Compactor
 from services.warehouse.erase import erase_rows
 from services.warehouse.http_interface import serve
 from services.warehouse.loader import Loader
@@ -205,6 +206,9 @@ def main() -> None:
     # alerting writes this internal topic; the loader reads it from the start either way
     ensure_topics(common, (ALERTS_HISTORY,))
     loader = warehouse.loader = start_loader(common, warehouse.insert, settings.batch_seconds)
+    compactor = Compactor(lambda: connect(common), common.store_database,
+                          settings.compact_after_seconds).start() \
+        if settings.compact_after_seconds else None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("warehouse ready on %s:%d", host, common.warehouse_port)
@@ -212,6 +216,8 @@ def main() -> None:
     if http is not None:
         http.shutdown()
     loader.stop()
+    if compactor is not None:
+        compactor.stop()
     with warehouse.lock:
         warehouse.reader.close()
         client.close()
