@@ -16,8 +16,9 @@ from services.localstack import supervisor
 from tests.conftest import free_ports, kizuna, stack_env
 
 pytestmark = pytest.mark.integration
-CONTRACT_TABLES = ["alerts", "customer_profiles", "daily_alerts", "daily_funnel",
-                   "daily_touchpoints", "dead_letters", "sessions", "touchpoints"]
+CONTRACT_TABLES = ["alerts", "customer_profiles", "customer_touchpoints", "daily_alerts",
+                   "daily_funnel", "daily_touchpoints", "dead_letters", "sessions",
+                   "touchpoints"]
 LIST_TABLES = "SELECT name FROM system.tables WHERE database = 'kizuna' ORDER BY name"
 MINUTE, DAY = dt.timedelta(minutes=1), dt.timedelta(days=1)
 
