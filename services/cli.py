@@ -40,7 +40,7 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from services.localstack import stack
-    from services.localstack.health import stage_health
+    from services.localstack.health import missing_source_topics, stage_health
 
     programs = stack.status(settings)
     if not programs:
@@ -69,6 +69,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r['name']:<18} {r['state']:<9} {r['pid']:>7} {r['uptime_seconds']:>7}s "
                   f"{cell['lag']:>7} {cell['events_per_s']:>9}  {cell['event_time']:<20}  "
                   f"{cell['last_error'][:160]}")
+        missing = missing_source_topics(settings) if health else None
+        if missing:
+            print(f"source topics not found (consumed once they exist): {', '.join(missing)}")
         late = health["sessionizer"].late if "sessionizer" in health else None
         if late is not None:
             by_channel = ", ".join(f"{c} {n}" for c, n in sorted(late.items(), key=lambda x: -x[1]))

@@ -170,6 +170,11 @@ def ensure_topics(
     return reports
 
 
+def list_topic_names(settings: Settings, timeout: float = 10.0) -> set[str]:
+    """The topics the cluster has."""
+    return set(admin_client(settings).list_topics(timeout=timeout).topics)
+
+
 def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0) -> int:
     """Messages in `topics` that consumer group `group` has not committed yet."""
     return sum(max(0, high - done)

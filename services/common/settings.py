@@ -296,6 +296,12 @@ class Settings:
         "KIZUNA_STATE_WRITE_BUFFER_MB", "8",
         "`rocksdb://` stores only: the size of each partition database's write buffer "
         "(memtable), in MiB; two per database.")
+    source_topics: str = setting(
+        "KIZUNA_SOURCE_TOPICS", "",
+        "Topics of your own that the ingest stage consumes as input, "
+        "`topic=source:channel|channel;...`: each message one event in the `/v1/events` JSON "
+        "format, or a JSON array of them, validated as the collector does (the source and "
+        "channels as a write key's). A topic that does not exist yet is consumed once it does.")
     fault_injection: str = setting(
         "KIZUNA_FAULT_INJECTION", "",
         "Chaos testing only: `stage:marker,...` makes that stage's logic raise on every touch "
@@ -309,6 +315,12 @@ class Settings:
     def history_retention_ms(self) -> int | None:
         """KIZUNA_HISTORY_RETENTION_DAYS in ms; None: for ever."""
         return int(self.history_retention_days * 86_400_000) or None
+
+    @property
+    def source_topic_names(self) -> list[str]:
+        """The topics KIZUNA_SOURCE_TOPICS names (its spec is checked by the ingest stage)."""
+        return [item.partition("=")[0].strip() for item in self.source_topics.split(";")
+                if item.strip()]
 
     def group_instance_id(self, stage: str) -> str | None:
         """This worker's static member name in `stage`'s consumer group (None: dynamic)."""

@@ -95,13 +95,21 @@ def _compact(event: object) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+#: Where a rejected event was read from when it came from a topic: (topic, partition, offset).
+Origin = tuple[str, int, int]
+
+
 def dead_letter(reason: str, detail: str, source: str | None, payload: bytes,
-                received_at_ms: int) -> dict:
-    digest = hashlib.sha256(f"{STAGE}\0{source}\0".encode() + payload).hexdigest()[:32]
+                received_at_ms: int, origin: Origin | None = None) -> dict:
+    # the same payload delivered again is the same dead letter; read from a topic, its place
+    # there is part of what it is
+    where = "{}\0{}\0{}\0".format(*origin) if origin else ""
+    digest = hashlib.sha256(f"{STAGE}\0{source}\0{where}".encode() + payload).hexdigest()[:32]
+    topic, partition, offset = origin or (None, None, None)
     return {
         "dead_letter_id": digest, "reason": reason, "detail": detail, "stage": STAGE,
         "source": source, "payload": payload, "received_at": received_at_ms,
-        "origin_topic": None, "origin_partition": None, "origin_offset": None,
+        "origin_topic": topic, "origin_partition": partition, "origin_offset": offset,
     }
 
 
@@ -172,14 +180,14 @@ class MessageBuilder:
                 None)
 
     def dead_letter(self, reason: str, detail: str, source: str | None, payload: bytes,
-                    received_at_ms: int) -> Message:
+                    received_at_ms: int, origin: Origin | None = None) -> Message:
         return self.dlq_topic, None, self.encode(DEAD_LETTER, dead_letter(
-            reason, detail, source, self.redact(payload), received_at_ms)), -1, None
+            reason, detail, source, self.redact(payload), received_at_ms, origin)), -1, None
 
     def rejected(self, rejection: Rejection, source: str | None, payload: bytes,
-                 received_at_ms: int) -> Message:
+                 received_at_ms: int, origin: Origin | None = None) -> Message:
         return self.dead_letter(rejection.reason, rejection.describe(), source, payload,
-                                received_at_ms)
+                                received_at_ms, origin)
 
     def of(self, outcome: Outcome, source: str, received_at_ms: int) -> list[Message]:
         """A request's Kafka messages: its touchpoints as one batch message per partition (the

@@ -13,6 +13,7 @@ from services.common.settings import IngestSettings, load
 from services.ingest.app import Collector, build_app
 from services.ingest.keys import WriteKeys, write_keys_spec
 from services.ingest.producer import BatchProducer
+from services.ingest.sources import SourceRelay
 
 log = logging.getLogger("kizuna.ingest")
 
@@ -26,6 +27,7 @@ def main() -> None:
     producer = BatchProducer(settings)
     try:
         collector = Collector(settings, keys, producer)
+        sources = SourceRelay(settings).start() if settings.common.source_topics else None
     except KizunaError as exc:
         producer.close()
         print(f"ingest: error: {exc}", file=sys.stderr)
@@ -33,6 +35,8 @@ def main() -> None:
     app = build_app(collector)
 
     async def close_producer(_app: web.Application) -> None:
+        if sources is not None:
+            sources.stop()
         left = producer.close()
         if left:
             log.error("%d message(s) not delivered at shutdown", left)

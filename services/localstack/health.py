@@ -19,7 +19,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.kafka import group_lag
+from services.common.kafka import group_lag, list_topic_names
 from services.common.settings import Settings
 from services.localstack import registry
 from services.localstack.pipeline import stage_inputs
@@ -101,6 +101,18 @@ def last_error(log: str, tail_bytes: int = 200_000) -> str | None:
                 or line.startswith("Traceback"):
             return line.strip()[:200]
     return None
+
+
+def missing_source_topics(settings: Settings) -> list[str] | None:
+    """The source topics (KIZUNA_SOURCE_TOPICS) the cluster does not have yet; None when it
+    cannot be asked."""
+    if not settings.source_topic_names:
+        return []
+    try:
+        have = list_topic_names(settings)
+    except KafkaException:
+        return None
+    return [t for t in settings.source_topic_names if t not in have]
 
 
 def stage_health(settings: Settings, logs: dict[str, str], sample: float) -> dict[str, StageHealth]:

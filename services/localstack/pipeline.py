@@ -27,7 +27,10 @@ log = logging.getLogger("kizuna.pipeline")
 def stage_inputs(settings: Settings) -> dict[str, list[str]]:
     """Consumer group -> the topics it reads."""
     prefix = settings.topic_prefix
+    sources = {f"{prefix}ingest": settings.source_topic_names} \
+        if settings.source_topic_names else {}
     return {
+        **sources,  # users' own topics (KIZUNA_SOURCE_TOPICS), read by the ingest stage
         f"{prefix}sessionizer": [TOUCHPOINTS_RAW.name(prefix), HANDOFF.name(prefix)],
         f"{prefix}engagement_scorer": [ATTRIBUTED.name(prefix)],
         f"{prefix}alerting": [ATTRIBUTED.name(prefix)],
@@ -72,7 +75,7 @@ def wait_caught_up(settings: Settings, timeout: float) -> dict[str, int]:
                 positions[group].get(tp, (0, 0))[0] >= end
                 for group, ends in targets.items() for tp, end in ends.items()):
             rounds, targets = rounds + 1, None
-        if settled >= 2 or rounds > PIPELINE_DEPTH:
+        if settled >= 2 or rounds > PIPELINE_DEPTH + bool(settings.source_topic_names):
             return lags
         if targets is None and positions:
             targets = {group: {tp: high for tp, (_, high) in found.items()}

@@ -1,0 +1,243 @@
+"""Users' own topics as input (`KIZUNA_SOURCE_TOPICS`).
+
+Events some producer of the user's already writes to Kafka (a Snowplow or Segment Kafka
+destination, the CDC of an orders table, in-house services) come in without the HTTP
+collector: the ingest stage consumes those topics as a consumer group of its own
+(`<prefix>ingest`), validates each event as the collector does (the topic's source and
+channels are a write key's), and re-batches the accepted ones per partition into the raw
+topic. A message that is not JSON events, and each rejected event, becomes a dead letter that
+names its topic, partition and offset.
+
+Offsets are committed only once Kafka has acknowledged everything a batch produced; a batch
+that fails is produced again from its first offsets. So a crash or a broker fault repeats a
+batch and never loses one: the stages deduplicate touchpoints by event_id and dead letters by
+their id (a digest of the payload). An event's receive time is its message's timestamp, so a
+repeated batch gives the same records.
+
+A topic that does not exist yet is listed by `kizuna status` and consumed as soon as it exists
+(the consumer follows the cluster's metadata); nothing waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import Counter as MetricCounter
+
+from services.common.errors import KizunaError
+from services.common.kafka import client_config
+from services.common.schema_registry import serde_for
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH
+from services.common.settings import IngestSettings
+from services.common.topics import TOUCHPOINTS_RAW
+from services.ingest.collector import MessageBuilder, PartitionBatcher, process_events
+from services.ingest.keys import Source, parse_write_keys
+from services.ingest.producer import Message, producer_config
+from services.ingest.validation import Enrichment, PiiRedactor, Rejection
+
+log = logging.getLogger("kizuna.ingest.sources")
+
+SOURCE_EVENTS = MetricCounter(
+    "kizuna_ingest_source_events", "Events read from source topics, by topic and outcome",
+    ["topic", "outcome"])
+#: The consumer group's name after the prefix: the ingest stage's own.
+GROUP = "ingest"
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One message of a source topic, as the relay needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass
+class Relayed:
+    messages: list[Message] = field(default_factory=list)
+    accepted: Counter = field(default_factory=Counter)  # topic -> events
+    rejected: Counter = field(default_factory=Counter)  # topic -> events
+
+
+def parse_sources(spec: str) -> dict[str, Source]:
+    """`topic=source:channel|channel;...` -> {topic: Source}."""
+    return parse_write_keys(spec, "KIZUNA_SOURCE_TOPICS")
+
+
+def events_of(value: bytes | None) -> tuple[list[object], bool] | Rejection:
+    """The events of a message value: one event, a JSON array of events, or a collector
+    batch (`{"events": [...]}`); and whether it held several."""
+    if not value:
+        return Rejection("invalid_json", "", "an empty message")
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return Rejection("invalid_json", "", str(exc)[:200])
+    if isinstance(payload, list):
+        return payload, True
+    if isinstance(payload, dict) and isinstance(payload.get("events"), list) \
+            and "event_id" not in payload:
+        return payload["events"], True
+    return [payload], False
+
+
+def relay(consumed: list[Consumed], sources: dict[str, Source], builder: MessageBuilder,
+          settings: IngestSettings) -> Relayed:
+    """The raw topic's and the dead-letter topic's messages for `consumed` (pure: no I/O).
+    Accepted touchpoints go as one batch message per raw partition, in the order consumed."""
+    out = Relayed()
+    touchpoints: list[Message] = []
+    batcher = PartitionBatcher(
+        builder.serde, builder.raw_topic, builder.partitions or 1,
+        lambda topic, value, key, _n, partition=-1, headers=None: touchpoints.append(
+            (topic, key, value, partition, headers)))
+    for m in consumed:
+        source = sources[m.topic]
+        origin = (m.topic, m.partition, m.offset)
+        found = events_of(m.value)
+        if isinstance(found, Rejection):
+            out.rejected[m.topic] += 1
+            out.messages.append(builder.rejected(found, source.name, m.value or b"",
+                                                 m.timestamp_ms, origin))
+            continue
+        events, several = found
+        enrich = Enrichment(source.name, m.timestamp_ms, source.channels,
+                            settings.pii_names, settings.pii_salt)
+        outcome = process_events(events, several, m.value or b"", enrich,
+                                 max_event_bytes=settings.max_event_bytes)
+        for record in outcome.records:
+            batcher.add(record)
+        out.accepted.update({m.topic: len(outcome.records)} if outcome.records else {})
+        out.rejected.update({m.topic: len(outcome.rejected)} if outcome.rejected else {})
+        out.messages += [builder.rejected(rejection, source.name, raw, m.timestamp_ms, origin)
+                         for _, _, rejection, raw in outcome.rejected]
+    batcher.flush()
+    out.messages[:0] = touchpoints
+    return out
+
+
+class SourceRelay:
+    """The consumer loop: consume a batch, produce what it relays, wait for Kafka's
+    acknowledgement, commit; on a failed delivery, seek back and produce the batch again."""
+
+    def __init__(self, settings: IngestSettings, batch: int = 5000) -> None:
+        self.settings = settings
+        self.sources = parse_sources(settings.common.source_topics)
+        self.batch = batch
+        prefix = settings.common.topic_prefix
+        self.consumer = Consumer({
+            **client_config(settings.common),
+            "group.id": prefix + GROUP,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": False,
+            "topic.metadata.refresh.interval.ms": 5000,  # a topic created later joins soon
+        })
+        self.producer = Producer(producer_config(settings))
+        serde = serde_for(settings.common)
+        serde.prepare((TOUCHPOINT, TOUCHPOINT_BATCH, DEAD_LETTER))
+        raw = TOUCHPOINTS_RAW.name(prefix)
+        found = self.producer.list_topics(raw, timeout=10).topics.get(raw)
+        if found is None or not found.partitions:
+            raise KizunaError(f"topic {raw} does not exist: run `kizuna topics create`")
+        self.builder = MessageBuilder(serde, prefix, PiiRedactor(settings.pii_names,
+                                                                 settings.pii_salt),
+                                      len(found.partitions))
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="source-topics", daemon=True)
+        self.missing: set[str] = set()
+
+    def start(self) -> SourceRelay:
+        self.consumer.subscribe(list(self.sources))
+        self.thread.start()
+        log.info("consuming source topics %s", ", ".join(sorted(self.sources)))
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        self.consumer.close()
+        self.producer.flush(10)
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            consumed = self.poll()
+            if not consumed:
+                continue
+            relayed = relay(consumed, self.sources, self.builder, self.settings)
+            error = self.produce(relayed.messages)
+            if error is None:
+                self.commit(consumed)
+                for topic, n in relayed.accepted.items():
+                    SOURCE_EVENTS.labels(topic, "accepted").inc(n)
+                for topic, n in relayed.rejected.items():
+                    SOURCE_EVENTS.labels(topic, "rejected").inc(n)
+                backoff = 0.5
+                continue
+            log.error("source topics: Kafka refused a batch (%s); producing it again in "
+                      "%.1f s", error, backoff)
+            self.rewind(consumed)
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def poll(self) -> list[Consumed]:
+        out = []
+        for m in self.consumer.consume(num_messages=self.batch, timeout=0.2):
+            error = m.error()
+            if error is None:
+                out.append(Consumed(m.topic(), m.partition(), m.offset(), m.value(),
+                                    m.timestamp()[1]))
+            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                if m.topic() not in self.missing:
+                    log.warning("source topic %s does not exist (yet): consumed once it does",
+                                m.topic())
+                    self.missing.add(m.topic())
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("source topics: %s", error)
+        return out
+
+    def produce(self, messages: list[Message]) -> str | None:
+        """Produce all and wait for Kafka: None when it holds every one, else the error."""
+        errors: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                errors.append(err.str())
+
+        for topic, key, value, partition, headers in messages:
+            while True:
+                try:
+                    self.producer.produce(topic, value, key, partition,
+                                          on_delivery=delivered, headers=headers)
+                    break
+                except BufferError:
+                    self.producer.poll(0.1)
+        left = self.producer.flush(self.settings.produce_timeout_ms / 1000 + 5)
+        if left:
+            return f"{left} message(s) not acknowledged"
+        return errors[0] if errors else None
+
+    def commit(self, consumed: list[Consumed]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for m in consumed:
+            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
+        self.consumer.commit(offsets=[TopicPartition(t, p, o + 1)
+                                      for (t, p), o in last.items()], asynchronous=False)
+        self.missing -= {t for t, _ in last}
+
+    def rewind(self, consumed: list[Consumed]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for m in consumed:
+            first.setdefault((m.topic, m.partition), m.offset)
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+

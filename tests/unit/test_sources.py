@@ -1,0 +1,79 @@
+"""Users' own topics as input (services/ingest/sources.py): what the relay makes of consumed
+messages, without Kafka."""
+
+import datetime as dt
+import json
+
+import pytest
+
+from services.common.errors import ConfigError
+from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH, default_serde
+from services.common.settings import IngestSettings, load
+from services.ingest.collector import MessageBuilder
+from services.ingest.sources import Consumed, parse_sources, relay
+
+T = 1_710_325_500_000  # the messages' timestamp: the events' receive time
+
+
+def event(i: int, **overrides) -> dict:
+    return {"event_id": f"e{i}", "event_type": "page_view", "channel": "web",
+            "occurred_at": "2024-03-13T10:23:32Z", "customer_id": f"C{i % 3}", **overrides}
+
+
+def message(offset: int, value: object, topic: str = "shop-events",
+            partition: int = 0) -> Consumed:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return Consumed(topic, partition, offset, raw, T + offset)
+
+
+def decoded(serde, messages):
+    touchpoints, dead = [], []
+    for topic, _key, value, _partition, headers in messages:
+        if topic.endswith("touchpoints.raw"):
+            touchpoints += serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"] \
+                if headers else [serde.decode(TOUCHPOINT, value)]
+        else:
+            assert topic.endswith("touchpoints.dlq")
+            dead.append(serde.decode(DEAD_LETTER, value))
+    return touchpoints, dead
+
+
+def test_events_arrays_and_batches_relay_and_each_bad_one_is_a_dead_letter_naming_its_offset():
+    serde = default_serde()
+    settings = load(IngestSettings, {})
+    sources = parse_sources("shop-events=shop:web|app;orders=pos:pos")
+    builder = MessageBuilder(serde, "kizuna.", partitions=4)
+    consumed = [
+        message(10, event(1)),  # one event
+        message(11, [event(2), event(3), event(4, channel="email")]),  # an array; email refused
+        message(12, {"events": [event(5), event(6)]}),  # the collector's batch
+        message(13, b"{not json"),
+        message(14, b""),
+        message(3, event(7, channel="pos"), topic="orders", partition=1),
+    ]
+    out = relay(consumed, sources, builder, settings)
+    touchpoints, dead = decoded(serde, out.messages)
+    assert sorted(t["event_id"] for t in touchpoints) == ["e1", "e2", "e3", "e5", "e6", "e7"]
+    by_id = {t["event_id"]: t for t in touchpoints}
+    assert by_id["e1"]["source"] == "shop" and by_id["e7"]["source"] == "pos"
+    # an event's receive time is its message's timestamp
+    assert by_id["e1"]["received_at"] == dt.datetime.fromtimestamp((T + 10) / 1000, dt.UTC)
+    assert out.accepted == {"shop-events": 5, "orders": 1}
+    assert out.rejected == {"shop-events": 3}
+    assert sorted((d["reason"], d["origin_topic"], d["origin_partition"], d["origin_offset"])
+                  for d in dead) == [("channel_not_allowed", "shop-events", 0, 11),
+                                     ("invalid_json", "shop-events", 0, 13),
+                                     ("invalid_json", "shop-events", 0, 14)]
+    # one batch message per partition, not one per event
+    assert len(out.messages) - len(dead) <= 4
+    # the same messages again give the same records and dead letters (a repeated batch)
+    assert decoded(serde, relay(consumed, sources, builder, settings).messages) == \
+        (touchpoints, dead)
+
+
+def test_the_source_topics_setting_is_a_write_keys_spec():
+    assert set(parse_sources("a=web-src:web;b.c=pos:pos|email")) == {"a", "b.c"}
+    with pytest.raises(ConfigError, match="KIZUNA_SOURCE_TOPICS"):
+        parse_sources("a=web-src")
+    with pytest.raises(ConfigError, match="unknown channel"):
+        parse_sources("a=src:fax")
