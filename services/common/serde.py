@@ -227,6 +227,25 @@ class AvroSerde:
                 "undecodable", f"{name}: {len(data) - buf.tell()} trailing bytes after the datum")
         return record
 
+    def decode_foreign(self, data: bytes) -> Any:
+        """A value of a schema that is not ours, in Confluent's wire format (a user's own
+        topic), read with the schema that wrote it: records as dicts, timestamps as
+        datetimes."""
+        if not (data and data[0] == 0 and len(data) >= CONFLUENT_HEADER_SIZE):
+            raise DecodeError("undecodable", "not Confluent's wire format (0x00 and a schema id)")
+        writer = self._by_id.get(int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")) \
+            or self._fetch(int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big"))
+        buf = io.BytesIO(data)
+        buf.seek(CONFLUENT_HEADER_SIZE)
+        try:
+            value = fastavro.schemaless_reader(buf, writer.parsed, None)
+        except Exception as exc:  # fastavro raises many types for bad bytes
+            raise DecodeError("undecodable", f"{type(exc).__name__}: {exc}") from None
+        if buf.tell() != len(data):
+            raise DecodeError("undecodable", f"{len(data) - buf.tell()} trailing bytes after "
+                                             "the datum")
+        return value
+
     def _fetch(self, schema_id: int) -> Schema:
         """The writer schema of a registry id not seen before (one request per id)."""
         if self._registry is None:

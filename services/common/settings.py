@@ -300,8 +300,9 @@ class Settings:
         "KIZUNA_SOURCE_TOPICS", "",
         "Topics of your own that the ingest stage consumes as input, "
         "`topic=source:channel|channel;...`: each message one event in the `/v1/events` JSON "
-        "format, or a JSON array of them, validated as the collector does (the source and "
-        "channels as a write key's). A topic that does not exist yet is consumed once it does.")
+        "format, or an array of them, in JSON or in Avro (Confluent's wire format, the schema "
+        "from the registry), validated as the collector does (the source and channels as a "
+        "write key's). A topic that does not exist yet is consumed once it does.")
     fault_injection: str = setting(
         "KIZUNA_FAULT_INJECTION", "",
         "Chaos testing only: `stage:marker,...` makes that stage's logic raise on every touch "

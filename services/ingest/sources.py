@@ -3,8 +3,9 @@
 Events some producer of the user's already writes to Kafka (a Snowplow or Segment Kafka
 destination, the CDC of an orders table, in-house services) come in without the HTTP
 collector: the ingest stage consumes those topics as a consumer group of its own
-(`<prefix>ingest`), validates each event as the collector does (the topic's source and
-channels are a write key's), and re-batches the accepted ones per partition into the raw
+(`<prefix>ingest`), reads each message as JSON or as Avro in Confluent's wire format (the
+writer schema from the registry), validates each event as the collector does (the topic's
+source and channels are a write key's), and re-batches the accepted ones per partition into the raw
 topic. A message that is not JSON events, and each rejected event, becomes a dead letter that
 names its topic, partition and offset.
 
@@ -20,6 +21,7 @@ A topic that does not exist yet is listed by `kizuna status` and consumed as soo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -32,7 +34,14 @@ from prometheus_client import Counter as MetricCounter
 from services.common.errors import KizunaError
 from services.common.kafka import client_config
 from services.common.schema_registry import serde_for
-from services.common.serde import DEAD_LETTER, TOUCHPOINT, TOUCHPOINT_BATCH
+from services.common.serde import (
+    DEAD_LETTER,
+    TOUCHPOINT,
+    TOUCHPOINT_BATCH,
+    AvroSerde,
+    DecodeError,
+    RegistryError,
+)
 from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
 from services.ingest.collector import MessageBuilder, PartitionBatcher, process_events
@@ -72,21 +81,41 @@ def parse_sources(spec: str) -> dict[str, Source]:
     return parse_write_keys(spec, "KIZUNA_SOURCE_TOPICS")
 
 
-def events_of(value: bytes | None) -> tuple[list[object], bool] | Rejection:
-    """The events of a message value: one event, a JSON array of events, or a collector
-    batch (`{"events": [...]}`); and whether it held several."""
+def events_of(value: bytes | None, serde: AvroSerde) -> tuple[list[object], bool] | Rejection:
+    """The events of a message value: one event, an array of events, or a collector batch
+    (`{"events": [...]}`), in JSON or in Avro in Confluent's wire format (the writer schema
+    from the registry; a JSON text never starts with its 0x00); and whether it held several.
+    Raises RegistryError when the registry cannot answer: the batch is tried again."""
     if not value:
         return Rejection("invalid_json", "", "an empty message")
-    try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return Rejection("invalid_json", "", str(exc)[:200])
+    if value[0] == 0:
+        try:
+            payload = _json_ready(serde.decode_foreign(value))
+        except DecodeError as exc:
+            return Rejection(exc.reason, "", exc.detail[:200])
+    else:
+        try:
+            payload = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return Rejection("invalid_json", "", str(exc)[:200])
     if isinstance(payload, list):
         return payload, True
     if isinstance(payload, dict) and isinstance(payload.get("events"), list) \
             and "event_id" not in payload:
         return payload["events"], True
     return [payload], False
+
+
+def _json_ready(value: object) -> object:
+    """An Avro value as the JSON the collector takes: timestamps as ISO 8601 (UTC), nulls
+    of optional fields left out (as a JSON producer would omit them)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value
 
 
 def relay(consumed: list[Consumed], sources: dict[str, Source], builder: MessageBuilder,
@@ -102,7 +131,7 @@ def relay(consumed: list[Consumed], sources: dict[str, Source], builder: Message
     for m in consumed:
         source = sources[m.topic]
         origin = (m.topic, m.partition, m.offset)
-        found = events_of(m.value)
+        found = events_of(m.value, builder.serde)
         if isinstance(found, Rejection):
             out.rejected[m.topic] += 1
             out.messages.append(builder.rejected(found, source.name, m.value or b"",
@@ -173,9 +202,13 @@ class SourceRelay:
             consumed = self.poll()
             if not consumed:
                 continue
-            relayed = relay(consumed, self.sources, self.builder, self.settings)
-            error = self.produce(relayed.messages)
-            if error is None:
+            try:
+                relayed = relay(consumed, self.sources, self.builder, self.settings)
+            except RegistryError as exc:
+                relayed, error = None, str(exc)
+            else:
+                error = self.produce(relayed.messages)
+            if relayed is not None and error is None:
                 self.commit(consumed)
                 for topic, n in relayed.accepted.items():
                     SOURCE_EVENTS.labels(topic, "accepted").inc(n)
@@ -183,8 +216,8 @@ class SourceRelay:
                     SOURCE_EVENTS.labels(topic, "rejected").inc(n)
                 backoff = 0.5
                 continue
-            log.error("source topics: Kafka refused a batch (%s); producing it again in "
-                      "%.1f s", error, backoff)
+            log.error("source topics: a batch failed (%s); trying it again in %.1f s",
+                      error, backoff)
             self.rewind(consumed)
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)

@@ -77,3 +77,52 @@ def test_the_source_topics_setting_is_a_write_keys_spec():
         parse_sources("a=web-src")
     with pytest.raises(ConfigError, match="unknown channel"):
         parse_sources("a=src:fax")
+
+
+def test_avro_values_in_confluents_wire_format_are_read_with_the_registrys_schema():
+    """A producer's own Avro schema (timestamps as timestamp-millis, optional fields as
+    unions with null), looked up by the id in the value's header."""
+    import io
+
+    import fastavro
+
+    from services.common.serde import Registry, registry_serde
+
+    schema = {"type": "record", "name": "PageView", "namespace": "shop", "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "event_type", "type": "string"},
+        {"name": "channel", "type": "string"},
+        {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "customer_id", "type": ["null", "string"], "default": None},
+        {"name": "anonymous_id", "type": ["null", "string"], "default": None},
+        {"name": "properties", "type": {"type": "map", "values": "string"}, "default": {}},
+    ]}
+
+    class OneSchema(Registry):  # the user's schema as 42; ours from 100 on
+        ours: dict[str, int] = {}
+
+        def schema_id(self, name, _schema):
+            return self.ours.setdefault(name, 100 + len(self.ours))
+
+        def schema(self, schema_id):
+            return schema if schema_id == 42 else None
+
+    def avro(record, schema_id=42):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+        return b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue()
+
+    view = {"event_id": "a1", "event_type": "page_view", "channel": "web",
+            "occurred_at": dt.datetime(2024, 3, 13, 10, 23, 32, 250000, tzinfo=dt.UTC),
+            "customer_id": None, "anonymous_id": "dev-1", "properties": {"page": "/p/1"}}
+    serde = registry_serde(OneSchema())
+    out = relay([message(0, avro(view)), message(1, avro(view, schema_id=7)),
+                 message(2, avro(view)[:-3])],
+                parse_sources("shop-events=shop:web"),
+                MessageBuilder(serde, "kizuna.", partitions=4), load(IngestSettings, {}))
+    touchpoints, dead = decoded(serde, out.messages)
+    assert [(t["event_id"], t["anonymous_id"], t["customer_id"], t["properties"])
+            for t in touchpoints] == [("a1", "dev-1", None, {"page": "/p/1"})]
+    assert touchpoints[0]["occurred_at"] == view["occurred_at"]
+    assert [(d["reason"], d["origin_offset"]) for d in dead] == [
+        ("unknown_schema", 1), ("undecodable", 2)]
