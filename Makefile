@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing bench-scale bench-warehouse-scale soak chaos chaos-kill order-check fuzz deploy-check
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-linger bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing bench-scale bench-warehouse-scale soak chaos chaos-kill order-check fuzz deploy-check
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,9 @@ $(PEERS)/.installed: benchmarks/peers/requirements.txt  # the peers pin their ow
 
 bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 	$(BIN)/python -m benchmarks.ingest
+
+bench-linger: setup  ## single-event requests with and without the collector's linger: rate, latency, messages and stage CPU per event
+	$(BIN)/python -m benchmarks.linger
 
 bench-sessionizer: setup  ## the sessionizer alone: pure, then one worker on Kafka (own stack)
 	$(BIN)/python -m benchmarks.stages sessionizer

@@ -23,6 +23,7 @@ from services.common.settings import IngestSettings
 from services.common.topics import TOUCHPOINTS_RAW
 from services.ingest import providers, segment, snowplow, webhooks
 from services.ingest.collector import (
+    Linger,
     MessageBuilder,
     Outcome,
     RequestError,
@@ -72,6 +73,11 @@ class Collector:
                                        PiiRedactor(settings.pii_names, settings.pii_salt),
                                        producer.partitions(TOUCHPOINTS_RAW.name(
                                            settings.common.topic_prefix)))
+        partitions = self.messages.partitions
+        # concurrent requests' touchpoints, gathered per partition (KIZUNA_INGEST_LINGER_MS)
+        self.linger = Linger(serde, self.messages.raw_topic, partitions, producer.send,
+                             settings.linger_ms / 1000) \
+            if settings.linger_ms and partitions else None
         self.webhook_secrets = parse_webhook_secrets(settings.webhook_secrets)
         self.segment_events = segment.event_map(settings.segment_events_file)
         self.snowplow_apps = parse_write_keys(settings.snowplow_apps, "KIZUNA_SNOWPLOW_APPS")
@@ -118,12 +124,20 @@ class Collector:
 
     async def deliver(self, outcome: Outcome, source: str, received_at: int,
                       status: int = 202, answer: dict | None = None) -> web.Response:
-        messages = self.messages.of(outcome, source, received_at)
         started = time.perf_counter()
-        error = await self.producer.send(messages)
+        if self.linger is not None and outcome.records and not outcome.rejected:
+            error = await self.linger.add(outcome.records)
+        elif self.linger is not None and outcome.records:
+            dead = self.messages.of(Outcome(rejected=outcome.rejected), source, received_at)
+            errors = await asyncio.gather(self.linger.add(outcome.records),
+                                          self.producer.send(dead))
+            error = next((e for e in errors if e), None)
+        else:
+            error = await self.producer.send(self.messages.of(outcome, source, received_at))
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
         if error:
-            log.warning("Kafka did not take %d message(s): %s", len(messages), error)
+            log.warning("Kafka did not take a request's %d event(s): %s",
+                        len(outcome.records) + len(outcome.rejected), error)
             return _error(503, "kafka_unavailable", f"Kafka did not acknowledge: {error}",
                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
         # One metric update per label set and request, not per event.

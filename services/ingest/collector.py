@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka.partitioner import murmur2
@@ -158,6 +159,72 @@ class PartitionBatcher:
         value = self.serde.frame(TOUCHPOINT_BATCH, array([datum for _, datum in batch]))
         self.send(self.topic, value, None, len(batch), partition=partition,
                   headers={"kizuna-type": TOUCHPOINT_BATCH})
+
+
+class Linger:
+    """Touchpoints of concurrent requests, gathered for `linger` seconds, go as one batch
+    message per partition (PartitionBatcher's): a thousand single-event requests a second
+    reach the stages as a few messages, not a thousand. A request's events are appended in
+    the order requests come (one event loop), so a profile's order is kept. `add` returns
+    when Kafka acknowledged (None) or refused (the error) the messages holding them."""
+
+    def __init__(self, serde: AvroSerde, topic: str, partitions: int,
+                 send: Callable[[list[Message]], Awaitable[str | None]], linger: float,
+                 size: int = 500) -> None:
+        self.serde = serde
+        self.topic = topic
+        self.partitions = partitions
+        self.send = send  # the producer's: messages -> awaitable error or None
+        self.linger = linger
+        self.size = size  # touchpoints at which a gathering goes at once
+        self.pending: list[tuple[int, bytes, bytes]] = []  # partition, key, datum
+        self.done: asyncio.Future[str | None] | None = None  # the pending gathering's
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def add(self, records: list[dict]) -> str | None:
+        datum = self.serde.datum
+        for record in records:
+            key = profile_id(record).encode()
+            self.pending.append((partition_of(key, self.partitions), key,
+                                 datum(TOUCHPOINT, record)))
+        done = self.done
+        if done is None:
+            loop = asyncio.get_running_loop()
+            done = self.done = loop.create_future()
+            self.timer = loop.call_later(self.linger, self.flush)
+        if len(self.pending) >= self.size:
+            self.flush()
+        return await asyncio.shield(done)
+
+    def flush(self) -> None:
+        """Send what is gathered (the timer's, or at `size`)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        pending, done = self.pending, self.done
+        self.pending, self.done, self.timer = [], None, None
+        if done is None:
+            return
+        messages: list[Message] = []
+        batcher = PartitionBatcher(
+            self.serde, self.topic, self.partitions,
+            lambda topic, value, key, _n, partition=-1, headers=None: messages.append(
+                (topic, key, value, partition, headers)), size=self.size)
+        for partition, key, datum in pending:
+            batcher.add_encoded(partition, key, datum)
+        batcher.flush()
+
+        def answered(task: asyncio.Future[str | None]) -> None:
+            if done.done():
+                return
+            if task.cancelled():
+                done.set_result("sending was cancelled (the collector stopping)")
+            elif task.exception() is not None:
+                error = task.exception()
+                done.set_result(f"{type(error).__name__}: {error}")
+            else:
+                done.set_result(task.result())
+
+        asyncio.ensure_future(self.send(messages)).add_done_callback(answered)
 
 
 class MessageBuilder:

@@ -360,3 +360,56 @@ def test_a_sent_at_that_would_move_an_event_out_of_range_is_refused() -> None:
                       ENRICH)
     assert isinstance(future, Rejection) and future.field == "sent_at"
     assert "future" in future.detail
+
+
+def test_concurrent_requests_touchpoints_go_as_one_message_per_partition_after_the_linger():
+    """services/ingest/collector.py Linger: single-event requests within the linger become
+    one batch message per partition, each profile's touchpoints in the order the requests
+    came; every request hears Kafka's answer for the messages holding its events; a
+    gathering that reaches `size` goes at once."""
+    import asyncio
+
+    from services.common.serde import TOUCHPOINT_BATCH, default_serde
+    from services.ingest.collector import Linger, partition_of
+
+    serde = default_serde()
+    sent: list[list] = []
+    answer: list[str | None] = [None]
+
+    async def send(messages):
+        sent.append(messages)
+        await asyncio.sleep(0)
+        return answer[0]
+
+    def events_of(messages):
+        out = []
+        for _topic, key, value, partition, headers in messages:
+            batch = serde.decode(TOUCHPOINT_BATCH, value)["touchpoints"] if headers else \
+                [serde.decode(TOUCHPOINT, value)]
+            out.append((partition if headers else partition_of(key, 4),
+                        [r["event_id"] for r in batch]))
+        return out
+
+    async def scenario():
+        linger = Linger(serde, "kizuna.touchpoints.raw", 4, send, linger=0.05, size=25)
+        records = [validate(event(event_id=f"e{i}", customer_id=f"C{i % 3}"), ENRICH)
+                   for i in range(12)]
+        results = await asyncio.gather(*(linger.add([r]) for r in records))
+        assert results == [None] * 12 and len(sent) == 1
+        by_partition = dict(events_of(sent[0]))
+        assert len(sent[0]) == len(by_partition) <= 3  # one message per partition
+        for c in range(3):
+            mine = [f"e{i}" for i in range(12) if i % 3 == c]
+            p = partition_of(f"C{c}".encode(), 4)
+            assert [e for e in by_partition[p] if e in mine] == mine  # request order
+        # a refusal reaches every request of its gathering
+        answer[0] = "broker down"
+        assert await asyncio.gather(linger.add(records[:1]), linger.add(records[1:2])) == \
+            ["broker down", "broker down"]
+        # `size` touchpoints go without waiting for the linger (here a minute)
+        answer[0] = None
+        slow = Linger(serde, "kizuna.touchpoints.raw", 4, send, linger=60, size=25)
+        assert await asyncio.wait_for(slow.add(records * 3), timeout=10) is None
+        assert sum(len(ids) for _, ids in events_of(sent[-1])) == 36
+
+    asyncio.run(scenario())
