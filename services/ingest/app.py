@@ -41,6 +41,7 @@ from services.ingest.keys import (
 )
 from services.ingest.openapi import OPENAPI
 from services.ingest.producer import BatchProducer
+from services.ingest.sources import SourceRelay
 from services.ingest.validation import Enrichment, PiiRedactor
 
 log = logging.getLogger("kizuna.ingest")
@@ -85,6 +86,7 @@ class Collector:
         self.ses_certificate = _certificate(self.webhook_secrets.get("ses"))
         self.pii = settings.pii_names
         self.buckets: dict[str, TokenBucket] = {}
+        self.sources: SourceRelay | None = None  # KIZUNA_SOURCE_TOPICS' consumer, if any
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -385,6 +387,10 @@ class Collector:
         if not reachable:
             return web.json_response({"stage": "ingest", "status": "kafka_unreachable"},
                                      status=503)
+        problem = self.sources.problem() if self.sources is not None else None
+        if problem:
+            return web.json_response({"stage": "ingest", "status": "stalled",
+                                      "reason": problem}, status=503)
         return web.json_response({"stage": "ingest", "status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:

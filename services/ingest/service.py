@@ -27,7 +27,8 @@ def main() -> None:
     producer = BatchProducer(settings)
     try:
         collector = Collector(settings, keys, producer)
-        sources = SourceRelay(settings).start() if settings.common.source_topics else None
+        sources = collector.sources = SourceRelay(settings).start() \
+            if settings.common.source_topics else None
     except KizunaError as exc:
         producer.close()
         print(f"ingest: error: {exc}", file=sys.stderr)

@@ -25,10 +25,11 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import Counter as MetricCounter
 
 from services.common.errors import KizunaError
@@ -183,6 +184,17 @@ class SourceRelay:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="source-topics", daemon=True)
         self.missing: set[str] = set()
+        self.failing_since: float | None = None  # monotonic time of the first failed try
+        self.error: str | None = None
+
+    def problem(self) -> str | None:
+        """Why the relay is not making progress (for /readyz), or None."""
+        if not self.thread.is_alive() and not self.stopping.is_set():
+            return f"the source topics' consumer stopped: {self.error}"
+        stall = self.settings.common.stall_seconds
+        if self.failing_since is not None and time.monotonic() - self.failing_since > stall:
+            return f"source topics: no batch relayed for over {stall:g} s: {self.error}"
+        return None
 
     def start(self) -> SourceRelay:
         self.consumer.subscribe(list(self.sources))
@@ -198,29 +210,45 @@ class SourceRelay:
 
     def run(self) -> None:
         backoff = 0.5
-        while not self.stopping.is_set():
-            consumed = self.poll()
-            if not consumed:
-                continue
-            try:
-                relayed = relay(consumed, self.sources, self.builder, self.settings)
-            except RegistryError as exc:
-                relayed, error = None, str(exc)
-            else:
-                error = self.produce(relayed.messages)
-            if relayed is not None and error is None:
-                self.commit(consumed)
-                for topic, n in relayed.accepted.items():
-                    SOURCE_EVENTS.labels(topic, "accepted").inc(n)
-                for topic, n in relayed.rejected.items():
-                    SOURCE_EVENTS.labels(topic, "rejected").inc(n)
-                backoff = 0.5
-                continue
-            log.error("source topics: a batch failed (%s); trying it again in %.1f s",
-                      error, backoff)
-            self.rewind(consumed)
-            self.stopping.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+        try:
+            while not self.stopping.is_set():
+                consumed = self.poll()
+                if not consumed:
+                    continue
+                error = self.relay_once(consumed)
+                if error is None:
+                    self.failing_since, self.error, backoff = None, None, 0.5
+                    continue
+                log.error("source topics: a batch failed (%s); trying it again in %.1f s",
+                          error, backoff)
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                self.error = error
+                self.rewind(consumed)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        except Exception as exc:  # the consumer itself broke: /readyz says so
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("source topics: the consumer stopped")
+
+    def relay_once(self, consumed: list[Consumed]) -> str | None:
+        """Relay one batch and commit it; None, or why it must be tried again."""
+        try:
+            relayed = relay(consumed, self.sources, self.builder, self.settings)
+        except RegistryError as exc:
+            return str(exc)
+        error = self.produce(relayed.messages)
+        if error is not None:
+            return error
+        try:
+            self.commit(consumed)
+        except KafkaException as exc:  # a rebalance, the coordinator away: produced again
+            return f"commit: {exc}"
+        for topic, n in relayed.accepted.items():
+            SOURCE_EVENTS.labels(topic, "accepted").inc(n)
+        for topic, n in relayed.rejected.items():
+            SOURCE_EVENTS.labels(topic, "rejected").inc(n)
+        return None
 
     def poll(self) -> list[Consumed]:
         out = []

@@ -129,7 +129,7 @@ def stage_health(settings: Settings, logs: dict[str, str], sample: float) -> dic
             except KafkaException:  # the broker away: lag unknown, shown as "-"
                 health.lag = None
         health.last_error = last_error(logs.get(stage, ""))
-        if stage != "ingest":
+        if stage != "ingest" or settings.source_topic_names:  # the collector: its source topics
             health.not_ready = readiness(ports[PROCESSED[stage][0]])
     time.sleep(max(0.0, sample - (time.monotonic() - started)))
     elapsed = time.monotonic() - started

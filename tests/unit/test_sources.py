@@ -126,3 +126,27 @@ def test_avro_values_in_confluents_wire_format_are_read_with_the_registrys_schem
     assert touchpoints[0]["occurred_at"] == view["occurred_at"]
     assert [(d["reason"], d["origin_offset"]) for d in dead] == [
         ("unknown_schema", 1), ("undecodable", 2)]
+
+
+def test_readiness_names_a_consumer_that_stopped_or_a_batch_failing_past_the_stall_time():
+    import threading
+    import time
+
+    from services.ingest.sources import SourceRelay
+
+    relay_ = object.__new__(SourceRelay)  # the loop's state alone, no Kafka
+    relay_.settings = load(IngestSettings, {"KIZUNA_STALL_SECONDS": "60"})
+    relay_.stopping = threading.Event()
+    relay_.thread = threading.Thread(target=lambda: None)
+    relay_.thread.start()
+    relay_.thread.join()
+    relay_.failing_since, relay_.error = None, "KafkaException: coordinator gone"
+    assert "consumer stopped: KafkaException" in relay_.problem()
+    relay_.stopping.set()  # stopped on purpose: not a problem
+    assert relay_.problem() is None
+    relay_.failing_since = time.monotonic() - 61
+    relay_.error = "schema registry unreachable"
+    assert relay_.problem() == ("source topics: no batch relayed for over 60 s: "
+                                "schema registry unreachable")
+    relay_.failing_since = time.monotonic() - 5
+    assert relay_.problem() is None
