@@ -14,7 +14,7 @@ is the domain's (`services.domain.touch`).
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,23 +103,41 @@ def build(touches: list[list], gap_ms: int, close_at: Callable[[list[list]], int
     login's) and joins the runs within the gap of it that are still open then. Without
     claimed touches this is the plain gap rule of `insert`, in any order; with them, a claimed
     touch never joins a session that had closed before its login, whatever arrived since."""
+    # The runs so far in order of their first touch, with their starts for bisection: a touch
+    # can only join a run that starts at most the gap after it, and not before it less the
+    # gap and the longest run's span; so each touch looks at the few runs near it, not at all
+    # of them (a year of history formed again is then n log n, not n squared).
     runs: list[list[list]] = []
+    starts: list[int] = []
     latest: list[int] = []  # per run, the latest time one of its touches counts at
+    span = 0  # the longest run's span so far
     for touch in sorted(touches, key=lambda x: (counts_at(x), x[AT], x[EVENT_ID])):
         at, t = counts_at(touch), touch[AT]
         # Open then: not closed before it, or holding touches that count at that same instant
         # (a device's history comes in whole at its login: its runs form among themselves).
-        hit = [i for i, run in enumerate(runs)
-               if run[0][AT] - gap_ms <= t <= run[-1][AT] + gap_ms
-               and (close_at(run) >= at or latest[i] == at)]
+        hit = [i for i in range(bisect_left(starts, t - gap_ms - span),
+                                bisect_right(starts, t + gap_ms))
+               if runs[i][0][AT] - gap_ms <= t <= runs[i][-1][AT] + gap_ms
+               and (close_at(runs[i]) >= at or latest[i] == at)]
         if not hit:
-            runs.append([touch])
-            latest.append(at)
+            i = bisect_right(starts, t)
+            runs.insert(i, [touch])
+            starts.insert(i, t)
+            latest.insert(i, at)
             continue
         for i in reversed(hit[1:]):
             del latest[i]
+            del starts[i]
         _join(runs, hit, touch)
         latest[hit[0]] = at
+        joined = runs[hit[0]]
+        starts[hit[0]] = joined[0][AT]
+        span = max(span, joined[-1][AT] - joined[0][AT])
+        if hit[0] and starts[hit[0] - 1] > starts[hit[0]]:  # moved before a run it skipped
+            order = sorted(range(len(runs)), key=starts.__getitem__)
+            runs[:] = [runs[k] for k in order]
+            latest[:] = [latest[k] for k in order]
+            starts[:] = [starts[k] for k in order]
     runs.sort(key=lambda run: _order(run[0]))
     return runs
 
