@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PEERS   ?= .venv-peers
 export TZ = UTC
 
-.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-linger bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing bench-scale bench-warehouse-scale soak chaos chaos-kill order-check fuzz deploy-check
+.PHONY: setup up down status demo test test-unit test-integration lint clean bench bench-peers bench-ingest bench-linger bench-source-topics bench-import bench-sessionizer bench-scorer bench-warehouse bench-framing bench-scale bench-warehouse-scale soak chaos chaos-kill order-check fuzz deploy-check
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,9 @@ bench-ingest: setup  ## collector throughput and latency (starts its own stack)
 
 bench-linger: setup  ## single-event requests with and without the collector's linger: rate, latency, messages and stage CPU per event
 	$(BIN)/python -m benchmarks.linger
+
+bench-source-topics: setup  ## events produced to a source topic against kizuna import of the same, same run, to ClickHouse
+	$(BIN)/python -m benchmarks.source_topics
 
 bench-sessionizer: setup  ## the sessionizer alone: pure, then one worker on Kafka (own stack)
 	$(BIN)/python -m benchmarks.stages sessionizer

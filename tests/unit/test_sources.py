@@ -150,3 +150,16 @@ def test_readiness_names_a_consumer_that_stopped_or_a_batch_failing_past_the_sta
                                 "schema registry unreachable")
     relay_.failing_since = time.monotonic() - 5
     assert relay_.problem() is None
+
+
+def test_a_fetched_batch_goes_on_in_event_time_order():
+    """Messages fetched from several partitions of a source topic come interleaved; the relay
+    sends them on in event-time order, as an import does."""
+    serde = default_serde()
+    times = ["2024-03-13T10:30:00Z", "2024-03-13T10:10:00Z", "2024-03-13T10:20:00Z"]
+    consumed = [message(k, event(k, customer_id="C1", occurred_at=t), partition=k)
+                for k, t in enumerate(times)]
+    out = relay(consumed, parse_sources("shop-events=shop:web"),
+                MessageBuilder(serde, "kizuna.", partitions=4), load(IngestSettings, {}))
+    touchpoints, _ = decoded(serde, out.messages)
+    assert [t["event_id"] for t in touchpoints] == ["e1", "e2", "e0"]
