@@ -29,7 +29,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import Counter as MetricCounter
 
 from services.common.errors import KizunaError
@@ -260,8 +267,10 @@ class SourceRelay:
         for m in self.consumer.consume(num_messages=self.batch, timeout=0.2):
             error = m.error()
             if error is None:
+                kind, at = m.timestamp()  # a message without one: received now
                 out.append(Consumed(m.topic(), m.partition(), m.offset(), m.value(),
-                                    m.timestamp()[1]))
+                                    at if kind != TIMESTAMP_NOT_AVAILABLE and at > 0
+                                    else int(time.time() * 1000)))
             elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 if m.topic() not in self.missing:
                     log.warning("source topic %s does not exist (yet): consumed once it does",
