@@ -36,7 +36,7 @@ SELECT table, partition_id, count() AS parts
 FROM system.parts
 WHERE database = {store:String} AND active AND table IN {tables:Array(String)}
 GROUP BY table, partition_id
-HAVING parts > 1 AND max(modification_time) < now() - toIntervalSecond({quiet:UInt32})
+HAVING parts > 1 AND max(modification_time) <= now() - toIntervalSecond({quiet:UInt32})
 ORDER BY table, partition_id
 """
 
