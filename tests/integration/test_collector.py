@@ -374,3 +374,34 @@ def test_broker_down_means_503_then_every_acknowledged_event_is_in_kafka(stack, 
     assert set(records) == set(acknowledged)
     for event_id, sent in acknowledged.items():
         assert_as_sent(sent, records[event_id])
+
+
+def test_with_a_linger_concurrent_single_event_requests_share_messages_and_lose_nothing(stack):
+    """KIZUNA_INGEST_LINGER_MS on a collector of its own: 60 one-event requests at once are
+    each answered 202 only once Kafka has their event; the events reach the raw topic once
+    each, on their profile's partition, in fewer messages than requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import services_stack
+
+    with services_stack(stack, "lin", KIZUNA_INGEST_LINGER_MS="50",
+                        KIZUNA_WRITE_KEYS="key-lin=lin:web") as env:
+        tag = f"lin{uuid.uuid4().hex[:6]}"
+        with ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(lambda i: post(env, "/v1/events", new_event(tag, i),
+                                                   key="key-lin"), range(60)))
+        assert [status for status, _, _ in answers] == [202] * 60
+        serde = stack_serde(env)
+        raw = TOUCHPOINTS_RAW.name(env["KIZUNA_TOPIC_PREFIX"])
+
+        def ours(msg) -> int:
+            return sum(r["event_id"].startswith(tag + "-") for r in touchpoints_of(serde, msg))
+        msgs = read_topic(stack, raw, ours, 60, weight=ours)  # the broker is the session stack's
+        events = [r["event_id"] for m in msgs for r in touchpoints_of(serde, m)]
+        assert sorted(events) == sorted(f"{tag}-{i}" for i in range(60))  # once each
+        assert len(msgs) < 60
+        for m in msgs:
+            for r in touchpoints_of(serde, m):
+                profile = r["customer_id"].encode()
+                assert m.partition() == (murmur2(profile) & 0x7FFFFFFF) % \
+                    int(env["KIZUNA_PARTITIONS"])
