@@ -233,8 +233,8 @@ class AvroSerde:
         datetimes."""
         if not (data and data[0] == 0 and len(data) >= CONFLUENT_HEADER_SIZE):
             raise DecodeError("undecodable", "not Confluent's wire format (0x00 and a schema id)")
-        writer = self._by_id.get(int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")) \
-            or self._fetch(int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big"))
+        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+        writer = self._by_id.get(schema_id) or self._fetch(schema_id)
         buf = io.BytesIO(data)
         buf.seek(CONFLUENT_HEADER_SIZE)
         try:

@@ -127,13 +127,10 @@ class Collector:
     async def deliver(self, outcome: Outcome, source: str, received_at: int,
                       status: int = 202, answer: dict | None = None) -> web.Response:
         started = time.perf_counter()
-        if self.linger is not None and outcome.records and not outcome.rejected:
-            error = await self.linger.add(outcome.records)
-        elif self.linger is not None and outcome.records:
+        if self.linger is not None and outcome.records:
             dead = self.messages.of(Outcome(rejected=outcome.rejected), source, received_at)
-            errors = await asyncio.gather(self.linger.add(outcome.records),
-                                          self.producer.send(dead))
-            error = next((e for e in errors if e), None)
+            error = await self.linger.add(outcome.records)
+            error = await self.producer.send(dead) or error  # none: answered at once
         else:
             error = await self.producer.send(self.messages.of(outcome, source, received_at))
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
